@@ -1,0 +1,214 @@
+//! # sluice-storage: where state lives
+//!
+//! Everything Sluice must remember — table rows today, operator state, source offsets and the
+//! catalog later — is a set of *state tables*: ordered maps from byte keys to byte values, one
+//! map per [`TableId`]. This crate defines that contract and nothing else; it knows nothing of
+//! SQL, Arrow or dataflow.
+//!
+//! ```text
+//!   engine / sql ──► WriteBatch (epoch N: puts, deletes, table drops)
+//!                          │ commit(): atomic, epochs strictly increasing
+//!                          ▼
+//!                    StateStore ──► snapshot() ──► StateSnapshot (reads as of one committed epoch)
+//!                     │       │
+//!              MemoryStateStore   (RocksDB backend: the durability issue)
+//! ```
+//!
+//! The signatures carry no backend types (TiKV's `engine_traits` rule), so the in-memory backend
+//! and a RocksDB backend can pass one conformance suite ([`conformance`]) and be swapped without
+//! touching the crates above.
+
+mod error;
+mod memory;
+
+pub mod conformance;
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use error::StorageError;
+pub use memory::MemoryStateStore;
+
+/// Identifies one state table (one ordered key space) inside a [`StateStore`].
+///
+/// Table ids are allocated by the catalog and never reused while data under them may exist,
+/// so a dropped table's keys can never be mistaken for a new table's.
+pub type TableId = u32;
+
+/// A checkpoint epoch. Every committed [`WriteBatch`] carries one; they strictly increase, so
+/// "the state as of epoch N" is well defined and a snapshot names exactly one of them.
+pub type Epoch = u64;
+
+/// Result alias for storage operations.
+pub type StorageResult<T> = Result<T, StorageError>;
+
+/// A range of keys inside one table, as a pair of bounds (memcomparable order).
+///
+/// Kept as owned bytes rather than a generic `RangeBounds` so the trait stays object-safe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRange {
+    /// Lower bound of the range.
+    pub start: Bound<Vec<u8>>,
+    /// Upper bound of the range.
+    pub end: Bound<Vec<u8>>,
+}
+
+impl KeyRange {
+    /// Every key of the table.
+    pub fn all() -> Self {
+        Self { start: Bound::Unbounded, end: Bound::Unbounded }
+    }
+
+    /// Every key that starts with `prefix`.
+    pub fn prefix(prefix: &[u8]) -> Self {
+        let start = Bound::Included(prefix.to_vec());
+        let end = match prefix_successor(prefix) {
+            Some(succ) => Bound::Excluded(succ),
+            None => Bound::Unbounded,
+        };
+        Self { start, end }
+    }
+
+    /// Whether `key` lies inside the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        let above = match &self.start {
+            Bound::Included(s) => key >= s.as_slice(),
+            Bound::Excluded(s) => key > s.as_slice(),
+            Bound::Unbounded => true,
+        };
+        let below = match &self.end {
+            Bound::Included(e) => key <= e.as_slice(),
+            Bound::Excluded(e) => key < e.as_slice(),
+            Bound::Unbounded => true,
+        };
+        above && below
+    }
+}
+
+/// The smallest byte string greater than every string that starts with `prefix`, if any.
+fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut succ = prefix.to_vec();
+    while let Some(last) = succ.pop() {
+        if last < u8::MAX {
+            succ.push(last + 1);
+            return Some(succ);
+        }
+    }
+    None
+}
+
+/// One change inside a [`WriteBatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Set `key` to `value` in `table` (insert or overwrite).
+    Put {
+        /// Target table.
+        table: TableId,
+        /// Key, memcomparable.
+        key: Bytes,
+        /// New value.
+        value: Bytes,
+    },
+    /// Remove `key` from `table`; removing an absent key is not an error.
+    Delete {
+        /// Target table.
+        table: TableId,
+        /// Key to remove.
+        key: Bytes,
+    },
+    /// Remove every key of `table` (DROP TABLE).
+    DropTable {
+        /// The table to empty.
+        table: TableId,
+    },
+}
+
+/// All changes of one epoch, applied atomically by [`StateStore::commit`].
+///
+/// Operations apply in order, so a later put of the same key wins; a `DropTable` followed by
+/// puts leaves only those puts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    ops: Vec<WriteOp>,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Queues `key = value` in `table`.
+    pub fn put(&mut self, table: TableId, key: impl Into<Bytes>, value: impl Into<Bytes>) {
+        self.ops.push(WriteOp::Put { table, key: key.into(), value: value.into() });
+    }
+
+    /// Queues the removal of `key` from `table`.
+    pub fn delete(&mut self, table: TableId, key: impl Into<Bytes>) {
+        self.ops.push(WriteOp::Delete { table, key: key.into() });
+    }
+
+    /// Queues the removal of every key of `table`.
+    pub fn drop_table(&mut self, table: TableId) {
+        self.ops.push(WriteOp::DropTable { table });
+    }
+
+    /// The queued operations, in order.
+    pub fn ops(&self) -> &[WriteOp] {
+        &self.ops
+    }
+
+    /// Number of queued operations.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// A key-value pair read from a state table.
+pub type KeyValue = (Bytes, Bytes);
+
+/// Reads of all state tables as of one committed epoch.
+///
+/// A snapshot never changes after it is taken, whatever commits later: this is what lets a
+/// SELECT that touches several tables see them all at one epoch.
+pub trait StateSnapshot: Send + Sync {
+    /// The epoch this snapshot reads.
+    fn epoch(&self) -> Epoch;
+
+    /// The value of `key` in `table`, if present.
+    fn get(&self, table: TableId, key: &[u8]) -> StorageResult<Option<Bytes>>;
+
+    /// The pairs of `table` whose keys fall in `range`, in key order.
+    ///
+    /// Returns an iterator so that a scan of a table larger than memory can stream.
+    fn scan(
+        &self,
+        table: TableId,
+        range: KeyRange,
+    ) -> StorageResult<Box<dyn Iterator<Item = StorageResult<KeyValue>> + Send + '_>>;
+}
+
+/// The state store: atomic commits of epochs, and snapshot reads of the last committed one.
+///
+/// Invariants every backend keeps (checked by [`conformance`]):
+/// * `commit` applies a whole batch or nothing;
+/// * committed epochs strictly increase — a commit at an epoch not above the last is refused
+///   with [`StorageError::EpochOutOfOrder`];
+/// * a snapshot reads exactly the state after the commit of its epoch, forever.
+pub trait StateStore: Send + Sync + 'static {
+    /// The last committed epoch (0 for a new store).
+    fn committed_epoch(&self) -> Epoch;
+
+    /// Applies `batch` atomically as epoch `epoch`.
+    fn commit(&self, epoch: Epoch, batch: WriteBatch) -> StorageResult<()>;
+
+    /// A consistent view of the last committed epoch.
+    fn snapshot(&self) -> Arc<dyn StateSnapshot>;
+}
