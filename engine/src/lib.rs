@@ -1,1 +1,24 @@
-//! placeholder
+//! # sluice-engine: Arrow data over the state store
+//!
+//! The engine owns how rows look in memory (Arrow `RecordBatch`es) and how they are laid out in
+//! the state store. Today it provides [`StateTable`]: a relation of one Arrow schema kept in one
+//! storage table, keyed by some of its columns. Tables use it for their rows; the incremental
+//! operators of later issues (aggregates, joins, materialized views) keep their state through
+//! the same type, so the durability work changes one place.
+//!
+//! ```text
+//!   RecordBatch ──encode_keys / encode_values──► (memcomparable key, value) ──► WriteBatch
+//!   StateSnapshot ──scan──► (key, value)* ──decode_values──► RecordBatch
+//! ```
+//!
+//! The engine depends only on `storage` (and Arrow through DataFusion's re-export); it never
+//! sees SQL text, the catalog or the wire protocol.
+
+mod error;
+mod state_table;
+
+pub use error::{EngineError, EngineResult};
+pub use state_table::StateTable;
+
+/// Arrow, as re-exported by DataFusion: one copy of the crate for the whole workspace.
+pub use datafusion::arrow;

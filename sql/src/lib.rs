@@ -1,1 +1,34 @@
-//! placeholder
+//! # sluice-sql: statements in, results out
+//!
+//! ```text
+//!  SQL text ──sqlparser──► Statement ──Session::execute──┬─► DDL / SHOW / SET: catalog & settings
+//!                                                        └─► query / DML: DataFusion LogicalPlan
+//!                                                              │  TableProvider = StoredTable
+//!                                                              ▼
+//!                                              engine::StateTable ──► storage::StateStore
+//! ```
+//!
+//! This crate owns the catalog, the per-connection [`Session`] and the classification of every
+//! failure into a [`SqlError`]. It never touches the wire protocol: `server` turns
+//! [`StatementOutcome`]s into pgwire messages and [`SqlError`]s into SQLSTATE codes.
+
+mod catalog;
+mod database;
+mod error;
+mod functions;
+mod naming;
+mod params;
+mod provider;
+mod session;
+mod types;
+
+pub use catalog::{ColumnDef, TableDef, ROW_ID_COLUMN};
+pub use database::{normalize_ident, Database, CATALOG_NAME, SCHEMA_NAME};
+pub use error::{DataErrorKind, SqlError, SqlResult};
+pub use functions::version_string;
+pub use params::{parameter_count, BoundParam};
+pub use session::{parse_statements, Session, StatementDescription, StatementOutcome, StatementOutput, TransactionChange};
+pub use types::{is_json_field, normalize_jsonb, SqlType};
+
+/// DataFusion's SQL parser, re-exported so that `server` needs no direct dependency on it.
+pub use datafusion::sql::sqlparser;

@@ -1,0 +1,382 @@
+//! [`StoredTable`]: a DataFusion table provider over a table's rows in the state store.
+//!
+//! DataFusion plans every query and DML statement; this provider is where its plans touch
+//! storage: `scan` reads a snapshot, `insert_into` / `delete_from` / `update` turn rows into
+//! one atomic write batch each.
+
+use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray, UInt64Array,
+};
+use datafusion::arrow::compute::{cast_with_options, filter_record_batch, CastOptions};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Column, DFSchema};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
+use datafusion::datasource::TableType;
+use datafusion::error::Result as DfResult;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
+use futures::StreamExt;
+use sluice_engine::StateTable;
+use sluice_storage::{StateSnapshot, StateStore, WriteBatch};
+use tokio::sync::Mutex;
+
+use crate::catalog::TableDef;
+use crate::error::{to_datafusion, DataErrorKind, SqlError, SqlResult};
+use crate::types::{normalize_jsonb, SqlType};
+
+/// The snapshot one statement reads, put into the statement's DataFusion config so that every
+/// table it scans is read at the same epoch.
+#[derive(Clone)]
+pub struct ReadSnapshot(pub Arc<dyn StateSnapshot>);
+
+impl fmt::Debug for ReadSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ReadSnapshot(epoch {})", self.0.epoch())
+    }
+}
+
+/// Serializes writes to tables and commits each statement's changes as one epoch.
+///
+/// Why one lock: UPDATE and DELETE read rows and write them back; holding the lock from the
+/// read to the commit makes each DML statement atomic and isolated from the others. The
+/// incremental-views issue replaces per-statement commits with barrier-driven epochs.
+pub struct TableWriter {
+    store: Arc<dyn StateStore>,
+    lock: Mutex<()>,
+    next_row_id: AtomicI64,
+}
+
+impl TableWriter {
+    /// A writer committing to `store`.
+    pub fn new(store: Arc<dyn StateStore>) -> Self {
+        Self { store, lock: Mutex::new(()), next_row_id: AtomicI64::new(1) }
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.store
+    }
+
+    /// Runs `f` holding the write lock: `f` reads a fresh snapshot and returns the changes to
+    /// commit and a result; the changes commit as the next epoch before the lock is released.
+    pub async fn write<T>(
+        &self,
+        f: impl FnOnce(&dyn StateSnapshot) -> SqlResult<(WriteBatch, T)>,
+    ) -> SqlResult<T> {
+        let _guard = self.lock.lock().await;
+        let snapshot = self.store.snapshot();
+        let (batch, out) = f(snapshot.as_ref())?;
+        if !batch.is_empty() {
+            self.store.commit(snapshot.epoch() + 1, batch)?;
+        }
+        Ok(out)
+    }
+
+    /// Allocates `n` consecutive hidden row ids.
+    fn allocate_row_ids(&self, n: usize) -> Int64Array {
+        let first = self.next_row_id.fetch_add(n as i64, Ordering::Relaxed);
+        Int64Array::from_iter_values(first..first + n as i64)
+    }
+}
+
+/// A table's rows as a DataFusion [`TableProvider`].
+pub struct StoredTable {
+    def: Arc<TableDef>,
+    state: Arc<StateTable>,
+    user_schema: SchemaRef,
+    writer: Arc<TableWriter>,
+}
+
+impl fmt::Debug for StoredTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredTable").field("name", &self.def.name).finish()
+    }
+}
+
+impl StoredTable {
+    /// The provider for `def`, writing through `writer`.
+    pub fn try_new(def: Arc<TableDef>, writer: Arc<TableWriter>) -> SqlResult<Self> {
+        let state = Arc::new(StateTable::try_new(def.id, def.stored_schema(), def.key_indices())?);
+        let user_schema = def.user_schema();
+        Ok(Self { def, state, user_schema, writer })
+    }
+
+    /// The table definition.
+    pub fn def(&self) -> &Arc<TableDef> {
+        &self.def
+    }
+
+    /// The state table holding the rows.
+    pub fn state(&self) -> &Arc<StateTable> {
+        &self.state
+    }
+
+    /// Every stored row (hidden row id included) as of `snapshot`, as one batch.
+    fn read_stored(&self, snapshot: &dyn StateSnapshot) -> SqlResult<RecordBatch> {
+        let batches = self.state.scan_all(snapshot)?;
+        Ok(datafusion::arrow::compute::concat_batches(self.state.schema(), &batches)?)
+    }
+
+    /// Checks and completes user rows before they are stored: casts to the column types,
+    /// enforces NOT NULL and `VARCHAR(n)`, normalizes JSONB, and appends hidden row ids.
+    fn prepare_rows(&self, columns: Vec<ArrayRef>, with_row_ids: Option<ArrayRef>) -> SqlResult<RecordBatch> {
+        let rows = columns.first().map(|c| c.len()).unwrap_or(0);
+        let mut out = Vec::with_capacity(columns.len() + 1);
+        for (column, def) in columns.into_iter().zip(&self.def.columns) {
+            let target = def.sql_type.arrow_type();
+            let column = if column.data_type() == &target {
+                column
+            } else {
+                cast_with_options(&column, &target, &CastOptions { safe: false, ..Default::default() })?
+            };
+            if def.not_null && column.null_count() > 0 {
+                return Err(SqlError::NotNull { table: self.def.name.clone(), column: def.name.clone() });
+            }
+            let column = match &def.sql_type {
+                SqlType::Varchar { max_len: Some(max) } => {
+                    let strings = column.as_string::<i32>();
+                    if let Some(long) = strings.iter().flatten().find(|s| s.chars().count() > *max as usize) {
+                        return Err(SqlError::data(
+                            DataErrorKind::StringTooLong,
+                            format!("value too long for type character varying({max}): '{long}'"),
+                        ));
+                    }
+                    column
+                }
+                SqlType::Jsonb => {
+                    let strings = column.as_string::<i32>();
+                    let normalized = strings
+                        .iter()
+                        .map(|v| v.map(normalize_jsonb).transpose())
+                        .collect::<SqlResult<StringArray>>()?;
+                    Arc::new(normalized) as ArrayRef
+                }
+                _ => column,
+            };
+            out.push(column);
+        }
+        if self.def.has_row_id() {
+            let ids = match with_row_ids {
+                Some(ids) => ids,
+                None => Arc::new(self.writer.allocate_row_ids(rows)) as ArrayRef,
+            };
+            out.push(ids);
+        }
+        Ok(RecordBatch::try_new(Arc::clone(self.state.schema()), out)?)
+    }
+
+    /// Rows of `stored` matching every filter (SQL semantics: NULL does not match).
+    fn matching_rows(&self, state: &dyn Session, stored: &RecordBatch, filters: &[Expr]) -> SqlResult<RecordBatch> {
+        if filters.is_empty() || stored.num_rows() == 0 {
+            return Ok(stored.clone());
+        }
+        let df_schema = DFSchema::try_from(Arc::clone(self.state.schema()))?;
+        let mut mask: Option<BooleanArray> = None;
+        for filter in filters {
+            let expr = state.create_physical_expr(unqualify(filter.clone())?, &df_schema)?;
+            let value = expr.evaluate(stored)?.into_array(stored.num_rows())?;
+            let value = value.as_boolean_opt().ok_or_else(|| {
+                SqlError::TypeMismatch(format!("argument of WHERE must be type boolean, not {}", value.data_type()))
+            })?;
+            mask = Some(match mask {
+                None => value.clone(),
+                Some(m) => datafusion::arrow::compute::and(&m, value)?,
+            });
+        }
+        match mask {
+            Some(mask) => Ok(filter_record_batch(stored, &mask)?),
+            None => Ok(stored.clone()),
+        }
+    }
+}
+
+/// Strips table qualifiers: DML filters and assignments are evaluated against the table's own
+/// unqualified schema.
+fn unqualify(expr: Expr) -> SqlResult<Expr> {
+    if expr.exists(|e| Ok(matches!(e, Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_))))? {
+        return Err(SqlError::Unsupported("subqueries in UPDATE or DELETE".into()));
+    }
+    Ok(expr
+        .transform(|e| match e {
+            Expr::Column(c) if c.relation.is_some() => {
+                Ok(Transformed::yes(Expr::Column(Column::new_unqualified(c.name))))
+            }
+            other => Ok(Transformed::no(other)),
+        })?
+        .data)
+}
+
+/// A plan that returns one row: the number of rows a DML statement changed.
+fn count_plan(count: u64) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let schema = Arc::new(Schema::new(vec![Field::new("count", DataType::UInt64, false)]));
+    let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(UInt64Array::from(vec![count]))])?;
+    Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None)?)
+}
+
+#[async_trait]
+impl TableProvider for StoredTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.user_schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let snapshot = match state.config().get_extension::<ReadSnapshot>() {
+            Some(s) => Arc::clone(&s.0),
+            None => self.writer.store().snapshot(),
+        };
+        let mut batches = self.state.scan_all(snapshot.as_ref()).map_err(|e| to_datafusion(e.into()))?;
+        if self.def.has_row_id() {
+            let user_columns: Vec<usize> = (0..self.def.columns.len()).collect();
+            batches = batches.iter().map(|b| b.project(&user_columns)).collect::<Result<_, _>>()?;
+            batches = batches
+                .into_iter()
+                .map(|b| RecordBatch::try_new(Arc::clone(&self.user_schema), b.columns().to_vec()))
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(MemorySourceConfig::try_new_exec(&[batches], Arc::clone(&self.user_schema), projection.cloned())?)
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Unsupported; filters.len()])
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return Err(to_datafusion(SqlError::Unsupported(format!("INSERT mode {insert_op}"))));
+        }
+        let sink = TableSink { table: self.clone_handle(), schema: Arc::clone(&self.user_schema) };
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+
+    async fn delete_from(&self, state: &dyn Session, filters: Vec<Expr>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let deleted = self
+            .writer
+            .write(|snapshot| {
+                let stored = self.read_stored(snapshot)?;
+                let doomed = self.matching_rows(state, &stored, &filters)?;
+                let mut batch = WriteBatch::new();
+                self.state.delete_rows(&doomed, &mut batch)?;
+                Ok((batch, doomed.num_rows() as u64))
+            })
+            .await
+            .map_err(to_datafusion)?;
+        count_plan(deleted)
+    }
+
+    async fn update(
+        &self,
+        state: &dyn Session,
+        assignments: Vec<(String, Expr)>,
+        filters: Vec<Expr>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let updated = self
+            .writer
+            .write(|snapshot| {
+                let stored = self.read_stored(snapshot)?;
+                let old = self.matching_rows(state, &stored, &filters)?;
+                let df_schema = DFSchema::try_from(Arc::clone(self.state.schema()))?;
+                let mut columns: Vec<ArrayRef> = (0..self.def.columns.len()).map(|i| Arc::clone(old.column(i))).collect();
+                for (name, expr) in &assignments {
+                    let (index, _) = self
+                        .def
+                        .column(name)
+                        .ok_or_else(|| SqlError::UndefinedColumn(format!("\"{name}\"")))?;
+                    let expr = state.create_physical_expr(unqualify(expr.clone())?, &df_schema)?;
+                    columns[index] = expr.evaluate(&old)?.into_array(old.num_rows())?;
+                }
+                let row_ids = self.def.has_row_id().then(|| Arc::clone(old.column(self.def.columns.len())));
+                let new = self.prepare_rows(columns, row_ids)?;
+                let mut batch = WriteBatch::new();
+                self.state.delete_rows(&old, &mut batch)?;
+                self.state.write_rows(&new, &mut batch)?;
+                Ok((batch, old.num_rows() as u64))
+            })
+            .await
+            .map_err(to_datafusion)?;
+        count_plan(updated)
+    }
+}
+
+impl StoredTable {
+    fn clone_handle(&self) -> Arc<StoredTable> {
+        Arc::new(StoredTable {
+            def: Arc::clone(&self.def),
+            state: Arc::clone(&self.state),
+            user_schema: Arc::clone(&self.user_schema),
+            writer: Arc::clone(&self.writer),
+        })
+    }
+}
+
+/// The sink of `INSERT`: collects the statement's rows and commits them as one write batch.
+struct TableSink {
+    table: Arc<StoredTable>,
+    schema: SchemaRef,
+}
+
+impl fmt::Debug for TableSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TableSink({})", self.table.def.name)
+    }
+}
+
+impl DisplayAs for TableSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TableSink: table={}", self.table.def.name)
+    }
+}
+
+#[async_trait]
+impl DataSink for TableSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(&self, mut data: SendableRecordBatchStream, _context: &Arc<TaskContext>) -> DfResult<u64> {
+        let mut prepared = Vec::new();
+        while let Some(batch) = data.next().await {
+            let batch = batch?;
+            prepared.push(self.table.prepare_rows(batch.columns().to_vec(), None).map_err(to_datafusion)?);
+        }
+        let table = &self.table;
+        let count = table
+            .writer
+            .write(|_| {
+                let mut write = WriteBatch::new();
+                let mut count = 0u64;
+                for batch in &prepared {
+                    table.state.write_rows(batch, &mut write)?;
+                    count += batch.num_rows() as u64;
+                }
+                Ok((write, count))
+            })
+            .await
+            .map_err(to_datafusion)?;
+        Ok(count)
+    }
+}

@@ -1,0 +1,512 @@
+//! [`Session`]: one client connection's view of the database — its settings, its transaction
+//! state — and the statement dispatcher.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::context::SessionContext;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{self, Expr, ObjectType, Set, Statement, Value};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use futures::{StreamExt, TryStreamExt};
+
+use crate::database::{normalize_ident, table_name, Database};
+use crate::error::{SqlError, SqlResult};
+use crate::functions::session_functions;
+use crate::naming::postgres_output_names;
+use crate::params::{bind_parameters, parameter_count, BoundParam};
+use crate::provider::ReadSnapshot;
+
+/// What a statement produced.
+pub enum StatementOutput {
+    /// Rows, streamed.
+    Rows {
+        /// Column names and types.
+        schema: SchemaRef,
+        /// The rows.
+        stream: SendableRecordBatchStream,
+    },
+    /// A command completed; `tag` is its PostgreSQL command tag (`INSERT`, `CREATE TABLE`, ...).
+    Command {
+        /// The command word(s).
+        tag: String,
+        /// Rows affected, for commands that report a count.
+        rows: Option<u64>,
+    },
+}
+
+/// How a statement changed the transaction state, so the wire layer can report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransactionChange {
+    /// No change.
+    None,
+    /// A transaction block started.
+    Began,
+    /// The transaction block ended.
+    Ended,
+}
+
+/// The outcome of one statement: its output, warnings for the client, transaction change.
+pub struct StatementOutcome {
+    /// Rows or a command tag.
+    pub output: StatementOutput,
+    /// Warnings to send as NOTICE messages before the result.
+    pub notices: Vec<String>,
+    /// Transaction block transitions.
+    pub transaction: TransactionChange,
+}
+
+impl StatementOutcome {
+    fn command(tag: impl Into<String>, rows: Option<u64>) -> Self {
+        Self { output: StatementOutput::Command { tag: tag.into(), rows }, notices: vec![], transaction: TransactionChange::None }
+    }
+}
+
+/// What a statement would return, learned without running it (extended protocol Describe).
+#[derive(Debug, Clone)]
+pub struct StatementDescription {
+    /// The type the planner infers for each `$n`, if any.
+    pub parameter_types: Vec<Option<DataType>>,
+    /// The result columns, or `None` for a statement that returns no rows.
+    pub columns: Option<SchemaRef>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TxnState {
+    Idle,
+    InBlock { writes: u32 },
+    Failed,
+}
+
+/// One client's session.
+///
+/// Transactions: Sluice commits every statement when it runs (autocommit). `BEGIN`/`COMMIT`
+/// are accepted so that drivers work, and a failed statement inside a block aborts the block
+/// as in PostgreSQL (25P02 until `ROLLBACK`); a `ROLLBACK` cannot undo earlier statements of
+/// the block and says so in a WARNING.
+pub struct Session {
+    db: Arc<Database>,
+    ctx: SessionContext,
+    settings: BTreeMap<String, String>,
+    txn: TxnState,
+}
+
+fn default_settings() -> BTreeMap<String, String> {
+    [
+        ("application_name", ""),
+        ("client_encoding", "UTF8"),
+        ("datestyle", "ISO, MDY"),
+        ("default_transaction_isolation", "read committed"),
+        ("default_transaction_read_only", "off"),
+        ("extra_float_digits", "1"),
+        ("integer_datetimes", "on"),
+        ("intervalstyle", "postgres"),
+        ("is_superuser", "on"),
+        ("lc_collate", "C.UTF-8"),
+        ("max_identifier_length", "63"),
+        ("search_path", "\"$user\", public"),
+        ("server_encoding", "UTF8"),
+        ("server_version", "15.0"),
+        ("server_version_num", "150000"),
+        ("standard_conforming_strings", "on"),
+        ("statement_timeout", "0"),
+        ("timezone", "UTC"),
+        ("transaction_isolation", "read committed"),
+        ("transaction_read_only", "off"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Time zone names that mean UTC: the only zone Sluice shows timestamps in so far.
+fn is_utc(zone: &str) -> bool {
+    matches!(
+        zone.trim().to_ascii_lowercase().as_str(),
+        "utc" | "gmt" | "z" | "zulu" | "etc/utc" | "etc/gmt" | "universal" | "+00:00" | "00:00" | "0" | "+0" | "default" | "local"
+    )
+}
+
+fn single_column(name: &str, values: Vec<String>) -> SqlResult<StatementOutput> {
+    let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, true)]));
+    let column: ArrayRef = Arc::new(StringArray::from(values));
+    rows_output(schema, vec![column])
+}
+
+fn rows_output(schema: SchemaRef, columns: Vec<ArrayRef>) -> SqlResult<StatementOutput> {
+    let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
+    let stream = futures::stream::iter(vec![Ok(batch)]);
+    Ok(StatementOutput::Rows { schema: Arc::clone(&schema), stream: Box::pin(RecordBatchStreamAdapter::new(schema, stream)) })
+}
+
+fn show_columns_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("Name", DataType::Utf8, false),
+        Field::new("Type", DataType::Utf8, false),
+        Field::new("Nullable", DataType::Boolean, false),
+        Field::new("Primary Key", DataType::Boolean, false),
+    ]))
+}
+
+fn setting_value(values: &[Expr]) -> String {
+    values
+        .iter()
+        .map(|v| match v {
+            Expr::Value(v) => match &v.value {
+                Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
+                other => other.to_string(),
+            },
+            Expr::Identifier(i) => i.value.clone(),
+            other => other.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Parses a string of one or more SQL statements.
+pub fn parse_statements(sql: &str) -> SqlResult<Vec<Statement>> {
+    Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| {
+        let msg = e.to_string();
+        let msg = msg.trim_start_matches("sql parser error: ");
+        SqlError::Syntax(format!("syntax error: {msg}"))
+    })
+}
+
+impl Session {
+    pub(crate) fn new(db: Arc<Database>, database: &str, user: &str, backend_pid: i32) -> Self {
+        let ctx = SessionContext::new_with_state(db.context().state());
+        for f in session_functions(database, user, backend_pid) {
+            ctx.register_udf(f);
+        }
+        Self { db, ctx, settings: default_settings(), txn: TxnState::Idle }
+    }
+
+    /// The database this session belongs to.
+    pub fn database(&self) -> &Arc<Database> {
+        &self.db
+    }
+
+    /// Whether the session is inside a transaction block.
+    pub fn in_transaction(&self) -> bool {
+        !matches!(self.txn, TxnState::Idle)
+    }
+
+    /// Executes one statement.
+    pub async fn execute(&mut self, stmt: &Statement) -> SqlResult<StatementOutcome> {
+        let is_txn_end = matches!(stmt, Statement::Commit { .. } | Statement::Rollback { .. });
+        if self.txn == TxnState::Failed && !is_txn_end {
+            return Err(SqlError::InvalidTransactionState(
+                "current transaction is aborted, commands ignored until end of transaction block".into(),
+            ));
+        }
+        let result = self.dispatch(stmt).await;
+        match (&result, self.txn) {
+            (Err(_), TxnState::InBlock { .. }) => self.txn = TxnState::Failed,
+            (Ok(outcome), TxnState::InBlock { writes }) if outcome.transaction == TransactionChange::None => {
+                if matches!(stmt, Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) | Statement::CreateTable(_) | Statement::Drop { .. }) {
+                    self.txn = TxnState::InBlock { writes: writes + 1 };
+                }
+            }
+            _ => {}
+        }
+        result
+    }
+
+    /// Executes `stmt` with its `$n` parameters bound to `params`.
+    pub async fn execute_with_params(&mut self, stmt: &Statement, params: &[BoundParam]) -> SqlResult<StatementOutcome> {
+        if parameter_count(stmt) == 0 && params.is_empty() {
+            return self.execute(stmt).await;
+        }
+        let bound = bind_parameters(stmt, params)?;
+        self.execute(&bound).await
+    }
+
+    async fn dispatch(&mut self, stmt: &Statement) -> SqlResult<StatementOutcome> {
+        match stmt {
+            Statement::Query(_) | Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) => {
+                self.run_datafusion(stmt).await
+            }
+            Statement::Explain { statement, .. } => {
+                if !matches!(statement.as_ref(), Statement::Query(_)) {
+                    return Err(SqlError::Unsupported("EXPLAIN of a statement other than a query".into()));
+                }
+                self.run_datafusion(stmt).await
+            }
+            Statement::CreateTable(create) => {
+                let mut outcome = StatementOutcome::command("CREATE TABLE", None);
+                if !self.db.create_table(create)? {
+                    outcome.notices.push(format!("relation \"{}\" already exists, skipping", table_name(&create.name)?));
+                }
+                Ok(outcome)
+            }
+            Statement::Drop { object_type, if_exists, names, .. } => {
+                if *object_type != ObjectType::Table {
+                    return Err(SqlError::Unsupported(format!("DROP {object_type}")));
+                }
+                let mut outcome = StatementOutcome::command("DROP TABLE", None);
+                for name in names {
+                    if !self.db.drop_table(name, *if_exists).await? {
+                        outcome.notices.push(format!("table \"{}\" does not exist, skipping", table_name(name)?));
+                    }
+                }
+                Ok(outcome)
+            }
+            Statement::ShowTables { .. } => {
+                Ok(StatementOutcome { output: single_column("Name", self.db.table_names())?, notices: vec![], transaction: TransactionChange::None })
+            }
+            Statement::ShowColumns { show_options, .. } => {
+                let name = show_options
+                    .show_in
+                    .as_ref()
+                    .and_then(|s| s.parent_name.as_ref())
+                    .ok_or_else(|| SqlError::Syntax("SHOW COLUMNS needs FROM <table>".into()))?;
+                self.describe_table(name)
+            }
+            Statement::ExplainTable { table_name, .. } => self.describe_table(table_name),
+            Statement::ShowVariable { variable } => self.show_variable(variable),
+            Statement::Set(set) => self.set(set),
+            Statement::StartTransaction { .. } => {
+                let mut outcome = StatementOutcome::command("BEGIN", None);
+                if self.txn == TxnState::Idle {
+                    self.txn = TxnState::InBlock { writes: 0 };
+                    outcome.transaction = TransactionChange::Began;
+                } else {
+                    outcome.notices.push("there is already a transaction in progress".into());
+                }
+                Ok(outcome)
+            }
+            Statement::Commit { .. } | Statement::Rollback { .. } => {
+                let rollback = matches!(stmt, Statement::Rollback { .. }) || self.txn == TxnState::Failed;
+                let mut outcome = StatementOutcome::command(if rollback { "ROLLBACK" } else { "COMMIT" }, None);
+                match self.txn {
+                    TxnState::Idle => outcome.notices.push("there is no transaction in progress".into()),
+                    TxnState::InBlock { writes } if rollback && writes > 0 => outcome.notices.push(format!(
+                        "{writes} statement(s) of this transaction were already committed and are not rolled back: Sluice commits each statement when it runs"
+                    )),
+                    _ => {}
+                }
+                self.txn = TxnState::Idle;
+                outcome.transaction = TransactionChange::Ended;
+                Ok(outcome)
+            }
+            other => Err(SqlError::Unsupported(format!("statement {}", statement_kind(other)))),
+        }
+    }
+
+    fn describe_table(&self, name: &ast::ObjectName) -> SqlResult<StatementOutcome> {
+        let name = table_name(name)?;
+        let def = self.db.table(&name).ok_or(SqlError::UndefinedTable(name))?;
+        let names: Vec<String> = def.columns.iter().map(|c| c.name.clone()).collect();
+        let types: Vec<String> = def.columns.iter().map(|c| c.sql_type.display_name()).collect();
+        let nullable: Vec<bool> = def.columns.iter().map(|c| !c.not_null).collect();
+        let pk: Vec<bool> = (0..def.columns.len()).map(|i| def.primary_key.contains(&i)).collect();
+        let output = rows_output(
+            show_columns_schema(),
+            vec![
+                Arc::new(StringArray::from(names)),
+                Arc::new(StringArray::from(types)),
+                Arc::new(BooleanArray::from(nullable)),
+                Arc::new(BooleanArray::from(pk)),
+            ],
+        )?;
+        Ok(StatementOutcome { output, notices: vec![], transaction: TransactionChange::None })
+    }
+
+    fn show_variable(&self, variable: &[ast::Ident]) -> SqlResult<StatementOutcome> {
+        let name = variable.iter().map(normalize_ident).collect::<Vec<_>>().join(" ");
+        let output = match name.as_str() {
+            "all" => {
+                let schema = Arc::new(Schema::new(vec![
+                    Field::new("name", DataType::Utf8, false),
+                    Field::new("setting", DataType::Utf8, false),
+                ]));
+                let names: Vec<String> = self.settings.keys().cloned().collect();
+                let values: Vec<String> = self.settings.values().cloned().collect();
+                rows_output(schema, vec![Arc::new(StringArray::from(names)), Arc::new(StringArray::from(values))])?
+            }
+            _ => {
+                let key = match name.as_str() {
+                    "transaction isolation level" => "transaction_isolation".to_string(),
+                    "time zone" => "timezone".to_string(),
+                    other => other.to_string(),
+                };
+                let value = self
+                    .settings
+                    .get(&key)
+                    .cloned()
+                    .ok_or_else(|| SqlError::UndefinedParameter(format!("unrecognized configuration parameter \"{name}\"")))?;
+                single_column(&key, vec![value])?
+            }
+        };
+        Ok(StatementOutcome { output, notices: vec![], transaction: TransactionChange::None })
+    }
+
+    fn set(&mut self, set: &Set) -> SqlResult<StatementOutcome> {
+        match set {
+            Set::SingleAssignment { variable, values, .. } => {
+                let name = variable
+                    .0
+                    .iter()
+                    .filter_map(|p| p.as_ident())
+                    .map(normalize_ident)
+                    .collect::<Vec<_>>()
+                    .join(".");
+                let value = setting_value(values);
+                if name == "timezone" && !is_utc(&value) {
+                    return Err(SqlError::Unsupported(format!("time zone '{value}' (Sluice shows timestamps in UTC)")));
+                }
+                self.settings.insert(name, value);
+            }
+            Set::SetTimeZone { value, .. } => {
+                let value = setting_value(std::slice::from_ref(value));
+                if !is_utc(&value) {
+                    return Err(SqlError::Unsupported(format!("time zone '{value}' (Sluice shows timestamps in UTC)")));
+                }
+                self.settings.insert("timezone".into(), "UTC".into());
+            }
+            Set::SetNames { charset_name, .. } => {
+                let charset = charset_name.value.to_ascii_uppercase().replace('-', "");
+                if charset != "UTF8" {
+                    return Err(SqlError::Unsupported(format!("client encoding {}", charset_name.value)));
+                }
+            }
+            Set::SetTransaction { .. } | Set::SetSessionParam(_) => {}
+            other => return Err(SqlError::Unsupported(format!("{other}"))),
+        }
+        Ok(StatementOutcome::command("SET", None))
+    }
+
+    /// A copy of the session's DataFusion state that reads every table at one snapshot.
+    fn statement_state(&self) -> datafusion::execution::SessionState {
+        let mut state = self.ctx.state();
+        let snapshot = self.db.store().snapshot();
+        state.config_mut().set_extension(Arc::new(ReadSnapshot(snapshot)));
+        state
+    }
+
+    async fn plan(&self, state: &datafusion::execution::SessionState, stmt: &Statement) -> SqlResult<LogicalPlan> {
+        let plan = state.statement_to_plan(DFStatement::Statement(Box::new(stmt.clone()))).await?;
+        match &plan {
+            LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) | LogicalPlan::Copy(_) => {
+                Err(SqlError::Unsupported(format!("statement {}", statement_kind(stmt))))
+            }
+            _ => Ok(plan),
+        }
+    }
+
+    async fn run_datafusion(&self, stmt: &Statement) -> SqlResult<StatementOutcome> {
+        let state = self.statement_state();
+        let plan = self.plan(&state, stmt).await?;
+        let dml_tag = match stmt {
+            Statement::Insert(_) => Some("INSERT"),
+            Statement::Update(_) => Some("UPDATE"),
+            Statement::Delete(_) => Some("DELETE"),
+            _ => None,
+        };
+        let df = DataFrame::new(state, plan);
+        if let Some(tag) = dml_tag {
+            let batches = df.collect().await?;
+            let mut rows = 0u64;
+            for batch in &batches {
+                if let Some(counts) = batch.column(0).as_any().downcast_ref::<UInt64Array>() {
+                    rows += counts.iter().flatten().sum::<u64>();
+                }
+            }
+            return Ok(StatementOutcome::command(tag, Some(rows)));
+        }
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let schema = match stmt {
+            Statement::Query(q) => rename_output(&schema, postgres_output_names(q)),
+            _ => schema,
+        };
+        let stream = df.execute_stream().await?;
+        let out_schema = Arc::clone(&schema);
+        let renamed = stream.map(move |batch| {
+            let batch = batch?;
+            Ok(RecordBatch::try_new(Arc::clone(&out_schema), batch.columns().to_vec())?)
+        });
+        Ok(StatementOutcome {
+            output: StatementOutput::Rows {
+                schema: Arc::clone(&schema),
+                stream: Box::pin(RecordBatchStreamAdapter::new(schema, renamed.map_err(|e: datafusion::error::DataFusionError| e))),
+            },
+            notices: vec![],
+            transaction: TransactionChange::None,
+        })
+    }
+
+    /// Describes `stmt` without running it: parameter types and result columns.
+    pub async fn describe(&self, stmt: &Statement) -> SqlResult<StatementDescription> {
+        let count = parameter_count(stmt);
+        let mut parameter_types = vec![None; count];
+        let columns = match stmt {
+            Statement::Query(_) | Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) | Statement::Explain { .. } => {
+                let state = self.statement_state();
+                let plan = self.plan(&state, stmt).await?;
+                for (name, ty) in plan.get_parameter_types()? {
+                    if let Some(i) = name.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
+                        if i >= 1 && i <= count {
+                            parameter_types[i - 1] = ty;
+                        }
+                    }
+                }
+                match stmt {
+                    Statement::Query(q) => {
+                        let schema = Arc::new(plan.schema().as_arrow().clone());
+                        Some(rename_output(&schema, postgres_output_names(q)))
+                    }
+                    Statement::Explain { .. } => Some(Arc::new(plan.schema().as_arrow().clone())),
+                    _ => None,
+                }
+            }
+            Statement::ShowTables { .. } => Some(Arc::new(Schema::new(vec![Field::new("Name", DataType::Utf8, true)]))),
+            Statement::ShowColumns { .. } | Statement::ExplainTable { .. } => Some(show_columns_schema()),
+            Statement::ShowVariable { .. } => {
+                // The column name depends on the variable; SHOW is small, so run it.
+                let mut probe = Session { db: Arc::clone(&self.db), ctx: self.ctx.clone(), settings: self.settings.clone(), txn: TxnState::Idle };
+                match probe.dispatch(stmt).await?.output {
+                    StatementOutput::Rows { schema, .. } => Some(schema),
+                    StatementOutput::Command { .. } => None,
+                }
+            }
+            _ => None,
+        };
+        Ok(StatementDescription { parameter_types, columns })
+    }
+}
+
+fn rename_output(schema: &SchemaRef, names: Option<Vec<Option<String>>>) -> SchemaRef {
+    let Some(names) = names else { return Arc::clone(schema) };
+    if names.len() != schema.fields().len() {
+        return Arc::clone(schema);
+    }
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .zip(names)
+        .map(|(f, name)| match name {
+            Some(name) => f.as_ref().clone().with_name(name),
+            None => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// The leading keywords of a statement, to name it in errors.
+fn statement_kind(stmt: &Statement) -> String {
+    let text = stmt.to_string();
+    let words: Vec<&str> = text.split_whitespace().take(3).collect();
+    let keywords: Vec<&str> = words.into_iter().take_while(|w| w.chars().all(|c| c.is_ascii_alphabetic() || c == '_')).collect();
+    if keywords.is_empty() {
+        "this statement".into()
+    } else {
+        keywords.join(" ").to_uppercase()
+    }
+}
