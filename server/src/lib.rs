@@ -1,1 +1,208 @@
-//! placeholder
+//! # sluice-server: the `sluice` binary
+//!
+//! ```text
+//!   psql / drivers ──TCP──► pgwire (pg.rs) ──► sql::Session ──► results ──► encode.rs ──► DataRows
+//!   curl / Prometheus ──► HTTP (http.rs): /health, /metrics
+//! ```
+//!
+//! This crate owns the process: the command line, the listeners, the data directory lock,
+//! shutdown on SIGTERM / Ctrl-C, and the single mapping of errors to SQLSTATE codes
+//! (`sqlstate.rs`).
+
+pub mod demo;
+mod encode;
+pub mod http;
+pub mod metrics;
+pub mod pg;
+mod pgtext;
+mod sqlstate;
+
+use std::fs::{self, File};
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sluice_sql::Database;
+use sluice_storage::MemoryStateStore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::metrics::Metrics;
+use crate::pg::ConnectionHandlers;
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory cannot be used.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another server holds the data directory.
+    #[error("data directory {0} is in use by another sluice process")]
+    DataDirLocked(PathBuf),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+/// Where the server keeps its data and where it listens.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Data directory (state, history, lock file).
+    pub data_dir: PathBuf,
+    /// pgwire listen address.
+    pub pg_addr: SocketAddr,
+    /// HTTP listen address.
+    pub http_addr: SocketAddr,
+}
+
+/// A running server: its database and the addresses it actually listens on (useful when a
+/// port of 0 was asked for).
+pub struct RunningServer {
+    /// The database.
+    pub db: Arc<Database>,
+    /// Bound pgwire address.
+    pub pg_addr: SocketAddr,
+    /// Bound HTTP address.
+    pub http_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _lock: File,
+}
+
+fn lock_data_dir(dir: &PathBuf) -> Result<File, ServerError> {
+    let err = |source| ServerError::DataDir { path: dir.clone(), source };
+    fs::create_dir_all(dir).map_err(err)?;
+    let mut lock = File::options().create(true).truncate(false).write(true).open(dir.join("LOCK")).map_err(err)?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => return Err(ServerError::DataDirLocked(dir.clone())),
+        Err(fs::TryLockError::Error(e)) => return Err(err(e)),
+    }
+    lock.set_len(0).map_err(err)?;
+    writeln!(lock, "{}", std::process::id()).map_err(err)?;
+    Ok(lock)
+}
+
+impl RunningServer {
+    /// Starts the listeners.
+    pub async fn start(config: ServerConfig) -> Result<Self, ServerError> {
+        let lock = lock_data_dir(&config.data_dir)?;
+        // The durable RocksDB backend is the durability issue's work; until then state lives in
+        // memory and does not survive a restart.
+        warn!("state is kept in memory: tables do not survive a restart yet");
+        let db = Database::new(Arc::new(MemoryStateStore::new()));
+        let metrics = Arc::new(Metrics::default());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+
+        let pg_listener = TcpListener::bind(config.pg_addr).await.map_err(|source| ServerError::Bind { addr: config.pg_addr, source })?;
+        let http_listener = TcpListener::bind(config.http_addr).await.map_err(|source| ServerError::Bind { addr: config.http_addr, source })?;
+        let pg_addr = pg_listener.local_addr().map_err(|source| ServerError::Bind { addr: config.pg_addr, source })?;
+        let http_addr = http_listener.local_addr().map_err(|source| ServerError::Bind { addr: config.http_addr, source })?;
+
+        let pg_task = tokio::spawn(accept_pg(pg_listener, Arc::clone(&db), Arc::clone(&metrics), shutdown_rx.clone()));
+        let router = http::router(Arc::clone(&db), metrics);
+        let mut http_shutdown = shutdown_rx;
+        let http_task = tokio::spawn(async move {
+            let result = axum::serve(http_listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = http_shutdown.wait_for(|stop| *stop).await.map(|_| ());
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %ServerError::Http(e), "HTTP server stopped");
+            }
+        });
+        info!(%pg_addr, %http_addr, data_dir = %config.data_dir.display(), "sluice is ready");
+        Ok(Self { db, pg_addr, http_addr, shutdown, tasks: vec![pg_task, http_task], _lock: lock })
+    }
+
+    /// Stops accepting connections and waits for the listeners to close.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        info!("sluice stopped");
+    }
+}
+
+async fn accept_pg(listener: TcpListener, db: Arc<Database>, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let handlers = ConnectionHandlers::new(Arc::clone(&db), Arc::clone(&metrics));
+                    tokio::spawn(async move {
+                        if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                            tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => break,
+        }
+    }
+}
+
+/// Runs a server until `until` completes.
+pub async fn serve(config: ServerConfig, until: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let server = RunningServer::start(config).await?;
+    println!(
+        "sluice serving pgwire on {} and HTTP on {}  (connect: psql -h {} -p {} -U sluice)",
+        server.pg_addr,
+        server.http_addr,
+        server.pg_addr.ip(),
+        server.pg_addr.port()
+    );
+    until.await;
+    server.stop().await;
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => info!("Ctrl-C received, shutting down"),
+        _ = term => info!("SIGTERM received, shutting down"),
+    }
+}

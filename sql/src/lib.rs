@@ -26,7 +26,7 @@ pub use catalog::{ColumnDef, TableDef, ROW_ID_COLUMN};
 pub use database::{normalize_ident, Database, CATALOG_NAME, SCHEMA_NAME};
 pub use error::{DataErrorKind, SqlError, SqlResult};
 pub use functions::version_string;
-pub use params::{parameter_count, BoundParam};
+pub use params::{bind_parameters, parameter_count, BoundParam};
 pub use session::{parse_statements, Session, StatementDescription, StatementOutcome, StatementOutput, TransactionChange};
 pub use types::{is_json_field, normalize_jsonb, SqlType};
 

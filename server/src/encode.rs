@@ -1,0 +1,134 @@
+//! Arrow results to PostgreSQL rows: type OIDs, text and binary formats.
+//!
+//! Value encoding is `arrow-pg`'s (made for exactly this), except JSONB, which Arrow stores as
+//! tagged text and PostgreSQL sends with a version byte in binary.
+
+use std::sync::Arc;
+
+use arrow_pg::datatypes::into_pg_type;
+use arrow_pg::encoder::encode_value;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{
+    DataType, SchemaRef, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+    TimestampSecondType,
+};
+use futures::{Stream, StreamExt};
+use pgwire::api::portal::Format;
+use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo};
+use pgwire::api::Type;
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::data::DataRow;
+use sluice_sql::{is_json_field, SqlError};
+
+use crate::pgtext;
+use crate::sqlstate::to_pg_error;
+
+/// The PostgreSQL type of an Arrow field.
+pub fn pg_type(field: &datafusion::arrow::datatypes::Field) -> PgWireResult<Type> {
+    if is_json_field(field) {
+        return Ok(Type::JSONB);
+    }
+    match field.data_type() {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Ok(Type::TEXT),
+        other => into_pg_type(other),
+    }
+}
+
+/// The PostgreSQL type for a parameter whose type the planner inferred (TEXT if unknown).
+pub fn parameter_pg_type(t: Option<&DataType>) -> Type {
+    t.and_then(|t| into_pg_type(t).ok()).unwrap_or(Type::TEXT)
+}
+
+/// RowDescription fields for `schema` in the requested formats.
+pub fn field_infos(schema: &SchemaRef, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
+    schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Ok(FieldInfo::new(f.name().clone(), None, None, pg_type(f)?, format.format_for(i))))
+        .collect()
+}
+
+fn encode_batch(batch: &RecordBatch, fields: &Arc<Vec<FieldInfo>>) -> Vec<PgWireResult<DataRow>> {
+    let mut encoder = DataRowEncoder::new(Arc::clone(fields));
+    let schema = batch.schema();
+    let mut rows = Vec::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        let mut result = Ok(());
+        for (col, pg_field) in fields.iter().enumerate() {
+            let array = batch.column(col);
+            result = if *pg_field.datatype() == Type::JSONB {
+                encode_jsonb(&mut encoder, array.as_ref(), row, pg_field)
+            } else if pg_field.format() == FieldFormat::Text && needs_postgres_text(array.data_type()) {
+                encode_postgres_text(&mut encoder, array.as_ref(), row)
+            } else {
+                encode_value(&mut encoder, array, row, schema.field(col), pg_field)
+            };
+            if result.is_err() {
+                break;
+            }
+        }
+        rows.push(result.map(|()| encoder.take_row()));
+    }
+    rows
+}
+
+/// Types whose text form Sluice writes itself (see `pgtext`).
+fn needs_postgres_text(t: &DataType) -> bool {
+    matches!(t, DataType::Float32 | DataType::Float64 | DataType::Timestamp(..))
+}
+
+fn encode_postgres_text(encoder: &mut DataRowEncoder, array: &dyn Array, row: usize) -> PgWireResult<()> {
+    use datafusion::arrow::datatypes::{Float32Type, Float64Type, TimeUnit};
+    if array.is_null(row) {
+        return encoder.encode_field(&None::<String>);
+    }
+    let text = match array.data_type() {
+        DataType::Float64 => Some(pgtext::float8(array.as_primitive::<Float64Type>().value(row))),
+        DataType::Float32 => Some(pgtext::float4(array.as_primitive::<Float32Type>().value(row))),
+        DataType::Timestamp(unit, tz) => {
+            let micros = match unit {
+                TimeUnit::Second => array.as_primitive::<TimestampSecondType>().value(row).checked_mul(1_000_000),
+                TimeUnit::Millisecond => array.as_primitive::<TimestampMillisecondType>().value(row).checked_mul(1_000),
+                TimeUnit::Microsecond => Some(array.as_primitive::<TimestampMicrosecondType>().value(row)),
+                TimeUnit::Nanosecond => Some(array.as_primitive::<TimestampNanosecondType>().value(row).div_euclid(1_000)),
+            };
+            match tz {
+                Some(_) => micros.and_then(pgtext::timestamptz),
+                None => micros.and_then(pgtext::timestamp),
+            }
+        }
+        _ => None,
+    };
+    let text = text.ok_or_else(|| {
+        PgWireError::ApiError(format!("value of type {} out of the printable range", array.data_type()).into())
+    })?;
+    encoder.encode_field(&Some(text))
+}
+
+fn encode_jsonb(encoder: &mut DataRowEncoder, array: &dyn Array, row: usize, field: &FieldInfo) -> PgWireResult<()> {
+    let text = (!array.is_null(row)).then(|| array.as_string::<i32>().value(row).to_string());
+    if field.format() == FieldFormat::Binary {
+        let value = text
+            .map(|t| serde_json::from_str::<serde_json::Value>(&t))
+            .transpose()
+            .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+        encoder.encode_field(&value)
+    } else {
+        encoder.encode_field(&text)
+    }
+}
+
+/// Encodes a stream of batches as a stream of DataRows.
+pub fn encode_stream(
+    batches: impl Stream<Item = datafusion::error::Result<RecordBatch>> + Send + 'static,
+    fields: Arc<Vec<FieldInfo>>,
+) -> impl Stream<Item = PgWireResult<DataRow>> + Send + 'static {
+    batches.flat_map(move |batch| {
+        let rows = match batch {
+            Ok(batch) => encode_batch(&batch, &fields),
+            Err(e) => vec![Err(to_pg_error(&SqlError::from(e)))],
+        };
+        futures::stream::iter(rows)
+    })
+}
