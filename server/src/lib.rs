@@ -9,12 +9,13 @@
 //! shutdown on SIGTERM / Ctrl-C, and the single mapping of errors to SQLSTATE codes
 //! (`sqlstate.rs`).
 
+pub mod cli;
 pub mod demo;
 mod encode;
 pub mod http;
 pub mod metrics;
 pub mod pg;
-mod pgtext;
+pub mod pgtext;
 mod sqlstate;
 
 use std::fs::{self, File};

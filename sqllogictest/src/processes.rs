@@ -1,0 +1,159 @@
+//! Starting and stopping the servers the tests talk to: `sluice serve` and PostgreSQL.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use tempfile::TempDir;
+
+/// A `sluice serve` child process on loopback with a fresh data directory, killed on drop.
+pub struct SluiceServer {
+    child: Child,
+    /// The pgwire port it listens on.
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl SluiceServer {
+    /// Starts `bin serve` on free ports and waits until it says it is ready.
+    pub fn start(bin: &Path) -> std::io::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut child = Command::new(bin)
+            .args(["serve", "--pg-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot start {}: {e}", bin.display())))?;
+        let stdout = child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let port = loop {
+            let Some(line) = lines.next() else {
+                let _ = child.kill();
+                return Err(std::io::Error::other("sluice exited before it was ready"));
+            };
+            let line = line?;
+            if let Some(rest) = line.strip_prefix("sluice serving pgwire on ") {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                let port = addr.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+                match port {
+                    Some(p) => break p,
+                    None => return Err(std::io::Error::other(format!("cannot read the port from {line:?}"))),
+                }
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Self { child, port, _dir: dir })
+    }
+}
+
+impl Drop for SluiceServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A throw-away PostgreSQL cluster on 127.0.0.1, stopped on drop.
+///
+/// PostgreSQL refuses to run as root, so when the tests run as root the cluster is created and
+/// started as the `postgres` user through `runuser`.
+pub struct PostgresCluster {
+    bin_dir: PathBuf,
+    data: TempDir,
+    /// The port it listens on.
+    pub port: u16,
+}
+
+fn find_postgres_bin() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("PG_BIN") {
+        return Some(PathBuf::from(dir));
+    }
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    candidates.sort();
+    candidates.pop()
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false)
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl PostgresCluster {
+    /// Starts a cluster, or returns `Ok(None)` if PostgreSQL is not installed.
+    pub fn start() -> std::io::Result<Option<Self>> {
+        let Some(bin_dir) = find_postgres_bin() else { return Ok(None) };
+        let data = tempfile::Builder::new().prefix("sluice-pg").tempdir()?;
+        let root = is_root();
+        if root {
+            run(Command::new("chown").arg("-R").arg("postgres").arg(data.path()))?;
+        }
+        let as_postgres = |program: &str| {
+            if root {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(bin_dir.join(program));
+                c
+            } else {
+                Command::new(bin_dir.join(program))
+            }
+        };
+        let cluster = data.path().join("cluster");
+        run(as_postgres("initdb")
+            .arg("-D")
+            .arg(&cluster)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"]))?;
+        let port = free_port()?;
+        run(as_postgres("pg_ctl")
+            .arg("-D")
+            .arg(&cluster)
+            .arg("-l")
+            .arg(data.path().join("server.log"))
+            .arg("-w")
+            .arg("-o")
+            .arg(format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c TimeZone=UTC",
+                data.path().display()
+            ))
+            .arg("start"))?;
+        Ok(Some(Self { bin_dir, data, port }))
+    }
+}
+
+fn run(cmd: &mut Command) -> std::io::Result<()> {
+    let out = cmd.output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )))
+    }
+}
+
+impl Drop for PostgresCluster {
+    fn drop(&mut self) {
+        let cluster = self.data.path().join("cluster");
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(self.bin_dir.join("pg_ctl"));
+            c
+        } else {
+            Command::new(self.bin_dir.join("pg_ctl"))
+        };
+        let _ = cmd.arg("-D").arg(cluster).args(["-m", "immediate", "stop"]).output();
+    }
+}
