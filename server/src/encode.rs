@@ -57,7 +57,10 @@ fn encode_batch(batch: &RecordBatch, fields: &Arc<Vec<FieldInfo>>) -> Vec<PgWire
         let mut result = Ok(());
         for (col, pg_field) in fields.iter().enumerate() {
             let array = batch.column(col);
-            result = if *pg_field.datatype() == Type::JSONB {
+            result = if array.is_null(row) {
+                // Checked here for every type: arrow-pg reads some null slots as values.
+                encoder.encode_field(&None::<i8>)
+            } else if *pg_field.datatype() == Type::JSONB {
                 encode_jsonb(&mut encoder, array.as_ref(), row, pg_field)
             } else if pg_field.format() == FieldFormat::Text && needs_postgres_text(array.data_type()) {
                 encode_postgres_text(&mut encoder, array.as_ref(), row)

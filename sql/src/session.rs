@@ -8,6 +8,7 @@ use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray,
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SessionContext;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -402,7 +403,19 @@ impl Session {
     }
 
     async fn run_datafusion(&self, stmt: &Statement) -> SqlResult<StatementOutcome> {
-        let state = self.statement_state();
+        let mut state = self.statement_state();
+        if matches!(stmt, Statement::Update(_)) {
+            // DataFusion hands UPDATE's assignments to the table provider as expressions over the
+            // table's columns; common-subexpression elimination would rewrite them to refer to
+            // columns of an intermediate projection the provider never sees.
+            let rules = state
+                .optimizers()
+                .iter()
+                .filter(|r| r.name() != "common_sub_expression_eliminate")
+                .cloned()
+                .collect();
+            state = SessionStateBuilder::new_from_existing(state).with_optimizer_rules(rules).build();
+        }
         let plan = self.plan(&state, stmt).await?;
         let dml_tag = match stmt {
             Statement::Insert(_) => Some("INSERT"),

@@ -19,7 +19,7 @@ pub enum Protocol {
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
     /// The server answered with an error or the connection failed.
-    #[error("{0}")]
+    #[error("{}", describe_postgres_error(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// A binary value could not be decoded.
     #[error("cannot decode a {ty} value: {detail}")]
@@ -29,6 +29,14 @@ pub enum WireError {
         /// What was wrong.
         detail: String,
     },
+}
+
+/// The server's own message for an error response (tokio-postgres shows only "db error").
+fn describe_postgres_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    }
 }
 
 /// One connection, running every record of a file.
