@@ -248,7 +248,9 @@ fn from_message(m: &str) -> SqlError {
             && (lower.contains("type") || lower.contains("argument"))
     {
         SqlError::TypeMismatch(m.to_string())
-    } else if lower.contains("unsupported") || lower.contains("not supported") {
+    } else if lower.contains("unsupported") || lower.contains("not supported")
+        || lower.contains("not yet supported") || lower.contains("not implemented")
+    {
         SqlError::Unsupported(m.to_string())
     } else {
         SqlError::Plan(m.to_string())

@@ -2,6 +2,7 @@
 //! state — and the statement dispatcher.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt64Array};
@@ -97,6 +98,9 @@ pub struct Session {
     ctx: SessionContext,
     settings: BTreeMap<String, String>,
     txn: TxnState,
+    /// Set by a result stream that failed after its statement returned, so that the failure
+    /// still aborts the transaction block.
+    stream_failed: Arc<AtomicBool>,
 }
 
 fn default_settings() -> BTreeMap<String, String> {
@@ -186,7 +190,7 @@ impl Session {
         for f in session_functions(database, user, backend_pid) {
             ctx.register_udf(f);
         }
-        Self { db, ctx, settings: default_settings(), txn: TxnState::Idle }
+        Self { db, ctx, settings: default_settings(), txn: TxnState::Idle, stream_failed: Arc::default() }
     }
 
     /// The database this session belongs to.
@@ -201,6 +205,9 @@ impl Session {
 
     /// Executes one statement.
     pub async fn execute(&mut self, stmt: &Statement) -> SqlResult<StatementOutcome> {
+        if self.stream_failed.swap(false, Ordering::Relaxed) && matches!(self.txn, TxnState::InBlock { .. }) {
+            self.txn = TxnState::Failed;
+        }
         let is_txn_end = matches!(stmt, Statement::Commit { .. } | Statement::Rollback { .. });
         if self.txn == TxnState::Failed && !is_txn_end {
             return Err(SqlError::InvalidTransactionState(
@@ -231,7 +238,9 @@ impl Session {
 
     async fn dispatch(&mut self, stmt: &Statement) -> SqlResult<StatementOutcome> {
         match stmt {
-            Statement::Query(_) | Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) => {
+            Statement::Query(_) | Statement::Insert(_) => self.run_datafusion(stmt).await,
+            Statement::Update(_) | Statement::Delete(_) => {
+                check_dml_shape(stmt)?;
                 self.run_datafusion(stmt).await
             }
             Statement::Explain { statement, .. } => {
@@ -441,8 +450,9 @@ impl Session {
         };
         let stream = df.execute_stream().await?;
         let out_schema = Arc::clone(&schema);
+        let failed = Arc::clone(&self.stream_failed);
         let renamed = stream.map(move |batch| {
-            let batch = batch?;
+            let batch = batch.inspect_err(|_| failed.store(true, Ordering::Relaxed))?;
             Ok(RecordBatch::try_new(Arc::clone(&out_schema), batch.columns().to_vec())?)
         });
         Ok(StatementOutcome {
@@ -461,6 +471,7 @@ impl Session {
         let mut parameter_types = vec![None; count];
         let columns = match stmt {
             Statement::Query(_) | Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) | Statement::Explain { .. } => {
+                check_dml_shape(stmt)?;
                 let state = self.statement_state();
                 let plan = self.plan(&state, stmt).await?;
                 for (name, ty) in plan.get_parameter_types()? {
@@ -483,7 +494,13 @@ impl Session {
             Statement::ShowColumns { .. } | Statement::ExplainTable { .. } => Some(show_columns_schema()),
             Statement::ShowVariable { .. } => {
                 // The column name depends on the variable; SHOW is small, so run it.
-                let mut probe = Session { db: Arc::clone(&self.db), ctx: self.ctx.clone(), settings: self.settings.clone(), txn: TxnState::Idle };
+                let mut probe = Session {
+                    db: Arc::clone(&self.db),
+                    ctx: self.ctx.clone(),
+                    settings: self.settings.clone(),
+                    txn: TxnState::Idle,
+                    stream_failed: Arc::default(),
+                };
                 match probe.dispatch(stmt).await?.output {
                     StatementOutput::Rows { schema, .. } => Some(schema),
                     StatementOutput::Command { .. } => None,
@@ -492,6 +509,39 @@ impl Session {
             _ => None,
         };
         Ok(StatementDescription { parameter_types, columns })
+    }
+}
+
+/// Rejects UPDATE and DELETE forms whose WHERE the table provider would not see whole:
+/// DataFusion turns subqueries into joins and passes the provider only the predicates on the
+/// target table, so running them would change the wrong rows.
+fn check_dml_shape(stmt: &Statement) -> SqlResult<()> {
+    let (selection, joins, returning) = match stmt {
+        Statement::Update(u) => (&u.selection, u.from.is_some() || !u.table.joins.is_empty(), u.returning.is_some()),
+        Statement::Delete(d) => (&d.selection, d.using.is_some() || d.tables.len() > 1, d.returning.is_some()),
+        _ => return Ok(()),
+    };
+    if joins {
+        return Err(SqlError::Unsupported("UPDATE ... FROM and DELETE ... USING".into()));
+    }
+    if returning {
+        return Err(SqlError::Unsupported("RETURNING".into()));
+    }
+    if let Some(selection) = selection {
+        let has_subquery = ast::Visit::visit(selection, &mut SubqueryFinder).is_break();
+        if has_subquery {
+            return Err(SqlError::Unsupported("subqueries in the WHERE of UPDATE or DELETE".into()));
+        }
+    }
+    Ok(())
+}
+
+struct SubqueryFinder;
+
+impl ast::Visitor for SubqueryFinder {
+    type Break = ();
+    fn pre_visit_query(&mut self, _query: &ast::Query) -> std::ops::ControlFlow<()> {
+        std::ops::ControlFlow::Break(())
     }
 }
 
