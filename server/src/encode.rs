@@ -35,8 +35,8 @@ pub fn pg_type(field: &datafusion::arrow::datatypes::Field) -> PgWireResult<Type
 }
 
 /// The PostgreSQL type for a parameter whose type the planner inferred (TEXT if unknown).
-pub fn parameter_pg_type(t: Option<&DataType>) -> Type {
-    t.and_then(|t| into_pg_type(t).ok()).unwrap_or(Type::TEXT)
+pub fn parameter_pg_type(field: Option<&datafusion::arrow::datatypes::FieldRef>) -> Type {
+    field.and_then(|f| pg_type(f).ok()).unwrap_or(Type::TEXT)
 }
 
 /// RowDescription fields for `schema` in the requested formats.

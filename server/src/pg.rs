@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime};
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::FieldRef;
 use futures::sink::{Sink, SinkExt};
 use pgwire::api::auth::{
     finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
@@ -205,9 +205,16 @@ impl SimpleQueryHandler for Connection {
             }
         };
         let mut responses = Vec::with_capacity(statements.len());
-        for stmt in statements {
+        let count = statements.len();
+        for (index, stmt) in statements.into_iter().enumerate() {
             self.metrics.statement_started();
             let outcome = self.with_session(&*client, async |s: &mut Session| s.execute(&stmt).await).await;
+            // Rows are streamed after all statements ran; for every statement but the last,
+            // collect them now so that an error while computing them stops the ones after it.
+            let outcome = match outcome {
+                Ok(outcome) if index + 1 < count => outcome.materialize().await,
+                other => other,
+            };
             match outcome {
                 Ok(outcome) => {
                     send_notices(client, &outcome.notices).await?;
@@ -313,7 +320,7 @@ fn decode_param(portal: &Portal<PreparedStatement>, i: usize, ty: Option<&Type>)
 impl Connection {
     async fn bind(&self, session: &Session, portal: &Portal<PreparedStatement>) -> Result<Vec<BoundParam>, SqlError> {
         let stored = &portal.statement;
-        let mut inferred: Option<Vec<Option<DataType>>> = None;
+        let mut inferred: Option<Vec<Option<FieldRef>>> = None;
         let mut params = Vec::with_capacity(portal.parameter_len());
         for i in 0..portal.parameter_len() {
             let mut ty = stored.parameter_types.get(i).cloned().flatten().filter(|t| *t != Type::UNKNOWN);

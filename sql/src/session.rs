@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt64Array};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SessionContext;
 use datafusion::execution::SessionStateBuilder;
@@ -66,6 +66,23 @@ pub struct StatementOutcome {
 }
 
 impl StatementOutcome {
+    /// Computes all rows now (instead of when the client reads them), so that an error while
+    /// computing them is reported by this call.
+    pub async fn materialize(self) -> SqlResult<Self> {
+        let output = match self.output {
+            StatementOutput::Rows { schema, stream } => {
+                let batches: Vec<RecordBatch> = stream.try_collect().await?;
+                let replay = futures::stream::iter(batches.into_iter().map(Ok));
+                StatementOutput::Rows {
+                    schema: Arc::clone(&schema),
+                    stream: Box::pin(RecordBatchStreamAdapter::new(schema, replay)),
+                }
+            }
+            command => command,
+        };
+        Ok(Self { output, ..self })
+    }
+
     fn command(tag: impl Into<String>, rows: Option<u64>) -> Self {
         Self { output: StatementOutput::Command { tag: tag.into(), rows }, notices: vec![], transaction: TransactionChange::None }
     }
@@ -74,8 +91,8 @@ impl StatementOutcome {
 /// What a statement would return, learned without running it (extended protocol Describe).
 #[derive(Debug, Clone)]
 pub struct StatementDescription {
-    /// The type the planner infers for each `$n`, if any.
-    pub parameter_types: Vec<Option<DataType>>,
+    /// The type the planner infers for each `$n` (as a field, so a JSONB target shows), if any.
+    pub parameter_types: Vec<Option<FieldRef>>,
     /// The result columns, or `None` for a statement that returns no rows.
     pub columns: Option<SchemaRef>,
 }
@@ -474,7 +491,7 @@ impl Session {
                 check_dml_shape(stmt)?;
                 let state = self.statement_state();
                 let plan = self.plan(&state, stmt).await?;
-                for (name, ty) in plan.get_parameter_types()? {
+                for (name, ty) in plan.get_parameter_fields()? {
                     if let Some(i) = name.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
                         if i >= 1 && i <= count {
                             parameter_types[i - 1] = ty;
