@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every Sluice test: unit and integration tests, the sqllogictest suites over pgwire
+# (against Sluice, and the PostgreSQL-compatible ones against a real PostgreSQL as well), and the
+# driver tests (psycopg, asyncpg). Installs what it needs when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# PostgreSQL server binaries: the reference the PostgreSQL-compatible suites are compared with.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "installing PostgreSQL (Debian package) for the reference runs"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
+
+# Python drivers for the client tests.
+if ! python3 -c 'import psycopg, asyncpg' 2>/dev/null; then
+  echo "installing the Python drivers psycopg and asyncpg"
+  python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]>=3.1' 'asyncpg>=0.29'
+fi
+
+export SLUICE_REQUIRE_POSTGRES=1 SLUICE_REQUIRE_CLIENTS=1
+exec cargo test --workspace --locked
