@@ -21,4 +21,16 @@ if ! python3 -c 'import psycopg, asyncpg' 2>/dev/null; then
 fi
 
 export SLUICE_REQUIRE_POSTGRES=1 SLUICE_REQUIRE_CLIENTS=1
-exec cargo test --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run: cargo's per-binary lines, plus the slt runner's.
+awk '
+  /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+  /^slt: [0-9]+ passed, [0-9]+ failed/ { p += $2; f += $4 }
+  END { printf "all tests: %d passed, %d failed\n", p, f }
+' "$log"
+exit "$status"

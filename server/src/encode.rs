@@ -18,7 +18,7 @@ use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo};
 use pgwire::api::Type;
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
-use sluice_sql::{is_json_field, SqlError};
+use sluice_sql::{is_json_field, is_varchar_field, SqlError};
 
 use crate::pgtext;
 use crate::sqlstate::to_pg_error;
@@ -27,6 +27,9 @@ use crate::sqlstate::to_pg_error;
 pub fn pg_type(field: &datafusion::arrow::datatypes::Field) -> PgWireResult<Type> {
     if is_json_field(field) {
         return Ok(Type::JSONB);
+    }
+    if is_varchar_field(field) {
+        return Ok(Type::VARCHAR);
     }
     match field.data_type() {
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Ok(Type::TEXT),

@@ -38,6 +38,15 @@ async fn typed_parameters_round_trip_in_binary() {
     assert!(row.get::<_, bool>(5));
     assert_eq!(row.get::<_, String>(6), "it's");
     assert_eq!(row.get::<_, Vec<u8>>(7), vec![0u8, 255, 10]);
+    let types: Vec<String> = c
+        .prepare("SELECT id, s, i, r, d, b, t, raw FROM p")
+        .await
+        .unwrap()
+        .columns()
+        .iter()
+        .map(|c| c.type_().name().to_string())
+        .collect();
+    assert_eq!(types, ["int8", "int2", "int4", "float4", "float8", "bool", "text", "bytea"]);
     let nulls = c.query_one("SELECT s, t FROM p WHERE id = 8", &[]).await.unwrap();
     assert_eq!(nulls.get::<_, Option<i16>>(0), None);
     assert_eq!(nulls.get::<_, Option<String>>(1), None);
@@ -51,7 +60,10 @@ async fn typed_parameters_round_trip_in_binary() {
 async fn text_parameters_and_jsonb() {
     let server = Server::start();
     let c = server.connect().await;
-    c.batch_execute("CREATE TABLE j (k INT, doc JSONB)").await.unwrap();
+    c.batch_execute("CREATE TABLE j (k INT, doc JSONB, v VARCHAR(5), d DATE, ts TIMESTAMP, tz TIMESTAMPTZ, n NUMERIC(5,1), iv INTERVAL)").await.unwrap();
+    let types: Vec<String> =
+        c.prepare("SELECT * FROM j").await.unwrap().columns().iter().map(|c| c.type_().name().to_string()).collect();
+    assert_eq!(types, ["int4", "jsonb", "varchar", "date", "timestamp", "timestamptz", "numeric", "interval"]);
     c.execute("INSERT INTO j VALUES (1, $1)", &[&serde_json::json!({"b": [1, 2], "a": "x"})]).await.unwrap();
     let row = c.query_one("SELECT doc FROM j WHERE k = 1", &[]).await.unwrap();
     assert_eq!(row.get::<_, serde_json::Value>(0), serde_json::json!({"a": "x", "b": [1, 2]}));

@@ -233,6 +233,9 @@ fn from_message(m: &str) -> SqlError {
             return SqlError::UndefinedTable(short.to_string());
         }
     }
+    if lower.contains("inconsistent data length across values list") {
+        return SqlError::Syntax("VALUES lists must all be the same length".into());
+    }
     if lower.contains("division by zero") || lower.contains("divide by zero") {
         SqlError::data(DivisionByZero, "division by zero")
     } else if lower.contains("overflow") || lower.contains("out of range") {

@@ -28,7 +28,7 @@ pub use error::{DataErrorKind, SqlError, SqlResult};
 pub use functions::version_string;
 pub use params::{bind_parameters, parameter_count, BoundParam};
 pub use session::{parse_statements, Session, StatementDescription, StatementOutcome, StatementOutput, TransactionChange};
-pub use types::{is_json_field, normalize_jsonb, SqlType};
+pub use types::{is_json_field, is_varchar_field, normalize_jsonb, SqlType};
 
 /// DataFusion's SQL parser, re-exported so that `server` needs no direct dependency on it.
 pub use datafusion::sql::sqlparser;

@@ -255,7 +255,16 @@ impl Session {
 
     async fn dispatch(&mut self, stmt: &Statement) -> SqlResult<StatementOutcome> {
         match stmt {
-            Statement::Query(_) | Statement::Insert(_) => self.run_datafusion(stmt).await,
+            Statement::Query(_) => self.run_datafusion(stmt).await,
+            Statement::Insert(insert) => {
+                if insert.on.is_some() || insert.returning.is_some() {
+                    return Err(SqlError::Unsupported("INSERT ... ON CONFLICT / RETURNING".into()));
+                }
+                match self.fill_insert_columns(insert)? {
+                    Some(completed) => self.run_datafusion(&Statement::Insert(completed)).await,
+                    None => self.run_datafusion(stmt).await,
+                }
+            }
             Statement::Update(_) | Statement::Delete(_) => {
                 check_dml_shape(stmt)?;
                 self.run_datafusion(stmt).await
@@ -325,6 +334,29 @@ impl Session {
             }
             other => Err(SqlError::Unsupported(format!("statement {}", statement_kind(other)))),
         }
+    }
+
+    /// PostgreSQL lets `INSERT INTO t VALUES (...)` give fewer values than `t` has columns:
+    /// they fill the leading columns and the rest are NULL. DataFusion wants all of them, so the
+    /// leading columns are named explicitly.
+    fn fill_insert_columns(&self, insert: &ast::Insert) -> SqlResult<Option<ast::Insert>> {
+        let (ast::TableObject::TableName(name), true, Some(source)) =
+            (&insert.table, insert.columns.is_empty(), &insert.source)
+        else {
+            return Ok(None);
+        };
+        let ast::SetExpr::Values(values) = source.body.as_ref() else { return Ok(None) };
+        let width = values.rows.iter().map(|row| row.content.len()).max().unwrap_or(0);
+        let Some(def) = self.db.table(&table_name(name)?) else { return Ok(None) };
+        if width == 0 || width >= def.columns.len() {
+            return Ok(None);
+        }
+        let mut completed = insert.clone();
+        completed.columns = def.columns[..width]
+            .iter()
+            .map(|c| ast::ObjectName::from(vec![ast::Ident::with_quote('"', c.name.clone())]))
+            .collect();
+        Ok(Some(completed))
     }
 
     fn describe_table(&self, name: &ast::ObjectName) -> SqlResult<StatementOutcome> {
@@ -484,6 +516,11 @@ impl Session {
 
     /// Describes `stmt` without running it: parameter types and result columns.
     pub async fn describe(&self, stmt: &Statement) -> SqlResult<StatementDescription> {
+        let completed = match stmt {
+            Statement::Insert(insert) => self.fill_insert_columns(insert)?.map(Statement::Insert),
+            _ => None,
+        };
+        let stmt = completed.as_ref().unwrap_or(stmt);
         let count = parameter_count(stmt);
         let mut parameter_types = vec![None; count];
         let columns = match stmt {

@@ -13,6 +13,10 @@ pub const EXTENSION_NAME_KEY: &str = "ARROW:extension:name";
 /// Arrow extension name of JSON text.
 pub const JSON_EXTENSION: &str = "arrow.json";
 
+/// Arrow field metadata key naming the PostgreSQL type of a column whose Arrow type alone does
+/// not say it (`VARCHAR` is Utf8 like `TEXT`, but clients expect OID 1043 for it).
+pub const PG_TYPE_KEY: &str = "sluice.pg_type";
+
 /// The time zone every `TIMESTAMPTZ` is stored and shown in.
 pub const UTC: &str = "+00:00";
 
@@ -163,13 +167,15 @@ impl SqlType {
     /// PostgreSQL's error, rather than by Arrow).
     pub fn field(&self, name: &str) -> Field {
         let field = Field::new(name, self.arrow_type(), true);
-        if *self == SqlType::Jsonb {
-            field.with_metadata(HashMap::from([(
+        match self {
+            SqlType::Jsonb => field.with_metadata(HashMap::from([(
                 EXTENSION_NAME_KEY.to_string(),
                 JSON_EXTENSION.to_string(),
-            )]))
-        } else {
-            field
+            )])),
+            SqlType::Varchar { .. } => {
+                field.with_metadata(HashMap::from([(PG_TYPE_KEY.to_string(), "varchar".to_string())]))
+            }
+            _ => field,
         }
     }
 
@@ -194,6 +200,11 @@ impl SqlType {
             SqlType::Jsonb => "jsonb".into(),
         }
     }
+}
+
+/// Whether an Arrow field is a column declared `VARCHAR`.
+pub fn is_varchar_field(field: &Field) -> bool {
+    field.metadata().get(PG_TYPE_KEY).map(String::as_str) == Some("varchar")
 }
 
 /// Whether an Arrow field holds JSON text.
