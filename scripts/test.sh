@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every Sluice test: unit and integration tests, the sqllogictest suites over pgwire
 # (against Sluice, and the PostgreSQL-compatible ones against a real PostgreSQL as well), and the
-# driver tests (psycopg, asyncpg). Installs what it needs when it is missing.
+# driver tests (psycopg, asyncpg, pgjdbc). Installs what it needs when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +12,13 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   echo "installing PostgreSQL (Debian package) for the reference runs"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
+
+# The JDBC driver (and a JDK to run the check) for the client tests.
+if [ ! -f /usr/share/java/postgresql.jar ] || ! command -v java >/dev/null; then
+  echo "installing the PostgreSQL JDBC driver (Debian package)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpostgresql-jdbc-java default-jdk-headless >/dev/null
 fi
 
 # Python drivers for the client tests.
