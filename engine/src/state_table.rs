@@ -140,6 +140,7 @@ impl StateTable {
         let parser = self.value_codec.parser();
         let rows: Vec<_> = values.into_iter().collect();
         let columns = self.value_codec.convert_rows(rows.iter().map(|v| parser.parse(v)))?;
+        let columns = columns.into_iter().map(zero_null_slots).collect::<EngineResult<Vec<_>>>()?;
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
     }
 
@@ -161,6 +162,21 @@ impl StateTable {
         }
         Ok(batches)
     }
+}
+
+/// Sets the value slots under NULLs of a fixed-width column to zero.
+///
+/// Arrow leaves those slots undefined and the row format decodes them to the type's minimum
+/// (the key encoding flips the sign bit of zero). Kernels that compute on every slot and mask
+/// nulls afterwards can then overflow and panic (DataFusion's `date_trunc` does); zeros are
+/// harmless to all of them.
+fn zero_null_slots(column: ArrayRef) -> EngineResult<ArrayRef> {
+    if column.null_count() == 0 || !column.data_type().is_primitive() {
+        return Ok(column);
+    }
+    let valid = datafusion::arrow::compute::is_not_null(&column)?;
+    let nulls = datafusion::arrow::array::new_null_array(column.data_type(), column.len());
+    Ok(datafusion::arrow::compute::kernels::zip::zip(&valid, &column, &nulls)?)
 }
 
 #[cfg(test)]
@@ -229,6 +245,35 @@ mod tests {
         let batches = t.scan_all(store.snapshot().as_ref()).unwrap();
         assert_eq!(batches.len(), 3);
         assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), n as usize);
+    }
+
+    #[test]
+    fn null_slots_decode_to_zero() {
+        use datafusion::arrow::array::{Array, AsArray};
+        use datafusion::arrow::datatypes::{Int64Type, TimestampMicrosecondType, TimeUnit};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+        ]));
+        let t = StateTable::try_new(1, Arc::clone(&schema), vec![0]).unwrap();
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2])),
+                Arc::new(datafusion::arrow::array::TimestampMicrosecondArray::from(vec![None, Some(5)])),
+            ],
+        )
+        .unwrap();
+        let store = MemoryStateStore::new();
+        let mut w = WriteBatch::new();
+        t.write_rows(&batch, &mut w).unwrap();
+        store.commit(1, w).unwrap();
+        let read = &t.scan_all(store.snapshot().as_ref()).unwrap()[0];
+        let ts = read.column(1).as_primitive::<TimestampMicrosecondType>();
+        assert!(ts.is_null(0));
+        assert_eq!(ts.values()[0], 0, "a NULL's slot must hold zero");
+        assert_eq!(ts.value(1), 5);
+        assert_eq!(read.column(0).as_primitive::<Int64Type>().value(1), 2);
     }
 
     #[test]

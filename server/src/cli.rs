@@ -52,6 +52,9 @@ impl ServeArgs {
     }
 }
 
+/// Stack size of the runtime's threads.
+const WORKER_STACK_BYTES: usize = 64 * 1024 * 1024;
+
 /// Runs the `sluice` command line with the process's arguments.
 pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -59,7 +62,13 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Planning and evaluating deeply nested expressions recurses; generous stacks (reserved,
+    // not committed, memory) keep a long generated OR-list from overflowing one.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(WORKER_STACK_BYTES)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sluice: cannot start the async runtime: {e}");

@@ -12,6 +12,8 @@ use datafusion::arrow::datatypes::{
     DataType, SchemaRef, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
     TimestampSecondType,
 };
+use std::panic::AssertUnwindSafe;
+
 use futures::{Stream, StreamExt};
 use pgwire::api::portal::Format;
 use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo};
@@ -130,10 +132,16 @@ pub fn encode_stream(
     batches: impl Stream<Item = datafusion::error::Result<RecordBatch>> + Send + 'static,
     fields: Arc<Vec<FieldInfo>>,
 ) -> impl Stream<Item = PgWireResult<DataRow>> + Send + 'static {
-    batches.flat_map(move |batch| {
+    // A panic while computing rows (a library bug) ends this result with an error instead of
+    // the connection.
+    AssertUnwindSafe(batches).catch_unwind().flat_map(move |batch| {
         let rows = match batch {
-            Ok(batch) => encode_batch(&batch, &fields),
-            Err(e) => vec![Err(to_pg_error(&SqlError::from(e)))],
+            Ok(Ok(batch)) => encode_batch(&batch, &fields),
+            Ok(Err(e)) => vec![Err(to_pg_error(&SqlError::from(e)))],
+            Err(panic) => vec![Err(to_pg_error(&SqlError::Internal(format!(
+                "the query panicked: {}",
+                crate::pg::panic_message(&*panic)
+            ))))],
         };
         futures::stream::iter(rows)
     })

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime};
 use datafusion::arrow::datatypes::FieldRef;
+use std::panic::AssertUnwindSafe;
+
 use futures::sink::{Sink, SinkExt};
+use futures::FutureExt;
 use pgwire::api::auth::{
     finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
     DefaultServerParameterProvider, StartupHandler,
@@ -139,7 +142,14 @@ impl StartupHandler for Connection {
 impl Connection {
     /// Runs `f` with this connection's session, creating it on first use from the start-up
     /// parameters (user, database).
-    async fn with_session<C: ClientInfo, T>(&self, client: &C, f: impl AsyncFnOnce(&mut Session) -> T) -> T {
+    ///
+    /// A panic inside `f` (a bug, in Sluice or a library) becomes an internal error for this
+    /// statement instead of ending the connection.
+    async fn with_session<C: ClientInfo, T>(
+        &self,
+        client: &C,
+        f: impl AsyncFnOnce(&mut Session) -> Result<T, SqlError>,
+    ) -> Result<T, SqlError> {
         let mut guard = self.session.lock().await;
         let session = guard.get_or_insert_with(|| {
             let meta = client.metadata();
@@ -148,7 +158,10 @@ impl Connection {
             let (pid, _) = client.pid_and_secret_key();
             self.db.session(&database, &user, pid)
         });
-        f(session).await
+        match AssertUnwindSafe(f(session)).catch_unwind().await {
+            Ok(result) => result,
+            Err(panic) => Err(SqlError::Internal(format!("the statement panicked: {}", panic_message(&*panic)))),
+        }
     }
 
     fn outcome_response(&self, outcome: StatementOutcome, format: &Format) -> PgWireResult<Response> {
@@ -176,6 +189,15 @@ impl Connection {
             },
         })
     }
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 async fn send_notices<C>(client: &mut C, notices: &[String]) -> PgWireResult<()>

@@ -25,6 +25,8 @@ pub fn sqlstate(e: &SqlError) -> &'static str {
         },
         SqlError::NotNull { .. } => "23502",
         SqlError::Unsupported(_) => "0A000",
+        SqlError::UniqueViolation(_) => "23505",
+        SqlError::TooComplex(_) => "54001",
         SqlError::Plan(_) => "42000",
         SqlError::InvalidTransactionState(_) => "25P02",
         SqlError::UndefinedParameter(_) => "42704",

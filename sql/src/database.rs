@@ -14,7 +14,10 @@ use datafusion::common::TableReference;
 use sluice_storage::{StateStore, WriteBatch};
 
 use crate::catalog::{ColumnDef, TableDef};
+use datafusion::execution::FunctionRegistry;
+
 use crate::error::{SqlError, SqlResult};
+use crate::pg_semantics::{NumericBigintSums, PostgresSemantics};
 use crate::provider::{StoredTable, TableWriter};
 use crate::session::Session;
 use crate::types::{SqlType, UTC};
@@ -50,7 +53,11 @@ impl Database {
             options.sql_parser.parse_float_as_decimal = true;
             options.execution.time_zone = Some(UTC.to_string());
         }
-        let ctx = SessionContext::new_with_config(config);
+        let mut state = SessionContext::new_with_config(config).state();
+        // Cannot fail: the rewrite only needs registering.
+        let _ = state.register_function_rewrite(Arc::new(PostgresSemantics::new()));
+        state.add_analyzer_rule(Arc::new(NumericBigintSums));
+        let ctx = SessionContext::new_with_state(state);
         Arc::new(Self {
             ctx,
             writer: Arc::new(TableWriter::new(store)),
@@ -154,12 +161,12 @@ pub fn table_name(name: &ObjectName) -> SqlResult<String> {
         [table] => Ok(table.clone()),
         [schema, table] if schema == SCHEMA_NAME => Ok(table.clone()),
         [catalog, schema, table] if schema == SCHEMA_NAME && catalog == CATALOG_NAME => Ok(table.clone()),
-        _ => Err(SqlError::Unsupported(format!("schemas other than \"{SCHEMA_NAME}\" (in {name})"))),
+        _ => Err(SqlError::unsupported(format_args!("schemas other than \"{SCHEMA_NAME}\" (in {name})"))),
     }
 }
 
 fn reject_create_options(create: &CreateTable) -> SqlResult<()> {
-    let unsupported = |what: &str| Err(SqlError::Unsupported(what.to_string()));
+    let unsupported = |what: &str| Err(SqlError::unsupported(what));
     if create.or_replace {
         return unsupported("CREATE OR REPLACE TABLE");
     }
@@ -208,7 +215,7 @@ fn table_def(create: &CreateTable, name: String, id: u32) -> SqlResult<TableDef>
                     set_primary_key(vec![index])?;
                 }
                 other => {
-                    return Err(SqlError::Unsupported(format!("column option {other}")));
+                    return Err(SqlError::unsupported(format_args!("column option {other}")));
                 }
             }
         }
@@ -220,7 +227,7 @@ fn table_def(create: &CreateTable, name: String, id: u32) -> SqlResult<TableDef>
                 let mut key = Vec::with_capacity(pk.columns.len());
                 for c in &pk.columns {
                     let ast::Expr::Identifier(ident) = &c.column.expr else {
-                        return Err(SqlError::Unsupported(format!("primary key on expression {}", c.column.expr)));
+                        return Err(SqlError::unsupported(format_args!("primary key on expression {}", c.column.expr)));
                     };
                     let col_name = normalize_ident(ident);
                     let position = columns.iter().position(|c| c.name == col_name).ok_or_else(|| {
@@ -236,7 +243,7 @@ fn table_def(create: &CreateTable, name: String, id: u32) -> SqlResult<TableDef>
                 }
                 set_primary_key(key)?;
             }
-            other => return Err(SqlError::Unsupported(format!("table constraint {other}"))),
+            other => return Err(SqlError::unsupported(format_args!("table constraint {other}"))),
         }
     }
     if let Some(key) = &primary_key {

@@ -77,9 +77,16 @@ pub enum SqlError {
         /// The column that got NULL.
         column: String,
     },
-    /// A construct Sluice does not support yet; the message names it.
-    #[error("{0} is not supported yet")]
+    /// A construct Sluice does not support yet; the message names it (build it with
+    /// [`SqlError::unsupported`]).
+    #[error("{0}")]
     Unsupported(String),
+    /// A write that would give two rows the same primary key.
+    #[error("{0}")]
+    UniqueViolation(String),
+    /// A statement too deeply nested to plan safely.
+    #[error("{0}")]
+    TooComplex(String),
     /// A semantic error that fits no other variant.
     #[error("{0}")]
     Plan(String),
@@ -104,6 +111,11 @@ pub enum SqlError {
 }
 
 impl SqlError {
+    /// "`what` is not supported yet".
+    pub fn unsupported(what: impl std::fmt::Display) -> Self {
+        SqlError::Unsupported(format!("{what} is not supported yet"))
+    }
+
     /// Shorthand for an [`SqlError::Data`].
     pub fn data(kind: DataErrorKind, message: impl Into<String>) -> Self {
         SqlError::Data { kind, message: message.into() }
@@ -157,6 +169,9 @@ fn from_arrow(e: ArrowError) -> SqlError {
         ArrowError::MemoryError(m) => SqlError::ResourcesExhausted(m),
         ArrowError::InvalidArgumentError(m) => SqlError::data(Other, m),
         ArrowError::NotYetImplemented(m) => SqlError::Unsupported(m),
+        ArrowError::ComputeError(m) if m.contains("too large to store") => {
+            SqlError::data(NumericOverflow, format!("numeric field overflow: {m}"))
+        }
         other => SqlError::Internal(other.to_string()),
     }
 }
@@ -169,6 +184,7 @@ fn cast_error(m: String) -> SqlError {
     use DataErrorKind::*;
     let lower = m.to_ascii_lowercase();
     if lower.contains("overflow") || lower.contains("out of range") || lower.contains("can't cast value")
+        || lower.contains("too large to store")
         || lower.contains("too large") || lower.contains("cannot be represented")
     {
         SqlError::data(NumericOverflow, format!("value out of range: {m}"))
@@ -238,7 +254,7 @@ fn from_message(m: &str) -> SqlError {
     }
     if lower.contains("division by zero") || lower.contains("divide by zero") {
         SqlError::data(DivisionByZero, "division by zero")
-    } else if lower.contains("overflow") || lower.contains("out of range") {
+    } else if lower.contains("overflow") || lower.contains("out of range") || lower.contains("too large to store") {
         SqlError::data(NumericOverflow, format!("value out of range: {m}"))
     } else if lower.contains("invalid function") || lower.contains("unknown function")
         || lower.contains("no function matches")

@@ -18,6 +18,7 @@ mod error;
 mod functions;
 mod naming;
 mod params;
+mod pg_semantics;
 mod provider;
 mod session;
 mod types;

@@ -4,6 +4,7 @@
 //! storage: `scan` reads a snapshot, `insert_into` / `delete_from` / `update` turn rows into
 //! one atomic write batch each.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -200,11 +201,36 @@ impl StoredTable {
     }
 }
 
+impl StoredTable {
+    /// An UPDATE that changes primary keys must not land a row on a key another row keeps
+    /// (PostgreSQL: 23505); unlike INSERT's upsert, that would silently delete the other row.
+    fn check_moved_keys(&self, snapshot: &dyn StateSnapshot, old: &RecordBatch, new: &RecordBatch) -> SqlResult<()> {
+        if self.def.has_row_id() {
+            return Ok(());
+        }
+        let old_keys = self.state.encode_keys(old)?;
+        let vacated: HashSet<&[u8]> = old_keys.iter().map(|k| k.data()).collect();
+        let new_keys = self.state.encode_keys(new)?;
+        let mut taken: HashSet<&[u8]> = HashSet::with_capacity(new_keys.num_rows());
+        for key in new_keys.iter() {
+            let key = key.data();
+            let collides = !taken.insert(key) || (!vacated.contains(key) && snapshot.get(self.state.id(), key)?.is_some());
+            if collides {
+                return Err(SqlError::UniqueViolation(format!(
+                    "duplicate key value violates unique constraint \"{}_pkey\"",
+                    self.def.name
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Strips table qualifiers: DML filters and assignments are evaluated against the table's own
 /// unqualified schema.
 fn unqualify(expr: Expr) -> SqlResult<Expr> {
     if expr.exists(|e| Ok(matches!(e, Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_))))? {
-        return Err(SqlError::Unsupported("subqueries in UPDATE or DELETE".into()));
+        return Err(SqlError::unsupported("subqueries in UPDATE or DELETE"));
     }
     Ok(expr
         .transform(|e| match e {
@@ -267,7 +293,7 @@ impl TableProvider for StoredTable {
         insert_op: InsertOp,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         if insert_op != InsertOp::Append {
-            return Err(to_datafusion(SqlError::Unsupported(format!("INSERT mode {insert_op}"))));
+            return Err(to_datafusion(SqlError::unsupported(format_args!("INSERT mode {insert_op}"))));
         }
         let sink = TableSink { table: self.clone_handle(), schema: Arc::clone(&self.user_schema) };
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
@@ -311,6 +337,7 @@ impl TableProvider for StoredTable {
                 }
                 let row_ids = self.def.has_row_id().then(|| Arc::clone(old.column(self.def.columns.len())));
                 let new = self.prepare_rows(columns, row_ids)?;
+                self.check_moved_keys(snapshot, &old, &new)?;
                 let mut batch = WriteBatch::new();
                 self.state.delete_rows(&old, &mut batch)?;
                 self.state.write_rows(&new, &mut batch)?;

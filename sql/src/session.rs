@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt64Array};
@@ -14,7 +15,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::sql::parser::Statement as DFStatement;
-use datafusion::sql::sqlparser::ast::{self, Expr, ObjectType, Set, Statement, Value};
+use datafusion::sql::sqlparser::ast::{self, Expr, ObjectType, Set, Statement, Value, Visit};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use futures::{StreamExt, TryStreamExt};
@@ -194,11 +195,74 @@ fn setting_value(values: &[Expr]) -> String {
 
 /// Parses a string of one or more SQL statements.
 pub fn parse_statements(sql: &str) -> SqlResult<Vec<Statement>> {
-    Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| {
+    let statements = Parser::new(&PostgreSqlDialect {})
+        .with_recursion_limit(MAX_PARSER_RECURSION)
+        .try_with_sql(sql)
+        .and_then(|mut parser| parser.parse_statements())
+        .map_err(|e| {
         let msg = e.to_string();
         let msg = msg.trim_start_matches("sql parser error: ");
         SqlError::Syntax(format!("syntax error: {msg}"))
-    })
+    })?;
+    for stmt in &statements {
+        if let ControlFlow::Break(e) = stmt.visit(&mut StatementGuard::default()) {
+            return Err(e);
+        }
+    }
+    Ok(statements)
+}
+
+/// How deeply expressions (and subqueries) may nest. Planning recurses over the tree, so an
+/// unbounded depth could exhaust a thread's stack and take the whole server down; PostgreSQL
+/// has the same kind of limit (`max_stack_depth`).
+pub const MAX_EXPRESSION_DEPTH: usize = 1000;
+
+/// The parser's own recursion limit (nested parentheses and subqueries); sqlparser's default
+/// of 50 rejects queries PostgreSQL accepts.
+const MAX_PARSER_RECURSION: usize = 400;
+
+/// Checks a parsed statement before anything recurses over it: nesting depth, and constructs
+/// whose DataFusion meaning differs from PostgreSQL's.
+#[derive(Default)]
+struct StatementGuard {
+    depth: usize,
+}
+
+impl ast::Visitor for StatementGuard {
+    type Break = SqlError;
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<SqlError> {
+        self.depth += 1;
+        if self.depth > MAX_EXPRESSION_DEPTH {
+            return ControlFlow::Break(SqlError::TooComplex(format!(
+                "statement too complex: expressions nest more than {MAX_EXPRESSION_DEPTH} levels deep"
+            )));
+        }
+        match expr {
+            // DataFusion's SIMILAR TO is a plain regex match, not SQL's anchored pattern.
+            Expr::SimilarTo { .. } => ControlFlow::Break(SqlError::unsupported("SIMILAR TO")),
+            // In PostgreSQL a set-returning function in an expression yields rows; DataFusion's
+            // generate_series there yields one array.
+            Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("generate_series") => ControlFlow::Break(
+                SqlError::unsupported("generate_series in an expression (use it in FROM)"),
+            ),
+            _ => ControlFlow::Continue(()),
+        }
+    }
+
+    fn post_visit_expr(&mut self, _expr: &Expr) -> ControlFlow<SqlError> {
+        self.depth -= 1;
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, _query: &ast::Query) -> ControlFlow<SqlError> {
+        self.pre_visit_expr(&Expr::Value(Value::Null.into()))
+    }
+
+    fn post_visit_query(&mut self, _query: &ast::Query) -> ControlFlow<SqlError> {
+        self.depth -= 1;
+        ControlFlow::Continue(())
+    }
 }
 
 impl Session {
@@ -258,7 +322,7 @@ impl Session {
             Statement::Query(_) => self.run_datafusion(stmt).await,
             Statement::Insert(insert) => {
                 if insert.on.is_some() || insert.returning.is_some() {
-                    return Err(SqlError::Unsupported("INSERT ... ON CONFLICT / RETURNING".into()));
+                    return Err(SqlError::unsupported("INSERT ... ON CONFLICT / RETURNING"));
                 }
                 match self.fill_insert_columns(insert)? {
                     Some(completed) => self.run_datafusion(&Statement::Insert(completed)).await,
@@ -271,7 +335,7 @@ impl Session {
             }
             Statement::Explain { statement, .. } => {
                 if !matches!(statement.as_ref(), Statement::Query(_)) {
-                    return Err(SqlError::Unsupported("EXPLAIN of a statement other than a query".into()));
+                    return Err(SqlError::unsupported("EXPLAIN of a statement other than a query"));
                 }
                 self.run_datafusion(stmt).await
             }
@@ -284,7 +348,7 @@ impl Session {
             }
             Statement::Drop { object_type, if_exists, names, .. } => {
                 if *object_type != ObjectType::Table {
-                    return Err(SqlError::Unsupported(format!("DROP {object_type}")));
+                    return Err(SqlError::unsupported(format_args!("DROP {object_type}")));
                 }
                 let mut outcome = StatementOutcome::command("DROP TABLE", None);
                 for name in names {
@@ -332,7 +396,7 @@ impl Session {
                 outcome.transaction = TransactionChange::Ended;
                 Ok(outcome)
             }
-            other => Err(SqlError::Unsupported(format!("statement {}", statement_kind(other)))),
+            other => Err(SqlError::unsupported(format_args!("statement {}", statement_kind(other)))),
         }
     }
 
@@ -419,25 +483,25 @@ impl Session {
                     .join(".");
                 let value = setting_value(values);
                 if name == "timezone" && !is_utc(&value) {
-                    return Err(SqlError::Unsupported(format!("time zone '{value}' (Sluice shows timestamps in UTC)")));
+                    return Err(SqlError::unsupported(format_args!("time zone '{value}' (Sluice shows timestamps in UTC)")));
                 }
                 self.settings.insert(name, value);
             }
             Set::SetTimeZone { value, .. } => {
                 let value = setting_value(std::slice::from_ref(value));
                 if !is_utc(&value) {
-                    return Err(SqlError::Unsupported(format!("time zone '{value}' (Sluice shows timestamps in UTC)")));
+                    return Err(SqlError::unsupported(format_args!("time zone '{value}' (Sluice shows timestamps in UTC)")));
                 }
                 self.settings.insert("timezone".into(), "UTC".into());
             }
             Set::SetNames { charset_name, .. } => {
                 let charset = charset_name.value.to_ascii_uppercase().replace('-', "");
                 if charset != "UTF8" {
-                    return Err(SqlError::Unsupported(format!("client encoding {}", charset_name.value)));
+                    return Err(SqlError::unsupported(format_args!("client encoding {}", charset_name.value)));
                 }
             }
             Set::SetTransaction { .. } | Set::SetSessionParam(_) => {}
-            other => return Err(SqlError::Unsupported(format!("{other}"))),
+            other => return Err(SqlError::unsupported(format_args!("{other}"))),
         }
         Ok(StatementOutcome::command("SET", None))
     }
@@ -454,7 +518,7 @@ impl Session {
         let plan = state.statement_to_plan(DFStatement::Statement(Box::new(stmt.clone()))).await?;
         match &plan {
             LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) | LogicalPlan::Copy(_) => {
-                Err(SqlError::Unsupported(format!("statement {}", statement_kind(stmt))))
+                Err(SqlError::unsupported(format_args!("statement {}", statement_kind(stmt))))
             }
             _ => Ok(plan),
         }
@@ -492,12 +556,14 @@ impl Session {
             }
             return Ok(StatementOutcome::command(tag, Some(rows)));
         }
-        let schema = Arc::new(df.schema().as_arrow().clone());
+        let stream = df.execute_stream().await?;
+        // The executed plan's schema, not the DataFrame's: analyzer rules (see `pg_semantics`)
+        // may change output types.
+        let schema = stream.schema();
         let schema = match stmt {
             Statement::Query(q) => rename_output(&schema, postgres_output_names(q)),
             _ => schema,
         };
-        let stream = df.execute_stream().await?;
         let out_schema = Arc::clone(&schema);
         let failed = Arc::clone(&self.stream_failed);
         let renamed = stream.map(move |batch| {
@@ -527,8 +593,11 @@ impl Session {
             Statement::Query(_) | Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) | Statement::Explain { .. } => {
                 check_dml_shape(stmt)?;
                 let state = self.statement_state();
-                let plan = self.plan(&state, stmt).await?;
-                for (name, ty) in plan.get_parameter_fields()? {
+                let unanalyzed = self.plan(&state, stmt).await?;
+                let parameters = unanalyzed.get_parameter_fields()?;
+                // Output types as they will be executed: after the analyzer's rewrites.
+                let plan = if matches!(stmt, Statement::Query(_)) { state.optimize(&unanalyzed)? } else { unanalyzed };
+                for (name, ty) in parameters {
                     if let Some(i) = name.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
                         if i >= 1 && i <= count {
                             parameter_types[i - 1] = ty;
@@ -576,15 +645,15 @@ fn check_dml_shape(stmt: &Statement) -> SqlResult<()> {
         _ => return Ok(()),
     };
     if joins {
-        return Err(SqlError::Unsupported("UPDATE ... FROM and DELETE ... USING".into()));
+        return Err(SqlError::unsupported("UPDATE ... FROM and DELETE ... USING"));
     }
     if returning {
-        return Err(SqlError::Unsupported("RETURNING".into()));
+        return Err(SqlError::unsupported("RETURNING"));
     }
     if let Some(selection) = selection {
         let has_subquery = ast::Visit::visit(selection, &mut SubqueryFinder).is_break();
         if has_subquery {
-            return Err(SqlError::Unsupported("subqueries in the WHERE of UPDATE or DELETE".into()));
+            return Err(SqlError::unsupported("subqueries in the WHERE of UPDATE or DELETE"));
         }
     }
     Ok(())

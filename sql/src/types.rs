@@ -68,7 +68,7 @@ pub enum SqlType {
 }
 
 fn unsupported_type(t: &ast::DataType) -> SqlError {
-    SqlError::Unsupported(format!("column type {t}"))
+    SqlError::unsupported(format_args!("column type {t}"))
 }
 
 impl SqlType {
