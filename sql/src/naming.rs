@@ -5,7 +5,7 @@
 //! a query is renamed the way PostgreSQL would name it. Only the result schema changes; the plan
 //! keeps DataFusion's (unique) names.
 
-use datafusion::sql::sqlparser::ast::{Expr, Query, SelectItem, SetExpr};
+use datafusion::sql::sqlparser::ast::{Expr, Ident, Query, SelectItem, SetExpr, Value};
 
 use crate::database::normalize_ident;
 
@@ -28,11 +28,102 @@ pub fn postgres_output_names(query: &Query) -> Option<Vec<Option<String>>> {
     for item in &select.projection {
         match item {
             SelectItem::UnnamedExpr(expr) => names.push(Some(expr_name(expr))),
-            SelectItem::ExprWithAlias { .. } | SelectItem::ExprWithAliases { .. } => names.push(None),
+            SelectItem::ExprWithAlias { alias, .. } => names.push(Some(normalize_ident(alias))),
+            SelectItem::ExprWithAliases { .. } => names.push(None),
             SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => return None,
         }
     }
     Some(names)
+}
+
+/// PostgreSQL allows two output columns with one name (`SELECT 1, 1`, `SELECT id, id`);
+/// DataFusion's projections do not. Gives every repeated item of every SELECT in `query`'s body
+/// a unique alias. Call [`postgres_output_names`] on the original query: the client still
+/// sees PostgreSQL's names.
+pub fn dedupe_output_names(query: &mut Query) {
+    dedupe_set_expr(&mut query.body);
+}
+
+fn dedupe_set_expr(body: &mut SetExpr) {
+    match body {
+        SetExpr::SetOperation { left, right, .. } => {
+            dedupe_set_expr(left);
+            dedupe_set_expr(right);
+        }
+        SetExpr::Query(q) => dedupe_set_expr(&mut q.body),
+        SetExpr::Select(select) => {
+            let mut seen = std::collections::HashSet::new();
+            for (index, item) in select.projection.iter_mut().enumerate() {
+                let key = match item {
+                    SelectItem::UnnamedExpr(Expr::Identifier(i)) => normalize_ident(i),
+                    SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => {
+                        parts.last().map(normalize_ident).unwrap_or_default()
+                    }
+                    SelectItem::UnnamedExpr(e) => e.to_string(),
+                    SelectItem::ExprWithAlias { alias, .. } => normalize_ident(alias),
+                    _ => continue,
+                };
+                if !seen.insert(key.clone()) {
+                    let alias = Ident::with_quote('"', format!("{key} #{}", index + 1));
+                    let expr = match std::mem::replace(item, SelectItem::UnnamedExpr(Expr::value(Value::Null))) {
+                        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+                        other => {
+                            *item = other;
+                            continue;
+                        }
+                    };
+                    *item = SelectItem::ExprWithAlias { expr, alias };
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Rewrites number literals written with an exponent (`1.5e3`), which DataFusion cannot read
+/// as decimals: to plain decimal digits when they fit a NUMERIC (PostgreSQL reads them as
+/// numeric too), else to a `DOUBLE PRECISION` cast.
+pub fn expand_exponent_literals(stmt: &mut datafusion::sql::sqlparser::ast::Statement) {
+    let _ = datafusion::sql::sqlparser::ast::visit_expressions_mut(stmt, |expr| {
+        if let Expr::Value(v) = expr {
+            if let Value::Number(text, _) = &v.value {
+                if text.contains(['e', 'E']) {
+                    *expr = match plain_decimal(text) {
+                        Some(plain) => Expr::value(Value::Number(plain, false)),
+                        None => Expr::Cast {
+                            kind: datafusion::sql::sqlparser::ast::CastKind::Cast,
+                            expr: Box::new(Expr::value(Value::SingleQuotedString(text.clone()))),
+                            data_type: datafusion::sql::sqlparser::ast::DataType::DoublePrecision,
+                            array: false,
+                            format: None,
+                        },
+                    };
+                }
+            }
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+}
+
+/// `1.5e3` → `1500`, `25e-3` → `0.025`; `None` past 38 significant positions.
+fn plain_decimal(text: &str) -> Option<String> {
+    let (mantissa, exponent) = text.split_once(['e', 'E'])?;
+    let exponent: i64 = exponent.parse().ok()?;
+    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{int_part}{frac_part}");
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let point = int_part.len() as i64 + exponent;
+    let plain = if point <= 0 {
+        format!("0.{}{}", "0".repeat((-point) as usize), digits)
+    } else if point as usize >= digits.len() {
+        format!("{}{}", digits, "0".repeat(point as usize - digits.len()))
+    } else {
+        format!("{}.{}", &digits[..point as usize], &digits[point as usize..])
+    };
+    let significant = plain.trim_start_matches(['0', '.']).len();
+    (plain.len() <= 40 && significant <= 38).then_some(plain)
 }
 
 fn expr_name(expr: &Expr) -> String {
@@ -116,9 +207,29 @@ mod tests {
     }
 
     #[test]
+    fn exponent_literals_become_plain_decimals() {
+        assert_eq!(plain_decimal("1.5e3").as_deref(), Some("1500"));
+        assert_eq!(plain_decimal("2E2").as_deref(), Some("200"));
+        assert_eq!(plain_decimal("25e-3").as_deref(), Some("0.025"));
+        assert_eq!(plain_decimal("1e-300"), None);
+        assert_eq!(plain_decimal("1.7e308"), None);
+    }
+
+    #[test]
+    fn repeated_output_names_get_unique_aliases() {
+        let Statement::Query(mut q) =
+            Parser::parse_sql(&PostgreSqlDialect {}, "SELECT 1, 1, t.id, id, x AS a, y AS a FROM t").unwrap().remove(0)
+        else {
+            panic!("not a query")
+        };
+        dedupe_output_names(&mut q);
+        assert_eq!(q.to_string(), r#"SELECT 1, 1 AS "1 #2", t.id, id AS "id #4", x AS a, y AS "a #6" FROM t"#);
+    }
+
+    #[test]
     fn names_like_postgres() {
         let n = names("SELECT count(*), t.a, 1 + 1, x AS y, '1'::int, b::text, CASE WHEN a THEN 1 END FROM t").unwrap();
-        let expected = ["count", "a", "?column?", "", "int4", "b", "case"];
+        let expected = ["count", "a", "?column?", "y", "int4", "b", "case"];
         for (got, want) in n.iter().zip(expected) {
             match got {
                 Some(g) => assert_eq!(g, want),

@@ -23,7 +23,7 @@ use futures::{StreamExt, TryStreamExt};
 use crate::database::{normalize_ident, table_name, Database};
 use crate::error::{SqlError, SqlResult};
 use crate::functions::session_functions;
-use crate::naming::postgres_output_names;
+use crate::naming::{dedupe_output_names, expand_exponent_literals, postgres_output_names};
 use crate::params::{bind_parameters, parameter_count, BoundParam};
 use crate::provider::ReadSnapshot;
 
@@ -148,6 +148,15 @@ fn default_settings() -> BTreeMap<String, String> {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
 }
+
+/// Settings drivers and tools set that Sluice accepts and keeps without acting on them (beyond
+/// the ones it reports in `default_settings`). Anything else is an error, as in PostgreSQL;
+/// names with a dot are custom settings, which PostgreSQL accepts too.
+const ACCEPTED_SETTINGS: &[&str] = &[
+    "bytea_output", "client_min_messages", "geqo", "idle_in_transaction_session_timeout", "jit",
+    "lock_timeout", "log_statement", "row_security", "search_path", "synchronous_commit",
+    "work_mem", "enable_seqscan", "maintenance_work_mem", "xmloption", "names",
+];
 
 /// Time zone names that mean UTC: the only zone Sluice shows timestamps in so far.
 fn is_utc(zone: &str) -> bool {
@@ -482,6 +491,9 @@ impl Session {
                     .collect::<Vec<_>>()
                     .join(".");
                 let value = setting_value(values);
+                if !self.settings.contains_key(&name) && !ACCEPTED_SETTINGS.contains(&name.as_str()) && !name.contains('.') {
+                    return Err(SqlError::UndefinedParameter(format!("unrecognized configuration parameter \"{name}\"")));
+                }
                 if name == "timezone" && !is_utc(&value) {
                     return Err(SqlError::unsupported(format_args!("time zone '{value}' (Sluice shows timestamps in UTC)")));
                 }
@@ -524,7 +536,9 @@ impl Session {
         }
     }
 
-    async fn run_datafusion(&self, stmt: &Statement) -> SqlResult<StatementOutcome> {
+    async fn run_datafusion(&self, original: &Statement) -> SqlResult<StatementOutcome> {
+        let rewritten = rewrite_for_planning(original);
+        let stmt = &rewritten;
         let mut state = self.statement_state();
         if matches!(stmt, Statement::Update(_)) {
             // DataFusion hands UPDATE's assignments to the table provider as expressions over the
@@ -560,7 +574,7 @@ impl Session {
         // The executed plan's schema, not the DataFrame's: analyzer rules (see `pg_semantics`)
         // may change output types.
         let schema = stream.schema();
-        let schema = match stmt {
+        let schema = match original {
             Statement::Query(q) => rename_output(&schema, postgres_output_names(q)),
             _ => schema,
         };
@@ -593,7 +607,7 @@ impl Session {
             Statement::Query(_) | Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) | Statement::Explain { .. } => {
                 check_dml_shape(stmt)?;
                 let state = self.statement_state();
-                let unanalyzed = self.plan(&state, stmt).await?;
+                let unanalyzed = self.plan(&state, &rewrite_for_planning(stmt)).await?;
                 let parameters = unanalyzed.get_parameter_fields()?;
                 // Output types as they will be executed: after the analyzer's rewrites.
                 let plan = if matches!(stmt, Statement::Query(_)) { state.optimize(&unanalyzed)? } else { unanalyzed };
@@ -633,6 +647,22 @@ impl Session {
         };
         Ok(StatementDescription { parameter_types, columns })
     }
+}
+
+/// The statement DataFusion plans: PostgreSQL constructs it would reject spelled its way.
+fn rewrite_for_planning(stmt: &Statement) -> Statement {
+    let mut stmt = stmt.clone();
+    expand_exponent_literals(&mut stmt);
+    match &mut stmt {
+        Statement::Query(q) => dedupe_output_names(q),
+        Statement::Insert(insert) => {
+            if let Some(source) = insert.source.as_mut() {
+                dedupe_output_names(source);
+            }
+        }
+        _ => {}
+    }
+    stmt
 }
 
 /// Rejects UPDATE and DELETE forms whose WHERE the table provider would not see whole:
