@@ -25,15 +25,8 @@ pub fn float(value: f64, shortest: &str, max_fixed_exponent: i32) -> String {
     let digits: String = mantissa.chars().filter(|c| c.is_ascii_digit()).collect();
     let sign = if negative { "-" } else { "" };
     if (-4..=max_fixed_exponent).contains(&exponent) {
-        let point = exponent + 1; // digits before the decimal point
-        let body = if point <= 0 {
-            format!("0.{}{}", "0".repeat((-point) as usize), digits)
-        } else if point as usize >= digits.len() {
-            format!("{}{}", digits, "0".repeat(point as usize - digits.len()))
-        } else {
-            format!("{}.{}", &digits[..point as usize], &digits[point as usize..])
-        };
-        format!("{sign}{body}")
+        // `exponent + 1` digits stand before the decimal point.
+        format!("{sign}{}", sluice_sql::digits_with_point(&digits, i64::from(exponent) + 1))
     } else {
         let (first, rest) = digits.split_at(1);
         let fraction = if rest.is_empty() { String::new() } else { format!(".{rest}") };

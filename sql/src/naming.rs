@@ -105,6 +105,19 @@ pub fn expand_exponent_literals(stmt: &mut datafusion::sql::sqlparser::ast::Stat
     });
 }
 
+/// Decimal digits with the point placed after the first `point` of them: `("15", 4)` is
+/// `1500`, `("25", -1)` is `0.025`, `("125", 1)` is `1.25`. Shared by every place that turns
+/// scientific notation into plain text.
+pub fn digits_with_point(digits: &str, point: i64) -> String {
+    if point <= 0 {
+        format!("0.{}{}", "0".repeat(point.unsigned_abs() as usize), digits)
+    } else if point as usize >= digits.len() {
+        format!("{}{}", digits, "0".repeat(point as usize - digits.len()))
+    } else {
+        format!("{}.{}", &digits[..point as usize], &digits[point as usize..])
+    }
+}
+
 /// `1.5e3` → `1500`, `25e-3` → `0.025`; `None` past 38 significant positions.
 fn plain_decimal(text: &str) -> Option<String> {
     let (mantissa, exponent) = text.split_once(['e', 'E'])?;
@@ -114,14 +127,7 @@ fn plain_decimal(text: &str) -> Option<String> {
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let point = int_part.len() as i64 + exponent;
-    let plain = if point <= 0 {
-        format!("0.{}{}", "0".repeat((-point) as usize), digits)
-    } else if point as usize >= digits.len() {
-        format!("{}{}", digits, "0".repeat(point as usize - digits.len()))
-    } else {
-        format!("{}.{}", &digits[..point as usize], &digits[point as usize..])
-    };
+    let plain = digits_with_point(&digits, int_part.len() as i64 + exponent);
     let significant = plain.trim_start_matches(['0', '.']).len();
     (plain.len() <= 40 && significant <= 38).then_some(plain)
 }
