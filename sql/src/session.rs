@@ -405,7 +405,7 @@ impl Session {
                 outcome.transaction = TransactionChange::Ended;
                 Ok(outcome)
             }
-            other => Err(SqlError::unsupported(format_args!("statement {}", statement_kind(other)))),
+            other => Err(SqlError::unsupported(statement_kind(other))),
         }
     }
 
@@ -530,7 +530,7 @@ impl Session {
         let plan = state.statement_to_plan(DFStatement::Statement(Box::new(stmt.clone()))).await?;
         match &plan {
             LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) | LogicalPlan::Copy(_) => {
-                Err(SqlError::unsupported(format_args!("statement {}", statement_kind(stmt))))
+                Err(SqlError::unsupported(statement_kind(stmt)))
             }
             _ => Ok(plan),
         }
@@ -715,14 +715,18 @@ fn rename_output(schema: &SchemaRef, names: Option<Vec<Option<String>>>) -> Sche
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
-/// The leading keywords of a statement, to name it in errors.
+/// The leading keywords of a statement, to name it in errors (`CREATE VIEW`, `COPY`).
 fn statement_kind(stmt: &Statement) -> String {
     let text = stmt.to_string();
-    let words: Vec<&str> = text.split_whitespace().take(3).collect();
-    let keywords: Vec<&str> = words.into_iter().take_while(|w| w.chars().all(|c| c.is_ascii_alphabetic() || c == '_')).collect();
+    // sqlparser prints keywords in upper case; the first word that is not one ends the kind.
+    let keywords: Vec<&str> = text
+        .split_whitespace()
+        .take(3)
+        .take_while(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .collect();
     if keywords.is_empty() {
         "this statement".into()
     } else {
-        keywords.join(" ").to_uppercase()
+        keywords.join(" ")
     }
 }
