@@ -17,7 +17,7 @@ use crate::catalog::{ColumnDef, TableDef};
 use datafusion::execution::FunctionRegistry;
 
 use crate::error::{SqlError, SqlResult};
-use crate::pg_semantics::{NumericBigintSums, PostgresSemantics};
+use crate::pg_semantics::{CheckedBigintSums, PostgresSemantics};
 use crate::provider::{StoredTable, TableWriter};
 use crate::session::Session;
 use crate::types::{SqlType, UTC};
@@ -56,7 +56,7 @@ impl Database {
         let mut state = SessionContext::new_with_config(config).state();
         // Cannot fail: the rewrite only needs registering.
         let _ = state.register_function_rewrite(Arc::new(PostgresSemantics::new()));
-        state.add_analyzer_rule(Arc::new(NumericBigintSums));
+        state.add_analyzer_rule(Arc::new(CheckedBigintSums));
         let ctx = SessionContext::new_with_state(state);
         Arc::new(Self {
             ctx,

@@ -16,9 +16,9 @@ use datafusion::arrow::compute::kernels::numeric;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::Transformed;
-use datafusion::common::{plan_err, DFSchema, Result};
+use datafusion::common::{plan_err, DFSchema, Result, ScalarValue};
 use datafusion::common::tree_node::TreeNode;
-use datafusion::logical_expr::expr_rewriter::{FunctionRewrite, NamePreserver};
+use datafusion::logical_expr::expr_rewriter::FunctionRewrite;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::optimizer::AnalyzerRule;
 use datafusion::logical_expr::{
@@ -74,6 +74,27 @@ fn quick_type(expr: &Expr, schema: &DFSchema) -> Option<DataType> {
     }
 }
 
+/// The type PostgreSQL gives an integer literal next to `other`: int4 when the value fits in
+/// int4 and `other` is at most int4 (or is itself a literal that fits), else its own type.
+fn narrowed_literal_type(expr: &Expr, own: &DataType, other: &Expr, other_type: &DataType) -> DataType {
+    let fits_int4 = |e: &Expr| matches!(e, Expr::Literal(ScalarValue::Int64(Some(v)), _) if i32::try_from(*v).is_ok());
+    if fits_int4(expr) && (integer_rank(other_type).is_some_and(|r| r <= 3) || fits_int4(other)) {
+        return DataType::Int32;
+    }
+    own.clone()
+}
+
+/// `expr` as type `to`: a literal is converted in place (so it stays a literal), anything else
+/// is cast when its type differs.
+fn cast_literal_or_expr(expr: Expr, to: &DataType) -> Expr {
+    if let Expr::Literal(value, meta) = &expr {
+        if let Ok(converted) = value.cast_to(to) {
+            return Expr::Literal(converted, meta.clone());
+        }
+    }
+    Expr::Cast(datafusion::logical_expr::Cast::new(Box::new(expr), to.clone()))
+}
+
 fn is_comparison(op: Operator) -> bool {
     matches!(
         op,
@@ -109,8 +130,15 @@ impl FunctionRewrite for PostgresSemantics {
                         _ => None,
                     };
                     if let Some(udf) = udf {
+                        // PostgreSQL types an integer literal as int4 when it fits: `int_col + 1`
+                        // stays int4 (and overflows as int4), `2147483647 + 1` overflows.
+                        let (lt, rt) = (narrowed_literal_type(&left, &lt, &right, &rt), narrowed_literal_type(&right, &rt, &left, &lt));
+                        let (lr, rr) = (integer_rank(&lt).unwrap_or(lr), integer_rank(&rt).unwrap_or(rr));
                         let wider = if lr >= rr { lt.clone() } else { rt.clone() };
-                        let args = vec![cast_if_needed(*left, &lt, &wider), cast_if_needed(*right, &rt, &wider)];
+                        let args = vec![
+                            cast_literal_or_expr(*left, &wider),
+                            cast_literal_or_expr(*right, &wider),
+                        ];
                         return Ok(Transformed::yes(udf.call(args)));
                     }
                 }
@@ -189,44 +217,82 @@ impl ScalarUDFImpl for CheckedIntegerOp {
     }
 }
 
-/// `sum(bigint)` is `numeric` in PostgreSQL, so large totals do not wrap around: this analyzer
-/// rule (run after type coercion) casts a bigint argument of `sum` to `DECIMAL(38,0)`, keeps
-/// the aggregate's output name, and recomputes the schemas above it.
+/// `sum` over `bigint` fails on overflow (22003) instead of wrapping around.
+///
+/// PostgreSQL's `sum(bigint)` is `numeric` and never overflows; DataFusion's wraps silently. This
+/// analyzer rule (run after type coercion) sums such arguments as `DECIMAL(38,0)` and casts the
+/// total back to `bigint` in a projection right above the aggregate, so every expression above
+/// keeps the type it was planned with and a total beyond `bigint` is an error, never a wrong
+/// number.
 #[derive(Debug, Default)]
-pub struct NumericBigintSums;
+pub struct CheckedBigintSums;
 
-impl AnalyzerRule for NumericBigintSums {
+impl AnalyzerRule for CheckedBigintSums {
     fn name(&self) -> &str {
-        "sluice_numeric_bigint_sums"
+        "sluice_checked_bigint_sums"
     }
 
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
-        let rewritten = plan.transform_up_with_subqueries(|plan| {
-            let plan = if let LogicalPlan::Aggregate(_) = &plan {
-                let input_schema = Arc::clone(plan.inputs()[0].schema());
-                let names = NamePreserver::new(&plan);
-                plan.map_expressions(|expr| {
-                    let saved = names.save(&expr);
-                    let rewritten = expr.transform(|e| match e {
-                        Expr::AggregateFunction(mut agg)
-                            if agg.func.name() == "sum"
-                                && agg.params.args.len() == 1
-                                && agg.params.args[0].get_type(&input_schema).ok() == Some(DataType::Int64) =>
-                        {
-                            let arg = agg.params.args.remove(0);
-                            agg.params.args.push(cast_if_needed(arg, &DataType::Int64, &DataType::Decimal128(38, 0)));
-                            Ok(Transformed::yes(Expr::AggregateFunction(agg)))
-                        }
-                        other => Ok(Transformed::no(other)),
-                    })?;
-                    Ok(rewritten.update_data(|e| saved.restore(e)))
-                })?
-            } else {
-                Transformed::no(plan)
-            };
-            // Schemas above a rewritten aggregate change type: recompute on the way up.
-            Ok(Transformed::yes(plan.data.recompute_schema()?))
-        })?;
-        Ok(rewritten.data)
+        Ok(plan.transform_up_with_subqueries(|plan| checked_sums(plan))?.data)
     }
+}
+
+fn is_bigint_sum(expr: &Expr, input: &DFSchema) -> bool {
+    let agg = match expr {
+        Expr::Alias(a) => return is_bigint_sum(&a.expr, input),
+        Expr::AggregateFunction(agg) => agg,
+        _ => return false,
+    };
+    agg.func.name() == "sum" && agg.params.args.len() == 1 && agg.params.args[0].get_type(input).ok() == Some(DataType::Int64)
+}
+
+fn checked_sums(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+    let LogicalPlan::Aggregate(aggregate) = plan else { return Ok(Transformed::no(plan)) };
+    let input_schema = Arc::clone(aggregate.input.schema());
+    if !aggregate.aggr_expr.iter().any(|e| is_bigint_sum(e, &input_schema)) {
+        return Ok(Transformed::no(LogicalPlan::Aggregate(aggregate)));
+    }
+    let group_count = aggregate.group_expr.len();
+    let mut widened = Vec::new();
+    let mut aggr_expr = Vec::with_capacity(aggregate.aggr_expr.len());
+    for (i, expr) in aggregate.aggr_expr.iter().enumerate() {
+        if is_bigint_sum(expr, &input_schema) {
+            let name = expr.schema_name().to_string();
+            let decimal = expr.clone().transform(|e| match e {
+                Expr::AggregateFunction(mut agg) => {
+                    let arg = agg.params.args.remove(0);
+                    agg.params.args.push(cast_if_needed(arg, &DataType::Int64, &DataType::Decimal128(38, 0)));
+                    Ok(Transformed::new(Expr::AggregateFunction(agg), true, datafusion::common::tree_node::TreeNodeRecursion::Stop))
+                }
+                other => Ok(Transformed::no(other)),
+            })?;
+            aggr_expr.push(decimal.data.alias(name));
+            widened.push(group_count + i);
+        } else {
+            aggr_expr.push(expr.clone());
+        }
+    }
+    let original_schema = Arc::clone(&aggregate.schema);
+    let widened_plan = LogicalPlan::Aggregate(datafusion::logical_expr::Aggregate::try_new(
+        Arc::clone(&aggregate.input),
+        aggregate.group_expr.clone(),
+        aggr_expr,
+    )?);
+    // Same names and types as the original aggregate's output: the sums come back as bigint.
+    let projection = widened_plan
+        .schema()
+        .iter()
+        .enumerate()
+        .map(|(i, (qualifier, field))| {
+            let column = Expr::Column(datafusion::common::Column::from((qualifier, field)));
+            if widened.contains(&i) {
+                let (_, original) = original_schema.qualified_field(i);
+                cast_if_needed(column, field.data_type(), &DataType::Int64).alias(original.name().clone())
+            } else {
+                column
+            }
+        })
+        .collect();
+    let projected = LogicalPlan::Projection(datafusion::logical_expr::Projection::try_new(projection, Arc::new(widened_plan))?);
+    Ok(Transformed::yes(projected))
 }

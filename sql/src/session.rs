@@ -264,7 +264,10 @@ impl ast::Visitor for StatementGuard {
         ControlFlow::Continue(())
     }
 
-    fn pre_visit_query(&mut self, _query: &ast::Query) -> ControlFlow<SqlError> {
+    fn pre_visit_query(&mut self, query: &ast::Query) -> ControlFlow<SqlError> {
+        if let ControlFlow::Break(e) = check_set_operations(&query.body) {
+            return ControlFlow::Break(e);
+        }
         self.pre_visit_expr(&Expr::Value(Value::Null.into()))
     }
 
@@ -647,6 +650,20 @@ impl Session {
         };
         Ok(StatementDescription { parameter_types, columns })
     }
+}
+
+/// DataFusion answers `EXCEPT ALL` and `INTERSECT ALL` as if without `ALL` (wrong duplicate
+/// counts); refuse them.
+fn check_set_operations(body: &ast::SetExpr) -> ControlFlow<SqlError> {
+    if let ast::SetExpr::SetOperation { left, op, set_quantifier, right } = body {
+        let all = matches!(set_quantifier, ast::SetQuantifier::All | ast::SetQuantifier::AllByName);
+        if all && matches!(op, ast::SetOperator::Except | ast::SetOperator::Intersect | ast::SetOperator::Minus) {
+            return ControlFlow::Break(SqlError::unsupported(format_args!("{op} ALL")));
+        }
+        check_set_operations(left)?;
+        check_set_operations(right)?;
+    }
+    ControlFlow::Continue(())
 }
 
 /// The statement DataFusion plans: PostgreSQL constructs it would reject spelled its way.
