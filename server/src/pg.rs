@@ -348,11 +348,18 @@ impl Connection {
         let mut params = Vec::with_capacity(portal.parameter_len());
         for i in 0..portal.parameter_len() {
             let mut ty = stored.parameter_types.get(i).cloned().flatten().filter(|t| *t != Type::UNKNOWN);
-            if ty.is_none() && portal.parameter_format.is_binary(i) {
+            if ty.is_none() {
+                // Undeclared: use the type the statement implies (as PostgreSQL infers it), so
+                // that `LIMIT $1` or `price + $1` get a number, not text.
                 if inferred.is_none() {
                     inferred = Some(session.describe(&stored.statement.ast).await?.parameter_types);
                 }
-                ty = Some(parameter_pg_type(inferred.as_ref().and_then(|t| t.get(i)).and_then(|t| t.as_ref())));
+                let implied = inferred.as_ref().and_then(|t| t.get(i)).and_then(|t| t.as_ref());
+                ty = match implied {
+                    Some(field) => Some(parameter_pg_type(Some(field))),
+                    None if portal.parameter_format.is_binary(i) => Some(Type::TEXT),
+                    None => None,
+                };
             }
             let value = decode_param(portal, i, ty.as_ref())?;
             params.push(BoundParam { value, sql_type: ty.as_ref().and_then(sql_type_of) });

@@ -122,7 +122,7 @@ async fn garbage_on_the_port_does_not_hurt_the_server() {
         }
     }
     let c = server.connect().await;
-    let v: i64 = c.query_one("SELECT 41 + 1", &[]).await.unwrap().get(0);
+    let v: i32 = c.query_one("SELECT 41 + 1", &[]).await.unwrap().get(0);
     assert_eq!(v, 42);
 }
 

@@ -28,7 +28,7 @@ pub use database::{normalize_ident, Database, CATALOG_NAME, SCHEMA_NAME};
 pub use error::{DataErrorKind, SqlError, SqlResult};
 pub use functions::version_string;
 pub use naming::digits_with_point;
-pub use params::{bind_parameters, parameter_count, BoundParam};
+pub use params::{bind_parameters, declared_parameter_types, parameter_count, BoundParam};
 pub use session::{parse_statements, Session, StatementDescription, StatementOutcome, StatementOutput, TransactionChange};
 pub use types::{is_json_field, is_varchar_field, normalize_jsonb, SqlType};
 

@@ -24,7 +24,7 @@ use crate::database::{normalize_ident, table_name, Database};
 use crate::error::{SqlError, SqlResult};
 use crate::functions::session_functions;
 use crate::naming::{dedupe_output_names, expand_exponent_literals, postgres_output_names};
-use crate::params::{bind_parameters, parameter_count, BoundParam};
+use crate::params::{bind_parameters, declared_parameter_types, parameter_count, BoundParam};
 use crate::provider::ReadSnapshot;
 
 /// What a statement produced.
@@ -648,6 +648,11 @@ impl Session {
             }
             _ => None,
         };
+        for (n, sql_type) in declared_parameter_types(stmt) {
+            if let Some(slot @ None) = parameter_types.get_mut(n - 1) {
+                *slot = Some(Arc::new(sql_type.field("")));
+            }
+        }
         Ok(StatementDescription { parameter_types, columns })
     }
 }

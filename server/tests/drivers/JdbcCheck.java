@@ -57,6 +57,20 @@ public class JdbcCheck {
                 }
                 check(c.getMetaData().getDatabaseProductVersion().startsWith("15.0"), "version");
             }
+            // setDate sends '2026-05-01 +00' with an unspecified type; setInt into LIMIT.
+            try (PreparedStatement q = c.prepareStatement("SELECT count(*) FROM views WHERE at >= ? LIMIT ?")) {
+                q.setDate(1, java.sql.Date.valueOf("2026-05-01"));
+                q.setInt(2, 5);
+                try (ResultSet rs = q.executeQuery()) {
+                    check(rs.next() && rs.getLong(1) == 6, "count since date");
+                }
+            }
+            try (PreparedStatement q = c.prepareStatement("SELECT price * ? FROM views WHERE id = 1")) {
+                q.setBigDecimal(1, new BigDecimal("2"));
+                try (ResultSet rs = q.executeQuery()) {
+                    check(rs.next() && rs.getBigDecimal(1).compareTo(new BigDecimal("2.50")) == 0, "price * 2");
+                }
+            }
             c.setAutoCommit(false);
             try (Statement s = c.createStatement()) {
                 s.executeUpdate("UPDATE views SET ok = true WHERE id = 1");

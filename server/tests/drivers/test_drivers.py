@@ -53,6 +53,10 @@ def psycopg_types_and_parameters():
                 assert [d.name for d in cur.description][:3] == ["id", "url", "ok"]
                 cur.execute("SELECT count(*), max(url) FROM pv WHERE ok = %s OR price IS NULL", (True,))
                 assert cur.fetchone() == (2, "/cart")
+                cur.execute("SELECT price + %s, %s FROM pv WHERE id = 1", (decimal.Decimal("0.01"), decimal.Decimal("1.10")))
+                assert cur.fetchone() == (decimal.Decimal("10.00"), decimal.Decimal("1.10"))
+                cur.execute("SELECT id FROM pv ORDER BY id LIMIT %s OFFSET %s", (1, 1))
+                assert cur.fetchall() == [(2,)]
 
 
 @check
@@ -93,6 +97,10 @@ def asyncpg_prepared_statements_and_types():
             assert [r["id"] for r in rows] == [3, 4, 5], rows
             assert rows[0]["name"] == "e3" and rows[0]["at"] == dt.datetime(2026, 5, 1, 0, 0, 3)
             assert rows[0]["amount"] == decimal.Decimal("0.750"), rows[0]["amount"]
+            assert [r["id"] for r in await conn.fetch("SELECT id FROM ev ORDER BY id LIMIT $1 OFFSET $2", 2, 1)] == [2, 3]
+            assert await conn.fetchval("SELECT $1::int + 1", 41) == 42
+            assert await conn.fetchval("SELECT count(*) FROM ev WHERE at > $1::timestamp", dt.datetime(2026, 5, 1, 0, 0, 2)) == 3
+            assert await conn.fetchval("SELECT sum(amount) + $1 FROM ev", decimal.Decimal("0.25")) == decimal.Decimal("4.000")
             stmt = await conn.prepare("SELECT name FROM ev WHERE id = $1")
             assert await stmt.fetchval(2) == "e2"
             assert await stmt.fetchval(4) == "e4"
