@@ -66,7 +66,7 @@ fn encode_batch(batch: &RecordBatch, fields: &Arc<Vec<FieldInfo>>) -> Vec<PgWire
                 // Checked here for every type: arrow-pg reads some null slots as values.
                 encoder.encode_field(&None::<i8>)
             } else if *pg_field.datatype() == Type::JSONB {
-                encode_jsonb(&mut encoder, array.as_ref(), row, pg_field)
+                encode_jsonb(&mut encoder, array.as_ref(), row)
             } else if pg_field.format() == FieldFormat::Text && needs_postgres_text(array.data_type()) {
                 encode_postgres_text(&mut encoder, array.as_ref(), row)
             } else {
@@ -114,16 +114,39 @@ fn encode_postgres_text(encoder: &mut DataRowEncoder, array: &dyn Array, row: us
     encoder.encode_field(&Some(text))
 }
 
-fn encode_jsonb(encoder: &mut DataRowEncoder, array: &dyn Array, row: usize, field: &FieldInfo) -> PgWireResult<()> {
+fn encode_jsonb(encoder: &mut DataRowEncoder, array: &dyn Array, row: usize) -> PgWireResult<()> {
     let text = (!array.is_null(row)).then(|| array.as_string::<i32>().value(row).to_string());
-    if field.format() == FieldFormat::Binary {
-        let value = text
-            .map(|t| serde_json::from_str::<serde_json::Value>(&t))
-            .transpose()
-            .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
-        encoder.encode_field(&value)
-    } else {
-        encoder.encode_field(&text)
+    encoder.encode_field(&text.map(JsonbText))
+}
+
+/// Stored JSONB text (already in PostgreSQL's layout) on the wire: as is in text format, after
+/// the version byte 1 in binary.
+#[derive(Debug)]
+struct JsonbText(String);
+
+impl postgres_types::ToSql for JsonbText {
+    fn to_sql(&self, _ty: &Type, out: &mut bytes::BytesMut) -> Result<postgres_types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&[1]);
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(postgres_types::IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    postgres_types::to_sql_checked!();
+}
+
+impl pgwire::types::ToSqlText for JsonbText {
+    fn to_sql_text(
+        &self,
+        _ty: &Type,
+        out: &mut bytes::BytesMut,
+        _format_options: &pgwire::types::format::FormatOptions,
+    ) -> Result<postgres_types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(postgres_types::IsNull::No)
     }
 }
 

@@ -183,6 +183,14 @@ fn overflow_message(m: &str) -> String {
 fn cast_error(m: String) -> SqlError {
     use DataErrorKind::*;
     let lower = m.to_ascii_lowercase();
+    // "Cannot cast string '3000000000' to value of Int32 type": a number, just too big.
+    let quoted_number = m
+        .split('\'')
+        .nth(1)
+        .is_some_and(|v| v.trim().parse::<f64>().is_ok_and(f64::is_finite) && lower.contains("int"));
+    if quoted_number {
+        return SqlError::data(NumericOverflow, format!("value out of range: {m}"));
+    }
     if lower.contains("overflow") || lower.contains("out of range") || lower.contains("can't cast value")
         || lower.contains("too large to store")
         || lower.contains("too large") || lower.contains("cannot be represented")
@@ -267,7 +275,7 @@ fn from_message(m: &str) -> SqlError {
             && (lower.contains("type") || lower.contains("argument"))
     {
         SqlError::TypeMismatch(m.to_string())
-    } else if lower.contains("unsupported") || lower.contains("not supported")
+    } else if lower.contains("unsupported") || lower.contains("not supported") || lower.contains("correlated")
         || lower.contains("not yet supported") || lower.contains("not implemented")
     {
         SqlError::Unsupported(m.to_string())

@@ -52,18 +52,22 @@ fn dedupe_set_expr(body: &mut SetExpr) {
         }
         SetExpr::Query(q) => dedupe_set_expr(&mut q.body),
         SetExpr::Select(select) => {
+            let several = select.projection.len() > 1;
             let mut seen = std::collections::HashSet::new();
             for (index, item) in select.projection.iter_mut().enumerate() {
-                let key = match item {
-                    SelectItem::UnnamedExpr(Expr::Identifier(i)) => normalize_ident(i),
+                // Two different expressions can get one planner name too (`ts::date` and
+                // `ts::timestamp` may both be "ts"), so in a list of several every computed
+                // item gets its own alias; plain columns keep their names.
+                let (key, computed) = match item {
+                    SelectItem::UnnamedExpr(Expr::Identifier(i)) => (normalize_ident(i), false),
                     SelectItem::UnnamedExpr(Expr::CompoundIdentifier(parts)) => {
-                        parts.last().map(normalize_ident).unwrap_or_default()
+                        (parts.last().map(normalize_ident).unwrap_or_default(), false)
                     }
-                    SelectItem::UnnamedExpr(e) => e.to_string(),
-                    SelectItem::ExprWithAlias { alias, .. } => normalize_ident(alias),
+                    SelectItem::UnnamedExpr(e) => (expr_name(e), true),
+                    SelectItem::ExprWithAlias { alias, .. } => (normalize_ident(alias), false),
                     _ => continue,
                 };
-                if !seen.insert(key.clone()) {
+                if !seen.insert(key.clone()) || (several && computed) {
                     let alias = Ident::with_quote('"', format!("{key} #{}", index + 1));
                     let expr = match std::mem::replace(item, SelectItem::UnnamedExpr(Expr::value(Value::Null))) {
                         SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
@@ -229,7 +233,10 @@ mod tests {
             panic!("not a query")
         };
         dedupe_output_names(&mut q);
-        assert_eq!(q.to_string(), r#"SELECT 1, 1 AS "1 #2", t.id, id AS "id #4", x AS a, y AS "a #6" FROM t"#);
+        assert_eq!(
+            q.to_string(),
+            r#"SELECT 1 AS "?column? #1", 1 AS "?column? #2", t.id, id AS "id #4", x AS a, y AS "a #6" FROM t"#
+        );
     }
 
     #[test]

@@ -101,6 +101,10 @@ def asyncpg_prepared_statements_and_types():
             assert await conn.fetchval("SELECT $1::int + 1", 41) == 42
             assert await conn.fetchval("SELECT count(*) FROM ev WHERE at > $1::timestamp", dt.datetime(2026, 5, 1, 0, 0, 2)) == 3
             assert await conn.fetchval("SELECT sum(amount) + $1 FROM ev", decimal.Decimal("0.25")) == decimal.Decimal("4.000")
+            await conn.execute("CREATE TABLE docs (id INT, doc JSONB)")
+            await conn.execute("""INSERT INTO docs VALUES (1, '{"b":"x","a":[1,2]}')""")
+            # asyncpg reads jsonb in binary and returns the server's text: PostgreSQL's layout.
+            assert await conn.fetchval("SELECT doc FROM docs") == '{"a": [1, 2], "b": "x"}'
             stmt = await conn.prepare("SELECT name FROM ev WHERE id = $1")
             assert await stmt.fetchval(2) == "e2"
             assert await stmt.fetchval(4) == "e4"
