@@ -79,9 +79,10 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args.config(), shutdown_signal()).await.map_err(|e| e.to_string()),
             Command::Demo { server, rows, once } => {
+                let signal = shutdown_signal();
                 let until = async move {
                     if !once {
-                        shutdown_signal().await
+                        signal.await
                     }
                 };
                 demo::run(server.config(), rows, until).await.map_err(|e| e.to_string())

@@ -180,30 +180,39 @@ pub async fn serve(config: ServerConfig, until: impl Future<Output = ()>) -> Res
     Ok(())
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            warn!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
+/// A future that completes on Ctrl-C or SIGTERM.
+///
+/// The handlers are installed when this is called, not when the future is first polled, so a
+/// signal that arrives right after the server says it is ready is never missed (it would
+/// otherwise kill the process with the default action).
+pub fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => info!("Ctrl-C received, shutting down"),
+                        _ = terminate.recv() => info!("SIGTERM received, shutting down"),
+                    }
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    warn!(error = %e, "cannot listen for signals; stop the server by killing it");
+                    std::future::pending::<()>().await;
+                }
             }
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM");
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        async {
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                warn!(error = %e, "cannot listen for Ctrl-C");
                 std::future::pending::<()>().await;
             }
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => info!("Ctrl-C received, shutting down"),
-        _ = term => info!("SIGTERM received, shutting down"),
     }
 }
