@@ -22,7 +22,7 @@ use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
 use sluice_sql::{is_json_field, is_varchar_field, SqlError};
 
-use crate::pgtext;
+use sluice_sql::pgtext;
 use crate::sqlstate::to_pg_error;
 
 /// The PostgreSQL type of an Arrow field.

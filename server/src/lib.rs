@@ -15,7 +15,6 @@ mod encode;
 pub mod http;
 pub mod metrics;
 pub mod pg;
-pub mod pgtext;
 mod sqlstate;
 
 use std::fs::{self, File};

@@ -19,6 +19,7 @@ mod functions;
 mod naming;
 mod params;
 mod pg_semantics;
+pub mod pgtext;
 mod provider;
 mod session;
 mod types;

@@ -6,6 +6,8 @@
 //!
 //! * **Integer `+ - *` fail on overflow** (22003) instead of wrapping around: rewritten to
 //!   `sluice_checked_{add,sub,mul}`, which use Arrow's checked kernels.
+//! * **Timestamps and floats cast to text read as PostgreSQL prints them** (`2026-01-02
+//!   03:04:05`, `1e+20`), through `sluice_pg_text`.
 //! * **`numeric` meets `float` as `float`**: PostgreSQL compares and combines a numeric with a
 //!   double precision as double precision; DataFusion would cast the float to a decimal (and fail
 //!   on Infinity/NaN, or compare inexactly).
@@ -32,13 +34,19 @@ pub struct PostgresSemantics {
     add: Arc<ScalarUDF>,
     sub: Arc<ScalarUDF>,
     mul: Arc<ScalarUDF>,
+    text: Arc<ScalarUDF>,
 }
 
 impl PostgresSemantics {
     /// The rewrite, with its checked-arithmetic functions.
     pub fn new() -> Self {
         let udf = |op| Arc::new(ScalarUDF::from(CheckedIntegerOp::new(op)));
-        Self { add: udf(CheckedOp::Add), sub: udf(CheckedOp::Sub), mul: udf(CheckedOp::Mul) }
+        Self {
+            add: udf(CheckedOp::Add),
+            sub: udf(CheckedOp::Sub),
+            mul: udf(CheckedOp::Mul),
+            text: Arc::new(ScalarUDF::from(PostgresText::default())),
+        }
     }
 }
 
@@ -151,7 +159,75 @@ impl FunctionRewrite for PostgresSemantics {
                 }
                 Ok(Transformed::no(Expr::BinaryExpr(BinaryExpr { left, op, right })))
             }
+            Expr::Cast(cast)
+                if matches!(cast.field.data_type(), DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8) =>
+            {
+                let source = quick_type(&cast.expr, schema);
+                if source.as_ref().is_some_and(PostgresText::formats) {
+                    let text = self.text.call(vec![*cast.expr]);
+                    let text = cast_if_needed(text, &DataType::Utf8, cast.field.data_type());
+                    return Ok(Transformed::yes(text));
+                }
+                Ok(Transformed::no(Expr::Cast(cast)))
+            }
             other => Ok(Transformed::no(other)),
+        }
+    }
+}
+
+/// `value::text` for the types whose PostgreSQL text differs from Arrow's cast (timestamps,
+/// floats).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PostgresText {
+    signature: Signature,
+}
+
+impl Default for PostgresText {
+    fn default() -> Self {
+        Self { signature: Signature::any(1, Volatility::Immutable) }
+    }
+}
+
+impl PostgresText {
+    fn formats(t: &DataType) -> bool {
+        matches!(t, DataType::Timestamp(..) | DataType::Float32 | DataType::Float64)
+    }
+}
+
+impl ScalarUDFImpl for PostgresText {
+    fn name(&self) -> &str {
+        "sluice_pg_text"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use datafusion::arrow::array::{Array, AsArray, StringArray};
+        use datafusion::arrow::datatypes::{Float32Type, Float64Type, TimeUnit, TimestampMicrosecondType};
+        let all_scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let Some(array) = arrays.first() else { return plan_err!("sluice_pg_text expects one argument") };
+        let text: StringArray = match array.data_type() {
+            DataType::Float64 => array.as_primitive::<Float64Type>().iter().map(|v| v.map(crate::pgtext::float8)).collect(),
+            DataType::Float32 => array.as_primitive::<Float32Type>().iter().map(|v| v.map(crate::pgtext::float4)).collect(),
+            DataType::Timestamp(_, zone) => {
+                let micros = datafusion::arrow::compute::cast(array, &DataType::Timestamp(TimeUnit::Microsecond, zone.clone()))?;
+                let micros = micros.as_primitive::<TimestampMicrosecondType>();
+                let format = if zone.is_some() { crate::pgtext::timestamptz } else { crate::pgtext::timestamp };
+                micros.iter().map(|v| v.and_then(format)).collect()
+            }
+            other => return plan_err!("sluice_pg_text cannot format {other}"),
+        };
+        if all_scalar && text.len() == 1 {
+            Ok(ColumnarValue::Scalar(datafusion::common::ScalarValue::Utf8(text.is_valid(0).then(|| text.value(0).to_string()))))
+        } else {
+            Ok(ColumnarValue::Array(Arc::new(text)))
         }
     }
 }

@@ -1,7 +1,7 @@
 //! A sqllogictest database over the PostgreSQL wire protocol, in either query protocol.
 
 use async_trait::async_trait;
-use sluice_server::pgtext;
+use sluice_sql::pgtext;
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
 use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};

@@ -26,7 +26,7 @@ pub fn float(value: f64, shortest: &str, max_fixed_exponent: i32) -> String {
     let sign = if negative { "-" } else { "" };
     if (-4..=max_fixed_exponent).contains(&exponent) {
         // `exponent + 1` digits stand before the decimal point.
-        format!("{sign}{}", sluice_sql::digits_with_point(&digits, i64::from(exponent) + 1))
+        format!("{sign}{}", crate::naming::digits_with_point(&digits, i64::from(exponent) + 1))
     } else {
         let (first, rest) = digits.split_at(1);
         let fraction = if rest.is_empty() { String::new() } else { format!(".{rest}") };
