@@ -24,7 +24,9 @@ use datafusion::datasource::TableType;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::InsertOp;
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::expr::InList;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 use sluice_engine::StateTable;
@@ -122,10 +124,67 @@ impl StoredTable {
         &self.state
     }
 
-    /// Every stored row (hidden row id included) as of `snapshot`, as one batch.
-    fn read_stored(&self, snapshot: &dyn StateSnapshot) -> SqlResult<RecordBatch> {
-        let batches = self.state.scan_all(snapshot)?;
+    /// The stored rows (hidden row id included) as of `snapshot` that `filters` can match, as
+    /// one batch: the rows of the primary keys the filters pin down, or else all rows. The
+    /// caller still applies the filters.
+    fn read_stored(&self, snapshot: &dyn StateSnapshot, filters: &[Expr]) -> SqlResult<RecordBatch> {
+        let batches = match self.key_lookup(snapshot, filters)? {
+            Some(batch) => vec![batch],
+            None => self.state.scan_all(snapshot)?,
+        };
         Ok(datafusion::arrow::compute::concat_batches(self.state.schema(), &batches)?)
+    }
+
+    /// If `filters` fix every primary-key column to literal values (`k = 1`, `k IN (1, 2)`),
+    /// reads just those keys. `None` when they do not (read everything instead).
+    fn key_lookup(&self, snapshot: &dyn StateSnapshot, filters: &[Expr]) -> SqlResult<Option<RecordBatch>> {
+        if self.def.has_row_id() {
+            return Ok(None);
+        }
+        let stored = self.state.schema();
+        let mut candidates: Vec<Option<Vec<ScalarValue>>> = vec![None; self.def.primary_key.len()];
+        for filter in filters {
+            let (column, values) = match filter {
+                Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) => match (left.as_ref(), right.as_ref()) {
+                    (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c)) => (c, vec![v.clone()]),
+                    _ => continue,
+                },
+                Expr::InList(InList { expr, list, negated: false }) => match expr.as_ref() {
+                    Expr::Column(c) => {
+                        let values: Option<Vec<ScalarValue>> =
+                            list.iter().map(|e| if let Expr::Literal(v, _) = e { Some(v.clone()) } else { None }).collect();
+                        match values {
+                            Some(v) => (c, v),
+                            None => continue,
+                        }
+                    }
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            if let Some(slot) = self.def.primary_key.iter().position(|i| self.def.columns[*i].name == column.name) {
+                candidates[slot] = Some(values);
+            }
+        }
+        // One key per combination; only single-valued keys for composite primary keys.
+        let Some(values) = candidates.into_iter().collect::<Option<Vec<_>>>() else { return Ok(None) };
+        let rows = if values.len() == 1 { values[0].len() } else if values.iter().all(|v| v.len() == 1) { 1 } else { return Ok(None) };
+        let mut columns: Vec<ArrayRef> =
+            stored.fields().iter().map(|f| datafusion::arrow::array::new_null_array(f.data_type(), rows)).collect();
+        for (slot, column) in self.def.primary_key.iter().enumerate() {
+            let target = stored.field(*column).data_type();
+            let typed = values[slot].iter().map(|v| v.cast_to(target)).collect::<Result<Vec<_>, _>>();
+            let Ok(typed) = typed else { return Ok(None) };
+            columns[*column] = ScalarValue::iter_to_array(typed)?;
+        }
+        let keys = self.state.encode_keys(&RecordBatch::try_new(Arc::clone(stored), columns)?)?;
+        let mut found = Vec::new();
+        for key in keys.iter() {
+            if let Some(value) = snapshot.get(self.state.id(), key.data())? {
+                found.push(value);
+            }
+        }
+        Ok(Some(self.state.decode_values(found.iter().map(|v| v.as_ref()))?))
     }
 
     /// Checks and completes user rows before they are stored: casts to the column types,
@@ -263,14 +322,17 @@ impl TableProvider for StoredTable {
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let snapshot = match state.config().get_extension::<ReadSnapshot>() {
             Some(s) => Arc::clone(&s.0),
             None => self.writer.store().snapshot(),
         };
-        let mut batches = self.state.scan_all(snapshot.as_ref()).map_err(|e| to_datafusion(e.into()))?;
+        let mut batches = match self.key_lookup(snapshot.as_ref(), filters).map_err(to_datafusion)? {
+            Some(batch) => vec![batch],
+            None => self.state.scan_all(snapshot.as_ref()).map_err(|e| to_datafusion(e.into()))?,
+        };
         if self.def.has_row_id() {
             let user_columns: Vec<usize> = (0..self.def.columns.len()).collect();
             batches = batches.iter().map(|b| b.project(&user_columns)).collect::<Result<_, _>>()?;
@@ -282,8 +344,10 @@ impl TableProvider for StoredTable {
         Ok(MemorySourceConfig::try_new_exec(&[batches], Arc::clone(&self.user_schema), projection.cloned())?)
     }
 
+    /// Filters are offered to `scan` to find primary-key lookups; DataFusion still applies them
+    /// all (Inexact), so a scan may return more rows than match, never fewer.
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        Ok(vec![TableProviderFilterPushDown::Unsupported; filters.len()])
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
 
     async fn insert_into(
@@ -303,7 +367,7 @@ impl TableProvider for StoredTable {
         let deleted = self
             .writer
             .write(|snapshot| {
-                let stored = self.read_stored(snapshot)?;
+                let stored = self.read_stored(snapshot, &filters)?;
                 let doomed = self.matching_rows(state, &stored, &filters)?;
                 let mut batch = WriteBatch::new();
                 self.state.delete_rows(&doomed, &mut batch)?;
@@ -323,7 +387,7 @@ impl TableProvider for StoredTable {
         let updated = self
             .writer
             .write(|snapshot| {
-                let stored = self.read_stored(snapshot)?;
+                let stored = self.read_stored(snapshot, &filters)?;
                 let old = self.matching_rows(state, &stored, &filters)?;
                 let df_schema = DFSchema::try_from(Arc::clone(self.state.schema()))?;
                 let mut columns: Vec<ArrayRef> = (0..self.def.columns.len()).map(|i| Arc::clone(old.column(i))).collect();
