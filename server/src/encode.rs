@@ -20,7 +20,7 @@ use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo};
 use pgwire::api::Type;
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
-use sluice_sql::{is_json_field, is_varchar_field, SqlError};
+use sluice_sql::{is_json_field, is_varchar_field, varchar_max_len, SqlError};
 
 use sluice_sql::pgtext;
 use crate::sqlstate::to_pg_error;
@@ -50,8 +50,25 @@ pub fn field_infos(schema: &SchemaRef, format: &Format) -> PgWireResult<Vec<Fiel
         .fields()
         .iter()
         .enumerate()
-        .map(|(i, f)| Ok(FieldInfo::new(f.name().clone(), None, None, pg_type(f)?, format.format_for(i))))
+        .map(|(i, f)| {
+            let info = FieldInfo::new(f.name().clone(), None, None, pg_type(f)?, format.format_for(i));
+            Ok(match type_modifier(f) {
+                Some(modifier) => info.with_type_modifier(modifier),
+                None => info,
+            })
+        })
         .collect()
+}
+
+/// PostgreSQL's `atttypmod` for the field: drivers read a numeric's precision and scale and a
+/// varchar's length from it (both offset by 4, as PostgreSQL stores them).
+fn type_modifier(field: &datafusion::arrow::datatypes::Field) -> Option<i32> {
+    match field.data_type() {
+        DataType::Decimal128(precision, scale) if *scale >= 0 => {
+            Some(((i32::from(*precision) << 16) | i32::from(*scale)) + 4)
+        }
+        _ => varchar_max_len(field).and_then(|n| i32::try_from(n).ok()).map(|n| n + 4),
+    }
 }
 
 fn encode_batch(batch: &RecordBatch, fields: &Arc<Vec<FieldInfo>>) -> Vec<PgWireResult<DataRow>> {

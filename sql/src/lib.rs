@@ -31,7 +31,7 @@ pub use functions::version_string;
 pub use naming::digits_with_point;
 pub use params::{bind_parameters, declared_parameter_types, parameter_count, BoundParam};
 pub use session::{parse_statements, Session, StatementDescription, StatementOutcome, StatementOutput, TransactionChange};
-pub use types::{is_json_field, is_varchar_field, normalize_jsonb, SqlType};
+pub use types::{is_json_field, is_varchar_field, normalize_jsonb, varchar_max_len, SqlType};
 
 /// DataFusion's SQL parser, re-exported so that `server` needs no direct dependency on it.
 pub use datafusion::sql::sqlparser;

@@ -172,8 +172,12 @@ impl SqlType {
                 EXTENSION_NAME_KEY.to_string(),
                 JSON_EXTENSION.to_string(),
             )])),
-            SqlType::Varchar { .. } => {
-                field.with_metadata(HashMap::from([(PG_TYPE_KEY.to_string(), "varchar".to_string())]))
+            SqlType::Varchar { max_len } => {
+                let name = match max_len {
+                    Some(n) => format!("varchar({n})"),
+                    None => "varchar".to_string(),
+                };
+                field.with_metadata(HashMap::from([(PG_TYPE_KEY.to_string(), name)]))
             }
             _ => field,
         }
@@ -204,7 +208,13 @@ impl SqlType {
 
 /// Whether an Arrow field is a column declared `VARCHAR`.
 pub fn is_varchar_field(field: &Field) -> bool {
-    field.metadata().get(PG_TYPE_KEY).map(String::as_str) == Some("varchar")
+    field.metadata().get(PG_TYPE_KEY).is_some_and(|t| t.starts_with("varchar"))
+}
+
+/// The `n` of a column declared `VARCHAR(n)`.
+pub fn varchar_max_len(field: &Field) -> Option<u32> {
+    let declared = field.metadata().get(PG_TYPE_KEY)?;
+    declared.strip_prefix("varchar(")?.strip_suffix(')')?.parse().ok()
 }
 
 /// Whether an Arrow field holds JSON text.

@@ -41,6 +41,8 @@ public class JdbcCheck {
                 ResultSetMetaData md = q.getMetaData();
                 check(md.getColumnTypeName(1).equals("varchar"), "type name " + md.getColumnTypeName(1));
                 check(md.getColumnType(2) == Types.NUMERIC, "numeric type");
+                check(md.getPrecision(2) == 8 && md.getScale(2) == 2, "numeric(8,2) " + md.getPrecision(2) + "," + md.getScale(2));
+                check(md.getPrecision(1) == 100, "varchar(100) length " + md.getPrecision(1));
                 check(md.getColumnType(3) == Types.TIMESTAMP, "timestamp type");
             }
             passed++;
