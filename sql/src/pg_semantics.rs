@@ -309,7 +309,7 @@ impl AnalyzerRule for CheckedBigintSums {
     }
 
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
-        Ok(plan.transform_up_with_subqueries(|plan| checked_sums(plan))?.data)
+        Ok(plan.transform_up_with_subqueries(checked_sums)?.data)
     }
 }
 

@@ -47,7 +47,8 @@ fn statement(rng: &mut Rng) -> String {
                         rng.value(5),
                         rng.value(1_000_000),
                         rng.text(),
-                        rng.value(40).replace("NULL", "NULL").parse::<i64>().map(|q| format!("{}", q as f64 / 4.0)).unwrap_or("NULL".into())
+                        // quarters, so that float text is exact on both sides
+                        rng.value(40).parse::<i64>().map(|q| format!("{}", q as f64 / 4.0)).unwrap_or("NULL".into())
                     )
                 })
                 .collect();
