@@ -1,0 +1,33 @@
+//! The operator contract and the operators, one per file.
+//!
+//! An operator consumes changes and emits changes. Only [`Operator::process`] is required;
+//! stateful operators also flush their dirty state into the epoch's write batch when a barrier
+//! passes ([`Operator::on_barrier`]).
+
+mod filter;
+mod project;
+
+pub use filter::FilterOperator;
+pub use project::ProjectOperator;
+
+use sluice_storage::{Epoch, WriteBatch};
+
+use crate::{ChangeBatch, EngineResult};
+
+/// One step of a dataflow.
+pub trait Operator: Send {
+    /// A short name for plans and logs (`Filter`, `Project`, ...).
+    fn name(&self) -> &str;
+
+    /// Processes one batch of changes and returns the changes to send downstream (possibly
+    /// none). Must be deterministic: replaying the same input gives the same output, which is
+    /// what makes recovery by replay exact.
+    fn process(&mut self, changes: ChangeBatch) -> EngineResult<Vec<ChangeBatch>>;
+
+    /// Epoch `epoch` ends here: write dirty state into `write` (committed atomically with every
+    /// other operator's) and return any changes that became final. Stateless operators keep
+    /// the default.
+    fn on_barrier(&mut self, _epoch: Epoch, _write: &mut WriteBatch) -> EngineResult<Vec<ChangeBatch>> {
+        Ok(Vec::new())
+    }
+}
