@@ -108,6 +108,16 @@ impl StateTable {
         Ok(self.key_codec.convert_columns(&key_columns)?)
     }
 
+    /// The memcomparable keys of rows given by their key columns alone (in key order), for
+    /// point lookups.
+    pub fn encode_key_columns(&self, key_columns: &[ArrayRef]) -> EngineResult<Rows> {
+        let expected = self.key_indices.iter().map(|i| self.schema.field(*i).data_type());
+        if key_columns.len() != self.key_indices.len() || !expected.eq(key_columns.iter().map(|c| c.data_type())) {
+            return Err(EngineError::Invalid(format!("state table {}: key columns do not match the key", self.id)));
+        }
+        Ok(self.key_codec.convert_columns(key_columns)?)
+    }
+
     /// Queues an upsert of every row of `batch` into `write`.
     pub fn write_rows(&self, batch: &RecordBatch, write: &mut WriteBatch) -> EngineResult<()> {
         let keys = self.encode_keys(batch)?;

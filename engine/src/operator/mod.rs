@@ -5,9 +5,11 @@
 //! passes ([`Operator::on_barrier`]).
 
 mod filter;
+mod hash_aggregate;
 mod project;
 
 pub use filter::FilterOperator;
+pub use hash_aggregate::{AggregateCall, AggregateKind, HashAggregateOperator};
 pub use project::ProjectOperator;
 
 use sluice_storage::{Epoch, WriteBatch};

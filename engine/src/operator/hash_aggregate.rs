@@ -1,0 +1,484 @@
+//! [`HashAggregateOperator`]: `GROUP BY` with `count`, `sum` and `avg`, maintained under
+//! inserts and deletes, its state in a [`StateTable`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
+use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::physical_expr::PhysicalExpr;
+use sluice_storage::{Epoch, StateStore, TableId, WriteBatch};
+
+use super::Operator;
+use crate::{ChangeBatch, EngineError, EngineResult, Op, StateTable};
+
+/// The aggregate functions the operator maintains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggregateKind {
+    /// `count(*)`: rows in the group.
+    CountStar,
+    /// `count(x)`: non-NULL values.
+    Count,
+    /// `sum(x)` over BIGINT or DOUBLE PRECISION; NULL when the group has no non-NULL value.
+    Sum,
+    /// `avg(x)` as DOUBLE PRECISION; NULL when the group has no non-NULL value.
+    Avg,
+}
+
+/// One aggregate of the operator's output: a function and its argument.
+#[derive(Debug, Clone)]
+pub struct AggregateCall {
+    /// The function.
+    pub kind: AggregateKind,
+    /// Its argument (ignored by `count(*)`).
+    pub arg: Option<Arc<dyn PhysicalExpr>>,
+    /// Output column name.
+    pub name: String,
+}
+
+/// The running state of one aggregate in one group.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Accumulator {
+    Count(i64),
+    IntSum { sum: i64, values: i64 },
+    FloatSum { sum: f64, values: i64 },
+}
+
+#[derive(Debug, Clone)]
+struct Group {
+    /// The group key's values (one-row arrays, in group-by order).
+    key: Vec<ArrayRef>,
+    rows: i64,
+    accumulators: Vec<Accumulator>,
+}
+
+/// A group touched in the current epoch, and the output row it had before it.
+#[derive(Debug)]
+struct Dirty {
+    group: Group,
+    emitted_before: Option<Group>,
+}
+
+/// `SELECT keys, aggregates FROM input GROUP BY keys`, incrementally.
+///
+/// Semantics with retractions: an insert adds its row to its group's accumulators, a delete
+/// subtracts it (count and sum are invertible, so no history is kept). Output is emitted at
+/// barriers: for each group changed in the epoch, the delete of the row emitted before (if
+/// any) and the insert of the new row (if the group still has rows) — so the output is a
+/// changelog whose sum is always the batch `GROUP BY` of the input so far. Groups with no rows
+/// left emit only their delete. (A global aggregate's empty-input row is the planner's job.)
+///
+/// State: one row per group in a [`StateTable`] keyed by the group columns (row count and each
+/// accumulator), read on first touch in an epoch and written back at the barrier into the
+/// epoch's write batch; the store is the truth, memory holds only the current epoch's groups.
+pub struct HashAggregateOperator {
+    group_by: Vec<(Arc<dyn PhysicalExpr>, String)>,
+    calls: Vec<AggregateCall>,
+    key_codec: RowConverter,
+    state: StateTable,
+    store: Arc<dyn StateStore>,
+    output: SchemaRef,
+    dirty: HashMap<OwnedRow, Dirty>,
+}
+
+impl std::fmt::Debug for HashAggregateOperator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HashAggregateOperator").field("calls", &self.calls).field("output", &self.output).finish()
+    }
+}
+
+fn expr_err(e: datafusion::error::DataFusionError) -> EngineError {
+    EngineError::Invalid(e.to_string())
+}
+
+impl HashAggregateOperator {
+    /// An aggregate over rows of `input`, keeping its state in table `table` of `store`.
+    pub fn try_new(
+        input: &Schema,
+        group_by: Vec<(Arc<dyn PhysicalExpr>, String)>,
+        calls: Vec<AggregateCall>,
+        table: TableId,
+        store: Arc<dyn StateStore>,
+    ) -> EngineResult<Self> {
+        let mut key_types = Vec::with_capacity(group_by.len());
+        let mut output_fields = Vec::new();
+        let mut state_fields = Vec::new();
+        for (expr, name) in &group_by {
+            let t = expr.data_type(input).map_err(expr_err)?;
+            key_types.push(SortField::new(t.clone()));
+            output_fields.push(Field::new(name, t.clone(), true));
+            state_fields.push(Field::new(name, t, true));
+        }
+        state_fields.push(Field::new("__rows", DataType::Int64, false));
+        for (i, call) in calls.iter().enumerate() {
+            let arg_type = match (&call.kind, &call.arg) {
+                (AggregateKind::CountStar, _) => None,
+                (_, Some(arg)) => Some(arg.data_type(input).map_err(expr_err)?),
+                (kind, None) => return Err(EngineError::Invalid(format!("{kind:?} needs an argument"))),
+            };
+            let out_type = match (call.kind, &arg_type) {
+                (AggregateKind::CountStar | AggregateKind::Count, _) => DataType::Int64,
+                (AggregateKind::Avg, Some(DataType::Int64 | DataType::Float64)) => DataType::Float64,
+                (AggregateKind::Sum, Some(t @ (DataType::Int64 | DataType::Float64))) => t.clone(),
+                (kind, t) => return Err(EngineError::Invalid(format!("{kind:?} over {t:?} is not supported"))),
+            };
+            output_fields.push(Field::new(&call.name, out_type, true));
+            let float = arg_type == Some(DataType::Float64);
+            state_fields.push(Field::new(format!("__acc{i}"), if float { DataType::Float64 } else { DataType::Int64 }, false));
+            state_fields.push(Field::new(format!("__values{i}"), DataType::Int64, false));
+        }
+        if key_types.is_empty() {
+            // A global aggregate hashes every row to one constant key.
+            key_types.push(SortField::new(DataType::Int64));
+        }
+        let key_indices = (0..group_by.len()).collect::<Vec<_>>();
+        // A global aggregate has no key columns: its one state row gets a constant key column.
+        let (state_schema, key_indices) = if key_indices.is_empty() {
+            let mut fields = vec![Field::new("__global", DataType::Int64, false)];
+            fields.extend(state_fields);
+            (Schema::new(fields), vec![0])
+        } else {
+            (Schema::new(state_fields), key_indices)
+        };
+        let state = StateTable::try_new(table, Arc::new(state_schema), key_indices)?;
+        Ok(Self {
+            group_by,
+            calls,
+            key_codec: RowConverter::new(key_types)?,
+            state,
+            store,
+            output: Arc::new(Schema::new(output_fields)),
+            dirty: HashMap::new(),
+        })
+    }
+
+    /// The schema of the output rows: group columns, then one column per aggregate.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.output
+    }
+
+    fn is_global(&self) -> bool {
+        self.group_by.is_empty()
+    }
+
+    fn empty_accumulators(&self, input_types: &[Option<DataType>]) -> Vec<Accumulator> {
+        self.calls
+            .iter()
+            .zip(input_types)
+            .map(|(call, t)| match (call.kind, t) {
+                (AggregateKind::CountStar | AggregateKind::Count, _) => Accumulator::Count(0),
+                (_, Some(DataType::Float64)) => Accumulator::FloatSum { sum: 0.0, values: 0 },
+                _ => Accumulator::IntSum { sum: 0, values: 0 },
+            })
+            .collect()
+    }
+
+    /// The stored state of the group whose key columns are `key` (one row each), if any.
+    fn load(&self, key: &[ArrayRef]) -> EngineResult<Option<Group>> {
+        let key_columns: Vec<ArrayRef> =
+            if self.is_global() { vec![Arc::new(Int64Array::from(vec![0]))] } else { key.to_vec() };
+        let keys = self.state.encode_key_columns(&key_columns)?;
+        let snapshot = self.store.snapshot();
+        let Some(value) = snapshot.get(self.state.id(), keys.row(0).data())? else { return Ok(None) };
+        let row = self.state.decode_values([value.as_ref()])?;
+        let offset = if self.is_global() { 1 } else { self.group_by.len() };
+        let rows = row.column(offset).as_primitive::<Int64Type>().value(0);
+        let mut accumulators = Vec::with_capacity(self.calls.len());
+        for (i, call) in self.calls.iter().enumerate() {
+            let acc = row.column(offset + 1 + 2 * i);
+            let values = row.column(offset + 2 + 2 * i).as_primitive::<Int64Type>().value(0);
+            accumulators.push(match (call.kind, acc.data_type()) {
+                (AggregateKind::CountStar | AggregateKind::Count, _) => {
+                    Accumulator::Count(acc.as_primitive::<Int64Type>().value(0))
+                }
+                (_, DataType::Float64) => Accumulator::FloatSum { sum: acc.as_primitive::<Float64Type>().value(0), values },
+                _ => Accumulator::IntSum { sum: acc.as_primitive::<Int64Type>().value(0), values },
+            });
+        }
+        Ok(Some(Group { key: key.to_vec(), rows, accumulators }))
+    }
+
+    fn output_row(&self, group: &Group) -> EngineResult<RecordBatch> {
+        let mut columns: Vec<ArrayRef> = group.key.clone();
+        for (call, acc) in self.calls.iter().zip(&group.accumulators) {
+            columns.push(match (call.kind, *acc) {
+                (_, Accumulator::Count(n)) => Arc::new(Int64Array::from(vec![n])),
+                (AggregateKind::Sum, Accumulator::IntSum { sum, values }) => {
+                    Arc::new(Int64Array::from(vec![(values > 0).then_some(sum)]))
+                }
+                (AggregateKind::Sum, Accumulator::FloatSum { sum, values }) => {
+                    Arc::new(Float64Array::from(vec![(values > 0).then_some(sum)]))
+                }
+                (_, Accumulator::IntSum { sum, values }) => {
+                    Arc::new(Float64Array::from(vec![(values > 0).then(|| sum as f64 / values as f64)]))
+                }
+                (_, Accumulator::FloatSum { sum, values }) => {
+                    Arc::new(Float64Array::from(vec![(values > 0).then(|| sum / values as f64)]))
+                }
+            });
+        }
+        Ok(RecordBatch::try_new(Arc::clone(&self.output), columns)?)
+    }
+
+    fn state_row(&self, group: &Group) -> EngineResult<RecordBatch> {
+        let mut columns: Vec<ArrayRef> =
+            if self.is_global() { vec![Arc::new(Int64Array::from(vec![0]))] } else { group.key.clone() };
+        columns.push(Arc::new(Int64Array::from(vec![group.rows])));
+        for acc in &group.accumulators {
+            let (sum, values): (ArrayRef, i64) = match *acc {
+                Accumulator::Count(n) => (Arc::new(Int64Array::from(vec![n])), 0),
+                Accumulator::IntSum { sum, values } => (Arc::new(Int64Array::from(vec![sum])), values),
+                Accumulator::FloatSum { sum, values } => (Arc::new(Float64Array::from(vec![sum])), values),
+            };
+            columns.push(sum);
+            columns.push(Arc::new(Int64Array::from(vec![values])));
+        }
+        Ok(RecordBatch::try_new(Arc::clone(self.state.schema()), columns)?)
+    }
+}
+
+fn apply(acc: &mut Accumulator, value: Option<(&ArrayRef, usize)>, sign: i64) -> EngineResult<()> {
+    let overflow = || EngineError::Arrow(datafusion::arrow::error::ArrowError::ArithmeticOverflow("sum overflows BIGINT".into()));
+    match acc {
+        Accumulator::Count(n) => *n += sign,
+        Accumulator::IntSum { sum, values } => {
+            if let Some((array, row)) = value {
+                let v = array.as_primitive::<Int64Type>().value(row);
+                *sum = sum.checked_add(v.checked_mul(sign).ok_or_else(overflow)?).ok_or_else(overflow)?;
+                *values += sign;
+            }
+        }
+        Accumulator::FloatSum { sum, values } => {
+            if let Some((array, row)) = value {
+                *sum += array.as_primitive::<Float64Type>().value(row) * sign as f64;
+                *values += sign;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Operator for HashAggregateOperator {
+    fn name(&self) -> &str {
+        "HashAggregate"
+    }
+
+    fn process(&mut self, changes: ChangeBatch) -> EngineResult<Vec<ChangeBatch>> {
+        let rows = changes.num_rows();
+        let eval = |e: &Arc<dyn PhysicalExpr>| e.evaluate(changes.data()).and_then(|v| v.into_array(rows)).map_err(expr_err);
+        let keys: Vec<ArrayRef> = self.group_by.iter().map(|(e, _)| eval(e)).collect::<EngineResult<_>>()?;
+        let args: Vec<Option<ArrayRef>> = self
+            .calls
+            .iter()
+            .map(|c| match (&c.kind, &c.arg) {
+                (AggregateKind::CountStar, _) | (_, None) => Ok(None),
+                (_, Some(arg)) => eval(arg).map(Some),
+            })
+            .collect::<EngineResult<_>>()?;
+        let arg_types: Vec<Option<DataType>> = args.iter().map(|a| a.as_ref().map(|a| a.data_type().clone())).collect();
+        let hashed: Vec<ArrayRef> =
+            if keys.is_empty() { vec![Arc::new(Int64Array::from(vec![0; rows]))] } else { keys.clone() };
+        let encoded = self.key_codec.convert_columns(&hashed)?;
+        for row in 0..rows {
+            let key = encoded.row(row).owned();
+            if !self.dirty.contains_key(&key) {
+                let key_values: Vec<ArrayRef> = keys.iter().map(|k| k.slice(row, 1)).collect();
+                let stored = self.load(&key_values)?;
+                let group = stored.clone().unwrap_or_else(|| Group {
+                    key: key_values,
+                    rows: 0,
+                    accumulators: self.empty_accumulators(&arg_types),
+                });
+                let emitted_before = stored.filter(|g| g.rows > 0);
+                self.dirty.insert(key.clone(), Dirty { group, emitted_before });
+            }
+            let sign = if changes.op(row) == Op::Insert { 1 } else { -1 };
+            let Some(dirty) = self.dirty.get_mut(&key) else { continue };
+            dirty.group.rows += sign;
+            for (acc, arg) in dirty.group.accumulators.iter_mut().zip(&args) {
+                let value = match arg {
+                    Some(a) if a.is_null(row) => None,
+                    Some(a) => Some((a, row)),
+                    None => None,
+                };
+                let counts_row = match acc {
+                    Accumulator::Count(_) => arg.is_none() || value.is_some(),
+                    _ => true,
+                };
+                if counts_row {
+                    apply(acc, value, sign)?;
+                }
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    fn on_barrier(&mut self, _epoch: Epoch, write: &mut WriteBatch) -> EngineResult<Vec<ChangeBatch>> {
+        let mut deletes = Vec::new();
+        let mut inserts = Vec::new();
+        for (_, dirty) in self.dirty.drain().collect::<Vec<_>>() {
+            if dirty.group.rows < 0 {
+                return Err(EngineError::Invalid("a group received more deletes than inserts".into()));
+            }
+            let state = self.state_row(&dirty.group)?;
+            if dirty.group.rows == 0 {
+                self.state.delete_rows(&state, write)?;
+            } else {
+                self.state.write_rows(&state, write)?;
+            }
+            let after = (dirty.group.rows > 0).then(|| self.output_row(&dirty.group)).transpose()?;
+            let before = dirty.emitted_before.as_ref().map(|g| self.output_row(g)).transpose()?;
+            if before.is_some() && before == after {
+                continue;
+            }
+            deletes.extend(before);
+            inserts.extend(after);
+        }
+        let mut out = Vec::new();
+        if !deletes.is_empty() {
+            out.push(ChangeBatch::deletes(datafusion::arrow::compute::concat_batches(&self.output, &deletes)?));
+        }
+        if !inserts.is_empty() {
+            out.push(ChangeBatch::inserts(datafusion::arrow::compute::concat_batches(&self.output, &inserts)?));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use datafusion::physical_expr::expressions::col;
+    use sluice_storage::MemoryStateStore;
+
+    use super::*;
+
+    fn consolidate(batches: &[ChangeBatch], into: &mut BTreeMap<String, i64>) {
+        for batch in batches {
+            for line in batch.to_pretty().lines() {
+                let (op, row) = line.split_at(1);
+                *into.entry(row.trim().to_string()).or_insert(0) += if op == "+" { 1 } else { -1 };
+            }
+        }
+        into.retain(|_, n| *n != 0);
+    }
+
+    fn operator(schema: &Schema, store: &Arc<dyn StateStore>, grouped: bool) -> HashAggregateOperator {
+        let group_by = if grouped { vec![(col("c0", schema).unwrap(), "g".to_string())] } else { vec![] };
+        let call = |kind, arg: Option<&str>, name: &str| AggregateCall {
+            kind,
+            arg: arg.map(|a| col(a, schema).unwrap()),
+            name: name.into(),
+        };
+        HashAggregateOperator::try_new(
+            schema,
+            group_by,
+            vec![
+                call(AggregateKind::CountStar, None, "n"),
+                call(AggregateKind::Count, Some("c1"), "n1"),
+                call(AggregateKind::Sum, Some("c1"), "s"),
+                call(AggregateKind::Avg, Some("c2"), "a"),
+            ],
+            9,
+            Arc::clone(store),
+        )
+        .unwrap()
+    }
+
+    /// An input row: group, integer value, float value.
+    type Row = (i64, Option<i64>, Option<f64>);
+
+    /// The batch GROUP BY of the rows left, in the operator's output text.
+    fn batch_answer(live: &[Row], grouped: bool) -> BTreeMap<String, i64> {
+        let mut groups: BTreeMap<i64, Vec<Row>> = BTreeMap::new();
+        for (g, v, f) in live {
+            groups.entry(if grouped { *g } else { 0 }).or_default().push((*g, *v, *f));
+        }
+        let mut answer = BTreeMap::new();
+        for (g, rows) in groups {
+            let ints: Vec<i64> = rows.iter().filter_map(|r| r.1).collect();
+            let floats: Vec<f64> = rows.iter().filter_map(|r| r.2).collect();
+            let sum = if ints.is_empty() { ".".into() } else { ints.iter().sum::<i64>().to_string() };
+            let avg = if floats.is_empty() { ".".into() } else { (floats.iter().sum::<f64>() / floats.len() as f64).to_string() };
+            let key = if grouped { format!("{g} ") } else { String::new() };
+            answer.insert(format!("{key}{} {} {sum} {avg}", rows.len(), ints.len()), 1);
+        }
+        answer
+    }
+
+    fn run(grouped: bool, seed: u64) {
+        let mut seed = seed;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStateStore::new());
+        let mut live: Vec<Row> = Vec::new();
+        let mut output = BTreeMap::new();
+        let schema = ChangeBatch::from_pretty(" I I F").unwrap().schema();
+        let mut op = operator(&schema, &store, grouped);
+        let mut epoch = 0;
+        for _step in 0..30 {
+            let mut text = String::from(" I I F\n");
+            for _ in 0..next(20) {
+                if !live.is_empty() && next(3) == 0 {
+                    let (g, v, f) = live.remove(next(live.len() as u64) as usize);
+                    let show = |x: Option<String>| x.unwrap_or_else(|| ".".into());
+                    text.push_str(&format!("- {g} {} {}\n", show(v.map(|v| v.to_string())), show(f.map(|f| f.to_string()))));
+                } else {
+                    let row = (next(5) as i64, (next(4) > 0).then(|| next(100) as i64 - 50), (next(4) > 0).then(|| next(8) as f64 / 4.0));
+                    live.push(row);
+                    let show = |x: Option<String>| x.unwrap_or_else(|| ".".into());
+                    text.push_str(&format!("+ {} {} {}\n", row.0, show(row.1.map(|v| v.to_string())), show(row.2.map(|f| f.to_string()))));
+                }
+            }
+            let changes = ChangeBatch::from_pretty(&text).unwrap();
+            if changes.num_rows() > 0 {
+                assert!(op.process(changes).unwrap().is_empty(), "output waits for the barrier");
+            }
+            if next(2) == 0 {
+                epoch += 1;
+                let mut write = WriteBatch::new();
+                consolidate(&op.on_barrier(epoch, &mut write).unwrap(), &mut output);
+                store.commit(epoch, write).unwrap();
+                assert_eq!(output, batch_answer(&live, grouped), "after epoch {epoch}");
+                if next(3) == 0 {
+                    // A restart: a new operator over the same committed state.
+                    op = operator(&schema, &store, grouped);
+                }
+            }
+        }
+        let mut write = WriteBatch::new();
+        consolidate(&op.on_barrier(epoch + 1, &mut write).unwrap(), &mut output);
+        assert_eq!(output, batch_answer(&live, grouped));
+    }
+
+    #[test]
+    fn grouped_incremental_equals_batch_across_restarts() {
+        for seed in [1u64, 7, 42, 1234] {
+            run(true, seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        }
+    }
+
+    #[test]
+    fn global_incremental_equals_batch() {
+        for seed in [3u64, 11] {
+            run(false, seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        }
+    }
+
+    #[test]
+    fn unsupported_calls_are_refused() {
+        let schema = ChangeBatch::from_pretty(" I T").unwrap().schema();
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStateStore::new());
+        let sum_text = AggregateCall { kind: AggregateKind::Sum, arg: Some(col("c1", &schema).unwrap()), name: "s".into() };
+        assert!(HashAggregateOperator::try_new(&schema, vec![], vec![sum_text], 1, Arc::clone(&store)).is_err());
+        let count_nothing = AggregateCall { kind: AggregateKind::Count, arg: None, name: "n".into() };
+        assert!(HashAggregateOperator::try_new(&schema, vec![], vec![count_nothing], 1, store).is_err());
+    }
+}
