@@ -9,10 +9,12 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int32Array, Int64Array, Int8Array, RecordBatch,
-    StringArray,
+    StringArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::compute::filter_record_batch;
-use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{
+    DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
+};
 use sluice_storage::Epoch;
 
 use crate::{EngineError, EngineResult};
@@ -117,7 +119,7 @@ impl ChangeBatch {
     /// Builds changes from a compact text literal, for tests and examples.
     ///
     /// The first line gives one type letter per column — `I` BIGINT, `i` INT, `F` DOUBLE, `T`
-    /// TEXT, `B` BOOLEAN; each further line is an op (`+` or `-`) and the row's values
+    /// TEXT, `B` BOOLEAN, `S` TIMESTAMP (written as microseconds since the epoch); each further line is an op (`+` or `-`) and the row's values
     /// separated by spaces, `.` for NULL. Columns are named `c0`, `c1`, ...
     ///
     /// ```text
@@ -138,6 +140,7 @@ impl ChangeBatch {
                 "F" => Ok(DataType::Float64),
                 "T" => Ok(DataType::Utf8),
                 "B" => Ok(DataType::Boolean),
+                "S" => Ok(DataType::Timestamp(TimeUnit::Microsecond, None)),
                 other => Err(bad(format!("unknown type letter {other}"))),
             })
             .collect::<EngineResult<Vec<_>>>()?;
@@ -177,6 +180,7 @@ impl ChangeBatch {
                 DataType::Int32 => Arc::new(values.iter().map(|v| num(v).and_then(|n| i32::try_from(n).ok())).collect::<Int32Array>()),
                 DataType::Float64 => Arc::new(values.iter().map(|v| v.as_ref().and_then(|v| v.parse().ok())).collect::<Float64Array>()),
                 DataType::Boolean => Arc::new(values.iter().map(|v| v.as_ref().map(|v| v == "t")).collect::<BooleanArray>()),
+                DataType::Timestamp(..) => Arc::new(values.iter().map(num).collect::<TimestampMicrosecondArray>()),
                 _ => Arc::new(values.iter().map(|v| v.as_deref()).collect::<StringArray>()),
             });
         }
@@ -202,6 +206,9 @@ impl ChangeBatch {
                     DataType::Int32 => column.as_primitive::<Int32Type>().value(row).to_string(),
                     DataType::Float64 => column.as_primitive::<Float64Type>().value(row).to_string(),
                     DataType::Boolean => if column.as_boolean().value(row) { "t" } else { "f" }.to_string(),
+                    DataType::Timestamp(TimeUnit::Microsecond, _) => {
+                        column.as_primitive::<TimestampMicrosecondType>().value(row).to_string()
+                    }
                     DataType::Utf8 => column.as_string::<i32>().value(row).to_string(),
                     other => format!("<{other}>"),
                 };

@@ -7,10 +7,12 @@
 mod filter;
 mod hash_aggregate;
 mod project;
+mod window;
 
 pub use filter::FilterOperator;
 pub use hash_aggregate::{AggregateCall, AggregateKind, HashAggregateOperator};
 pub use project::ProjectOperator;
+pub use window::{WindowKind, WindowOperator};
 
 use sluice_storage::{Epoch, WriteBatch};
 
