@@ -1,7 +1,7 @@
 //! [`HashAggregateOperator`]: `GROUP BY` with `count`, `sum` and `avg`, maintained under
 //! inserts and deletes, its state in a [`StateTable`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch};
@@ -24,6 +24,10 @@ pub enum AggregateKind {
     Sum,
     /// `avg(x)` as DOUBLE PRECISION; NULL when the group has no non-NULL value.
     Avg,
+    /// `min(x)`; NULL when the group has no non-NULL value. Needs a multiset state table.
+    Min,
+    /// `max(x)`; NULL when the group has no non-NULL value. Needs a multiset state table.
+    Max,
 }
 
 /// One aggregate of the operator's output: a function and its argument.
@@ -35,14 +39,19 @@ pub struct AggregateCall {
     pub arg: Option<Arc<dyn PhysicalExpr>>,
     /// Output column name.
     pub name: String,
+    /// For `min` / `max`: the state table holding each group's values with their counts, so
+    /// that deleting the current extreme finds the next one.
+    pub values_table: Option<TableId>,
 }
 
 /// The running state of one aggregate in one group.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone)]
 enum Accumulator {
     Count(i64),
     IntSum { sum: i64, values: i64 },
     FloatSum { sum: f64, values: i64 },
+    /// The current min or max (a one-row array), derived from the value multiset.
+    Extreme(Option<ArrayRef>),
 }
 
 #[derive(Debug, Clone)]
@@ -58,12 +67,26 @@ struct Group {
 struct Dirty {
     group: Group,
     emitted_before: Option<Group>,
+    /// Per call: for min/max, the count change of each value this epoch (by multiset key).
+    value_deltas: Vec<BTreeMap<Vec<u8>, (ArrayRef, i64)>>,
+}
+
+/// The values of one `min`/`max` argument per group, with how many rows hold each.
+///
+/// Keyed by (group columns, value): Arrow's row format encodes columns one after another, so
+/// the key of a group's values starts with the group's key, and a prefix scan lists them in
+/// value order — the first is the min, the last the max.
+struct ValueMultiset {
+    state: StateTable,
+    group_codec: Option<RowConverter>,
 }
 
 /// `SELECT keys, aggregates FROM input GROUP BY keys`, incrementally.
 ///
 /// Semantics with retractions: an insert adds its row to its group's accumulators, a delete
-/// subtracts it (count and sum are invertible, so no history is kept). Output is emitted at
+/// subtracts it (count and sum are invertible, so no history is kept). `min` and `max` are not
+/// invertible: they keep each group's values with their counts ([`ValueMultiset`]), so deleting
+/// the current extreme yields the next one. Output is emitted at
 /// barriers: for each group changed in the epoch, the delete of the row emitted before (if
 /// any) and the insert of the new row (if the group still has rows) — so the output is a
 /// changelog whose sum is always the batch `GROUP BY` of the input so far. Groups with no rows
@@ -79,6 +102,7 @@ pub struct HashAggregateOperator {
     state: StateTable,
     store: Arc<dyn StateStore>,
     output: SchemaRef,
+    multisets: Vec<Option<ValueMultiset>>,
     dirty: HashMap<OwnedRow, Dirty>,
 }
 
@@ -119,12 +143,13 @@ impl HashAggregateOperator {
             };
             let out_type = match (call.kind, &arg_type) {
                 (AggregateKind::CountStar | AggregateKind::Count, _) => DataType::Int64,
+                (AggregateKind::Min | AggregateKind::Max, Some(t)) => t.clone(),
                 (AggregateKind::Avg, Some(DataType::Int64 | DataType::Float64)) => DataType::Float64,
                 (AggregateKind::Sum, Some(t @ (DataType::Int64 | DataType::Float64))) => t.clone(),
                 (kind, t) => return Err(EngineError::Invalid(format!("{kind:?} over {t:?} is not supported"))),
             };
             output_fields.push(Field::new(&call.name, out_type, true));
-            let float = arg_type == Some(DataType::Float64);
+            let float = arg_type == Some(DataType::Float64) && matches!(call.kind, AggregateKind::Sum | AggregateKind::Avg);
             state_fields.push(Field::new(format!("__acc{i}"), if float { DataType::Float64 } else { DataType::Int64 }, false));
             state_fields.push(Field::new(format!("__values{i}"), DataType::Int64, false));
         }
@@ -142,6 +167,26 @@ impl HashAggregateOperator {
             (Schema::new(state_fields), key_indices)
         };
         let state = StateTable::try_new(table, Arc::new(state_schema), key_indices)?;
+        let mut multisets = Vec::with_capacity(calls.len());
+        for call in &calls {
+            if !matches!(call.kind, AggregateKind::Min | AggregateKind::Max) {
+                multisets.push(None);
+                continue;
+            }
+            let (Some(values_table), Some(arg)) = (call.values_table, &call.arg) else {
+                return Err(EngineError::Invalid(format!("{:?} needs a values table", call.kind)));
+            };
+            let mut fields: Vec<Field> = output_fields[..group_by.len()].to_vec();
+            fields.push(Field::new("__value", arg.data_type(input).map_err(expr_err)?, false));
+            fields.push(Field::new("__count", DataType::Int64, false));
+            let key: Vec<usize> = (0..=group_by.len()).collect();
+            let group_codec = if group_by.is_empty() {
+                None
+            } else {
+                Some(RowConverter::new(fields[..group_by.len()].iter().map(|f| SortField::new(f.data_type().clone())).collect())?)
+            };
+            multisets.push(Some(ValueMultiset { state: StateTable::try_new(values_table, Arc::new(Schema::new(fields)), key)?, group_codec }));
+        }
         Ok(Self {
             group_by,
             calls,
@@ -149,6 +194,7 @@ impl HashAggregateOperator {
             state,
             store,
             output: Arc::new(Schema::new(output_fields)),
+            multisets,
             dirty: HashMap::new(),
         })
     }
@@ -168,6 +214,7 @@ impl HashAggregateOperator {
             .zip(input_types)
             .map(|(call, t)| match (call.kind, t) {
                 (AggregateKind::CountStar | AggregateKind::Count, _) => Accumulator::Count(0),
+                (AggregateKind::Min | AggregateKind::Max, _) => Accumulator::Extreme(None),
                 (_, Some(DataType::Float64)) => Accumulator::FloatSum { sum: 0.0, values: 0 },
                 _ => Accumulator::IntSum { sum: 0, values: 0 },
             })
@@ -192,6 +239,10 @@ impl HashAggregateOperator {
                 (AggregateKind::CountStar | AggregateKind::Count, _) => {
                     Accumulator::Count(acc.as_primitive::<Int64Type>().value(0))
                 }
+                (AggregateKind::Min | AggregateKind::Max, _) => {
+                    let values = self.stored_values(i, key)?;
+                    Accumulator::Extreme(extreme(call.kind, &values))
+                }
                 (_, DataType::Float64) => Accumulator::FloatSum { sum: acc.as_primitive::<Float64Type>().value(0), values },
                 _ => Accumulator::IntSum { sum: acc.as_primitive::<Int64Type>().value(0), values },
             });
@@ -199,10 +250,72 @@ impl HashAggregateOperator {
         Ok(Some(Group { key: key.to_vec(), rows, accumulators }))
     }
 
+    /// The committed (multiset key → value, count) entries of call `call`'s values in the
+    /// group `key`, in value order.
+    fn stored_values(&self, call: usize, key: &[ArrayRef]) -> EngineResult<BTreeMap<Vec<u8>, (ArrayRef, i64)>> {
+        let Some(Some(multiset)) = self.multisets.get(call) else { return Ok(BTreeMap::new()) };
+        let range = match &multiset.group_codec {
+            Some(codec) => sluice_storage::KeyRange::prefix(codec.convert_columns(key)?.row(0).data()),
+            None => sluice_storage::KeyRange::all(),
+        };
+        let snapshot = self.store.snapshot();
+        let mut entries = BTreeMap::new();
+        let mut values = Vec::new();
+        let mut keys = Vec::new();
+        for kv in snapshot.scan(multiset.state.id(), range)? {
+            let (k, v) = kv?;
+            keys.push(k.to_vec());
+            values.push(v);
+        }
+        if values.is_empty() {
+            return Ok(entries);
+        }
+        let rows = multiset.state.decode_values(values.iter().map(|v| v.as_ref()))?;
+        let width = rows.num_columns();
+        let counts = rows.column(width - 1).as_primitive::<Int64Type>();
+        for (i, k) in keys.into_iter().enumerate() {
+            entries.insert(k, (rows.column(width - 2).slice(i, 1), counts.value(i)));
+        }
+        Ok(entries)
+    }
+
+    /// Applies this epoch's value deltas of group `group` to the multisets: writes the new
+    /// counts and sets the group's min/max accumulators.
+    fn settle_values(&self, dirty: &mut Dirty, write: &mut WriteBatch) -> EngineResult<()> {
+        for (call, deltas) in dirty.value_deltas.iter().enumerate() {
+            let Some(Some(multiset)) = self.multisets.get(call) else { continue };
+            if deltas.is_empty() {
+                continue;
+            }
+            let mut entries = self.stored_values(call, &dirty.group.key)?;
+            for (k, (value, delta)) in deltas {
+                let entry = entries.entry(k.clone()).or_insert_with(|| (Arc::clone(value), 0));
+                entry.1 += delta;
+                let mut columns: Vec<ArrayRef> = dirty.group.key.clone();
+                columns.push(Arc::clone(&entry.0));
+                columns.push(Arc::new(Int64Array::from(vec![entry.1])));
+                let row = RecordBatch::try_new(Arc::clone(multiset.state.schema()), columns)?;
+                match entry.1 {
+                    0 => multiset.state.delete_rows(&row, write)?,
+                    n if n > 0 => multiset.state.write_rows(&row, write)?,
+                    _ => return Err(EngineError::Invalid("a value was deleted more often than inserted".into())),
+                }
+            }
+            entries.retain(|_, (_, n)| *n > 0);
+            dirty.group.accumulators[call] = Accumulator::Extreme(extreme(self.calls[call].kind, &entries));
+        }
+        Ok(())
+    }
+
     fn output_row(&self, group: &Group) -> EngineResult<RecordBatch> {
         let mut columns: Vec<ArrayRef> = group.key.clone();
         for (call, acc) in self.calls.iter().zip(&group.accumulators) {
-            columns.push(match (call.kind, *acc) {
+            columns.push(match (call.kind, acc.clone()) {
+                (_, Accumulator::Extreme(Some(value))) => value,
+                (_, Accumulator::Extreme(None)) => {
+                    let t = self.output.field(columns.len()).data_type().clone();
+                    datafusion::arrow::array::new_null_array(&t, 1)
+                }
                 (_, Accumulator::Count(n)) => Arc::new(Int64Array::from(vec![n])),
                 (AggregateKind::Sum, Accumulator::IntSum { sum, values }) => {
                     Arc::new(Int64Array::from(vec![(values > 0).then_some(sum)]))
@@ -226,10 +339,12 @@ impl HashAggregateOperator {
             if self.is_global() { vec![Arc::new(Int64Array::from(vec![0]))] } else { group.key.clone() };
         columns.push(Arc::new(Int64Array::from(vec![group.rows])));
         for acc in &group.accumulators {
-            let (sum, values): (ArrayRef, i64) = match *acc {
-                Accumulator::Count(n) => (Arc::new(Int64Array::from(vec![n])), 0),
-                Accumulator::IntSum { sum, values } => (Arc::new(Int64Array::from(vec![sum])), values),
-                Accumulator::FloatSum { sum, values } => (Arc::new(Float64Array::from(vec![sum])), values),
+            let (sum, values): (ArrayRef, i64) = match acc {
+                Accumulator::Count(n) => (Arc::new(Int64Array::from(vec![*n])), 0),
+                // Kept in the value multiset, not in the group row.
+                Accumulator::Extreme(_) => (Arc::new(Int64Array::from(vec![0])), 0),
+                Accumulator::IntSum { sum, values } => (Arc::new(Int64Array::from(vec![*sum])), *values),
+                Accumulator::FloatSum { sum, values } => (Arc::new(Float64Array::from(vec![*sum])), *values),
             };
             columns.push(sum);
             columns.push(Arc::new(Int64Array::from(vec![values])));
@@ -238,10 +353,18 @@ impl HashAggregateOperator {
     }
 }
 
+/// The smallest (min) or largest (max) value of a multiset ordered by key.
+fn extreme(kind: AggregateKind, entries: &BTreeMap<Vec<u8>, (ArrayRef, i64)>) -> Option<ArrayRef> {
+    let entry = if kind == AggregateKind::Min { entries.values().next() } else { entries.values().next_back() };
+    entry.map(|(value, _)| Arc::clone(value))
+}
+
 fn apply(acc: &mut Accumulator, value: Option<(&ArrayRef, usize)>, sign: i64) -> EngineResult<()> {
     let overflow = || EngineError::Arrow(datafusion::arrow::error::ArrowError::ArithmeticOverflow("sum overflows BIGINT".into()));
     match acc {
         Accumulator::Count(n) => *n += sign,
+        // Min and max change through the value multiset (see `settle_values`).
+        Accumulator::Extreme(_) => {}
         Accumulator::IntSum { sum, values } => {
             if let Some((array, row)) = value {
                 let v = array.as_primitive::<Int64Type>().value(row);
@@ -291,9 +414,23 @@ impl Operator for HashAggregateOperator {
                     accumulators: self.empty_accumulators(&arg_types),
                 });
                 let emitted_before = stored.filter(|g| g.rows > 0);
-                self.dirty.insert(key.clone(), Dirty { group, emitted_before });
+                let value_deltas = vec![BTreeMap::new(); self.calls.len()];
+                self.dirty.insert(key.clone(), Dirty { group, emitted_before, value_deltas });
             }
             let sign = if changes.op(row) == Op::Insert { 1 } else { -1 };
+            for (call, arg) in args.iter().enumerate() {
+                let (Some(Some(multiset)), Some(arg)) = (self.multisets.get(call), arg) else { continue };
+                if arg.is_null(row) {
+                    continue;
+                }
+                let value = arg.slice(row, 1);
+                let mut columns: Vec<ArrayRef> = keys.iter().map(|k| k.slice(row, 1)).collect();
+                columns.push(Arc::clone(&value));
+                let multiset_key = multiset.state.encode_key_columns(&columns)?.row(0).data().to_vec();
+                if let Some(dirty) = self.dirty.get_mut(&key) {
+                    dirty.value_deltas[call].entry(multiset_key).or_insert((value, 0)).1 += sign;
+                }
+            }
             let Some(dirty) = self.dirty.get_mut(&key) else { continue };
             dirty.group.rows += sign;
             for (acc, arg) in dirty.group.accumulators.iter_mut().zip(&args) {
@@ -317,7 +454,8 @@ impl Operator for HashAggregateOperator {
     fn on_barrier(&mut self, _epoch: Epoch, write: &mut WriteBatch) -> EngineResult<Vec<ChangeBatch>> {
         let mut deletes = Vec::new();
         let mut inserts = Vec::new();
-        for (_, dirty) in self.dirty.drain().collect::<Vec<_>>() {
+        for (_, mut dirty) in self.dirty.drain().collect::<Vec<_>>() {
+            self.settle_values(&mut dirty, write)?;
             if dirty.group.rows < 0 {
                 return Err(EngineError::Invalid("a group received more deletes than inserts".into()));
             }
@@ -372,6 +510,11 @@ mod tests {
             kind,
             arg: arg.map(|a| col(a, schema).unwrap()),
             name: name.into(),
+            values_table: match kind {
+                AggregateKind::Min => Some(10),
+                AggregateKind::Max => Some(11),
+                _ => None,
+            },
         };
         HashAggregateOperator::try_new(
             schema,
@@ -381,6 +524,8 @@ mod tests {
                 call(AggregateKind::Count, Some("c1"), "n1"),
                 call(AggregateKind::Sum, Some("c1"), "s"),
                 call(AggregateKind::Avg, Some("c2"), "a"),
+                call(AggregateKind::Min, Some("c1"), "lo"),
+                call(AggregateKind::Max, Some("c2"), "hi"),
             ],
             9,
             Arc::clone(store),
@@ -404,7 +549,9 @@ mod tests {
             let sum = if ints.is_empty() { ".".into() } else { ints.iter().sum::<i64>().to_string() };
             let avg = if floats.is_empty() { ".".into() } else { (floats.iter().sum::<f64>() / floats.len() as f64).to_string() };
             let key = if grouped { format!("{g} ") } else { String::new() };
-            answer.insert(format!("{key}{} {} {sum} {avg}", rows.len(), ints.len()), 1);
+            let lo = ints.iter().min().map(|v| v.to_string()).unwrap_or_else(|| ".".into());
+            let hi = floats.iter().copied().reduce(f64::max).map(|v| v.to_string()).unwrap_or_else(|| ".".into());
+            answer.insert(format!("{key}{} {} {sum} {avg} {lo} {hi}", rows.len(), ints.len()), 1);
         }
         answer
     }
@@ -473,12 +620,34 @@ mod tests {
     }
 
     #[test]
+    fn deleting_the_extreme_finds_the_next_one() {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStateStore::new());
+        let first = ChangeBatch::from_pretty(" I I F\n + 0 1 1\n + 0 5 5\n + 0 9 9\n + 1 7 .").unwrap();
+        let mut op = operator(&first.schema(), &store, true);
+        op.process(first).unwrap();
+        let mut write = WriteBatch::new();
+        let out: String = op.on_barrier(1, &mut write).unwrap().iter().map(|b| b.to_pretty()).collect();
+        store.commit(1, write).unwrap();
+        let mut lines: Vec<&str> = out.lines().collect();
+        lines.sort_unstable();
+        assert_eq!(lines, ["+ 0 3 3 15 5 1 9", "+ 1 1 1 7 . 7 ."]);
+        op.process(ChangeBatch::from_pretty(" I I F\n - 0 9 9\n - 0 1 1").unwrap()).unwrap();
+        let mut write = WriteBatch::new();
+        let out: String = op.on_barrier(2, &mut write).unwrap().iter().map(|b| b.to_pretty()).collect();
+        assert_eq!(out, "- 0 3 3 15 5 1 9\n+ 0 1 1 5 5 5 5\n");
+    }
+
+    #[test]
     fn unsupported_calls_are_refused() {
         let schema = ChangeBatch::from_pretty(" I T").unwrap().schema();
         let store: Arc<dyn StateStore> = Arc::new(MemoryStateStore::new());
-        let sum_text = AggregateCall { kind: AggregateKind::Sum, arg: Some(col("c1", &schema).unwrap()), name: "s".into() };
+        let sum_text =
+            AggregateCall { kind: AggregateKind::Sum, arg: Some(col("c1", &schema).unwrap()), name: "s".into(), values_table: None };
         assert!(HashAggregateOperator::try_new(&schema, vec![], vec![sum_text], 1, Arc::clone(&store)).is_err());
-        let count_nothing = AggregateCall { kind: AggregateKind::Count, arg: None, name: "n".into() };
-        assert!(HashAggregateOperator::try_new(&schema, vec![], vec![count_nothing], 1, store).is_err());
+        let count_nothing = AggregateCall { kind: AggregateKind::Count, arg: None, name: "n".into(), values_table: None };
+        assert!(HashAggregateOperator::try_new(&schema, vec![], vec![count_nothing], 1, Arc::clone(&store)).is_err());
+        let min_without_table =
+            AggregateCall { kind: AggregateKind::Min, arg: Some(col("c1", &schema).unwrap()), name: "m".into(), values_table: None };
+        assert!(HashAggregateOperator::try_new(&schema, vec![], vec![min_without_table], 1, store).is_err());
     }
 }
