@@ -130,9 +130,17 @@ async fn garbage_on_the_port_does_not_hurt_the_server() {
 async fn errors_keep_the_connection_usable() {
     let server = Server::start();
     let c = server.connect().await;
-    for sql in ["SELEC", "SELECT * FROM nowhere", "SELECT 'x'::int", "CREATE TABLE t (a INT DEFAULT 3)"] {
-        assert!(c.simple_query(sql).await.is_err(), "{sql} should fail");
-        assert!(c.prepare(sql).await.is_err() || c.query(sql, &[]).await.is_err());
+    let cases = [
+        ("SELEC", "42601"),
+        ("SELECT * FROM nowhere", "42P01"),
+        ("SELECT 'x'::int", "22P02"),
+        ("CREATE TABLE t (a INT DEFAULT 3)", "0A000"),
+    ];
+    for (sql, code) in cases {
+        let simple = c.simple_query(sql).await.unwrap_err();
+        assert_eq!(simple.code().map(|c| c.code()), Some(code), "{sql} (simple): {simple:?}");
+        let extended = c.query(sql, &[]).await.unwrap_err();
+        assert_eq!(extended.code().map(|c| c.code()), Some(code), "{sql} (extended): {extended:?}");
     }
     let v: i64 = c.query_one("SELECT count(*) FROM (VALUES (1), (2)) AS v(x)", &[]).await.unwrap().get(0);
     assert_eq!(v, 2);

@@ -127,6 +127,7 @@ impl From<EngineError> for SqlError {
         match e {
             EngineError::Arrow(a) => from_arrow(a),
             EngineError::Storage(s) => SqlError::Storage(s),
+            EngineError::Expression(e) => from_datafusion(e),
             EngineError::Invalid(m) => SqlError::Internal(m),
         }
     }

@@ -334,11 +334,11 @@ impl TableProvider for StoredTable {
             None => self.state.scan_all(snapshot.as_ref()).map_err(|e| to_datafusion(e.into()))?,
         };
         if self.def.has_row_id() {
-            let user_columns: Vec<usize> = (0..self.def.columns.len()).collect();
-            batches = batches.iter().map(|b| b.project(&user_columns)).collect::<Result<_, _>>()?;
+            // Drop the hidden row id: the user columns come first.
+            let width = self.def.columns.len();
             batches = batches
                 .into_iter()
-                .map(|b| RecordBatch::try_new(Arc::clone(&self.user_schema), b.columns().to_vec()))
+                .map(|b| RecordBatch::try_new(Arc::clone(&self.user_schema), b.columns()[..width].to_vec()))
                 .collect::<Result<_, _>>()?;
         }
         Ok(MemorySourceConfig::try_new_exec(&[batches], Arc::clone(&self.user_schema), projection.cloned())?)

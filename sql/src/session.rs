@@ -317,11 +317,6 @@ impl Session {
         &self.db
     }
 
-    /// Whether the session is inside a transaction block.
-    pub fn in_transaction(&self) -> bool {
-        !matches!(self.txn, TxnState::Idle)
-    }
-
     /// Executes one statement.
     pub async fn execute(&mut self, stmt: &Statement) -> SqlResult<StatementOutcome> {
         if self.stream_failed.swap(false, Ordering::Relaxed) && matches!(self.txn, TxnState::InBlock { .. }) {

@@ -6,7 +6,7 @@ use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::Operator;
+use super::{evaluate, Operator};
 use crate::{ChangeBatch, EngineError, EngineResult};
 
 /// `WHERE predicate` over a changelog.
@@ -23,7 +23,7 @@ pub struct FilterOperator {
 impl FilterOperator {
     /// A filter on `predicate`, which must be boolean.
     pub fn try_new(predicate: Arc<dyn PhysicalExpr>, input: &datafusion::arrow::datatypes::Schema) -> EngineResult<Self> {
-        let t = predicate.data_type(input).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let t = predicate.data_type(input)?;
         if t != DataType::Boolean {
             return Err(EngineError::Invalid(format!("filter predicate must be boolean, is {t}")));
         }
@@ -37,12 +37,7 @@ impl Operator for FilterOperator {
     }
 
     fn process(&mut self, changes: ChangeBatch) -> EngineResult<Vec<ChangeBatch>> {
-        let rows = changes.num_rows();
-        let mask = self
-            .predicate
-            .evaluate(changes.data())
-            .and_then(|v| v.into_array(rows))
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let mask = evaluate(&self.predicate, changes.data())?;
         let kept = changes.filter(mask.as_boolean())?;
         Ok(if kept.num_rows() == 0 { vec![] } else { vec![kept] })
     }

@@ -10,7 +10,7 @@ use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 use sluice_storage::{Epoch, StateStore, TableId, WriteBatch};
 
-use super::Operator;
+use super::{evaluate, Operator};
 use crate::{ChangeBatch, EngineError, EngineResult, Op, StateTable};
 
 /// The aggregate functions the operator maintains.
@@ -67,9 +67,14 @@ struct Group {
 struct Dirty {
     group: Group,
     emitted_before: Option<Group>,
-    /// Per call: for min/max, the count change of each value this epoch (by multiset key).
-    value_deltas: Vec<BTreeMap<Vec<u8>, (ArrayRef, i64)>>,
+    /// Per call: for min/max, the group's committed values, read once at first touch.
+    committed_values: Vec<ValueCounts>,
+    /// Per call: for min/max, the count change of each value this epoch.
+    value_deltas: Vec<ValueCounts>,
 }
+
+/// Values by multiset key (memcomparable, so in value order): the value and its row count.
+type ValueCounts = BTreeMap<Vec<u8>, (ArrayRef, i64)>;
 
 /// The values of one `min`/`max` argument per group, with how many rows hold each.
 ///
@@ -112,10 +117,6 @@ impl std::fmt::Debug for HashAggregateOperator {
     }
 }
 
-fn expr_err(e: datafusion::error::DataFusionError) -> EngineError {
-    EngineError::Invalid(e.to_string())
-}
-
 impl HashAggregateOperator {
     /// An aggregate over rows of `input`, keeping its state in table `table` of `store`.
     pub fn try_new(
@@ -129,7 +130,7 @@ impl HashAggregateOperator {
         let mut output_fields = Vec::new();
         let mut state_fields = Vec::new();
         for (expr, name) in &group_by {
-            let t = expr.data_type(input).map_err(expr_err)?;
+            let t = expr.data_type(input)?;
             key_types.push(SortField::new(t.clone()));
             output_fields.push(Field::new(name, t.clone(), true));
             state_fields.push(Field::new(name, t, true));
@@ -138,7 +139,7 @@ impl HashAggregateOperator {
         for (i, call) in calls.iter().enumerate() {
             let arg_type = match (&call.kind, &call.arg) {
                 (AggregateKind::CountStar, _) => None,
-                (_, Some(arg)) => Some(arg.data_type(input).map_err(expr_err)?),
+                (_, Some(arg)) => Some(arg.data_type(input)?),
                 (kind, None) => return Err(EngineError::Invalid(format!("{kind:?} needs an argument"))),
             };
             let out_type = match (call.kind, &arg_type) {
@@ -177,7 +178,7 @@ impl HashAggregateOperator {
                 return Err(EngineError::Invalid(format!("{:?} needs a values table", call.kind)));
             };
             let mut fields: Vec<Field> = output_fields[..group_by.len()].to_vec();
-            fields.push(Field::new("__value", arg.data_type(input).map_err(expr_err)?, false));
+            fields.push(Field::new("__value", arg.data_type(input)?, false));
             fields.push(Field::new("__count", DataType::Int64, false));
             let key: Vec<usize> = (0..=group_by.len()).collect();
             let group_codec = if group_by.is_empty() {
@@ -221,13 +222,17 @@ impl HashAggregateOperator {
             .collect()
     }
 
-    /// The stored state of the group whose key columns are `key` (one row each), if any.
-    fn load(&self, key: &[ArrayRef]) -> EngineResult<Option<Group>> {
+    /// The stored state of the group whose key columns are `key` (one row each), if any, and
+    /// per call the group's committed values (for min/max; empty for the others).
+    fn load(&self, key: &[ArrayRef]) -> EngineResult<(Option<Group>, Vec<ValueCounts>)> {
         let key_columns: Vec<ArrayRef> =
             if self.is_global() { vec![Arc::new(Int64Array::from(vec![0]))] } else { key.to_vec() };
         let keys = self.state.encode_key_columns(&key_columns)?;
         let snapshot = self.store.snapshot();
-        let Some(value) = snapshot.get(self.state.id(), keys.row(0).data())? else { return Ok(None) };
+        let mut committed_values = vec![ValueCounts::new(); self.calls.len()];
+        let Some(value) = snapshot.get(self.state.id(), keys.row(0).data())? else {
+            return Ok((None, committed_values));
+        };
         let row = self.state.decode_values([value.as_ref()])?;
         let offset = if self.is_global() { 1 } else { self.group_by.len() };
         let rows = row.column(offset).as_primitive::<Int64Type>().value(0);
@@ -240,19 +245,19 @@ impl HashAggregateOperator {
                     Accumulator::Count(acc.as_primitive::<Int64Type>().value(0))
                 }
                 (AggregateKind::Min | AggregateKind::Max, _) => {
-                    let values = self.stored_values(i, key)?;
-                    Accumulator::Extreme(extreme(call.kind, &values))
+                    committed_values[i] = self.stored_values(i, key)?;
+                    Accumulator::Extreme(extreme(call.kind, &committed_values[i]))
                 }
                 (_, DataType::Float64) => Accumulator::FloatSum { sum: acc.as_primitive::<Float64Type>().value(0), values },
                 _ => Accumulator::IntSum { sum: acc.as_primitive::<Int64Type>().value(0), values },
             });
         }
-        Ok(Some(Group { key: key.to_vec(), rows, accumulators }))
+        Ok((Some(Group { key: key.to_vec(), rows, accumulators }), committed_values))
     }
 
     /// The committed (multiset key → value, count) entries of call `call`'s values in the
     /// group `key`, in value order.
-    fn stored_values(&self, call: usize, key: &[ArrayRef]) -> EngineResult<BTreeMap<Vec<u8>, (ArrayRef, i64)>> {
+    fn stored_values(&self, call: usize, key: &[ArrayRef]) -> EngineResult<ValueCounts> {
         let Some(Some(multiset)) = self.multisets.get(call) else { return Ok(BTreeMap::new()) };
         let range = match &multiset.group_codec {
             Some(codec) => sluice_storage::KeyRange::prefix(codec.convert_columns(key)?.row(0).data()),
@@ -287,7 +292,7 @@ impl HashAggregateOperator {
             if deltas.is_empty() {
                 continue;
             }
-            let mut entries = self.stored_values(call, &dirty.group.key)?;
+            let mut entries = std::mem::take(&mut dirty.committed_values[call]);
             for (k, (value, delta)) in deltas {
                 let entry = entries.entry(k.clone()).or_insert_with(|| (Arc::clone(value), 0));
                 entry.1 += delta;
@@ -354,7 +359,7 @@ impl HashAggregateOperator {
 }
 
 /// The smallest (min) or largest (max) value of a multiset ordered by key.
-fn extreme(kind: AggregateKind, entries: &BTreeMap<Vec<u8>, (ArrayRef, i64)>) -> Option<ArrayRef> {
+fn extreme(kind: AggregateKind, entries: &ValueCounts) -> Option<ArrayRef> {
     let entry = if kind == AggregateKind::Min { entries.values().next() } else { entries.values().next_back() };
     entry.map(|(value, _)| Arc::clone(value))
 }
@@ -389,7 +394,7 @@ impl Operator for HashAggregateOperator {
 
     fn process(&mut self, changes: ChangeBatch) -> EngineResult<Vec<ChangeBatch>> {
         let rows = changes.num_rows();
-        let eval = |e: &Arc<dyn PhysicalExpr>| e.evaluate(changes.data()).and_then(|v| v.into_array(rows)).map_err(expr_err);
+        let eval = |e: &Arc<dyn PhysicalExpr>| evaluate(e, changes.data());
         let keys: Vec<ArrayRef> = self.group_by.iter().map(|(e, _)| eval(e)).collect::<EngineResult<_>>()?;
         let args: Vec<Option<ArrayRef>> = self
             .calls
@@ -403,35 +408,46 @@ impl Operator for HashAggregateOperator {
         let hashed: Vec<ArrayRef> =
             if keys.is_empty() { vec![Arc::new(Int64Array::from(vec![0; rows]))] } else { keys.clone() };
         let encoded = self.key_codec.convert_columns(&hashed)?;
+        // Multiset keys (group columns, value) of every row, encoded once per batch.
+        let multiset_keys = self
+            .multisets
+            .iter()
+            .zip(&args)
+            .map(|(multiset, arg)| match (multiset, arg) {
+                (Some(multiset), Some(arg)) => {
+                    let mut columns = keys.clone();
+                    columns.push(Arc::clone(arg));
+                    multiset.state.encode_key_columns(&columns).map(Some)
+                }
+                _ => Ok(None),
+            })
+            .collect::<EngineResult<Vec<_>>>()?;
         for row in 0..rows {
             let key = encoded.row(row).owned();
             if !self.dirty.contains_key(&key) {
                 let key_values: Vec<ArrayRef> = keys.iter().map(|k| k.slice(row, 1)).collect();
-                let stored = self.load(&key_values)?;
+                let (stored, committed_values) = self.load(&key_values)?;
                 let group = stored.clone().unwrap_or_else(|| Group {
                     key: key_values,
                     rows: 0,
                     accumulators: self.empty_accumulators(&arg_types),
                 });
                 let emitted_before = stored.filter(|g| g.rows > 0);
-                let value_deltas = vec![BTreeMap::new(); self.calls.len()];
-                self.dirty.insert(key.clone(), Dirty { group, emitted_before, value_deltas });
+                let value_deltas = vec![ValueCounts::new(); self.calls.len()];
+                self.dirty.insert(key.clone(), Dirty { group, emitted_before, committed_values, value_deltas });
             }
             let sign = if changes.op(row) == Op::Insert { 1 } else { -1 };
-            for (call, arg) in args.iter().enumerate() {
-                let (Some(Some(multiset)), Some(arg)) = (self.multisets.get(call), arg) else { continue };
+            let Some(dirty) = self.dirty.get_mut(&key) else { continue };
+            for (call, (arg, multiset_key)) in args.iter().zip(&multiset_keys).enumerate() {
+                let (Some(arg), Some(multiset_key)) = (arg, multiset_key) else { continue };
                 if arg.is_null(row) {
                     continue;
                 }
-                let value = arg.slice(row, 1);
-                let mut columns: Vec<ArrayRef> = keys.iter().map(|k| k.slice(row, 1)).collect();
-                columns.push(Arc::clone(&value));
-                let multiset_key = multiset.state.encode_key_columns(&columns)?.row(0).data().to_vec();
-                if let Some(dirty) = self.dirty.get_mut(&key) {
-                    dirty.value_deltas[call].entry(multiset_key).or_insert((value, 0)).1 += sign;
-                }
+                let entry = dirty.value_deltas[call]
+                    .entry(multiset_key.row(row).data().to_vec())
+                    .or_insert_with(|| (arg.slice(row, 1), 0));
+                entry.1 += sign;
             }
-            let Some(dirty) = self.dirty.get_mut(&key) else { continue };
             dirty.group.rows += sign;
             for (acc, arg) in dirty.group.accumulators.iter_mut().zip(&args) {
                 let value = match arg {

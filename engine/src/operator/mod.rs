@@ -14,9 +14,18 @@ pub use hash_aggregate::{AggregateCall, AggregateKind, HashAggregateOperator};
 pub use project::ProjectOperator;
 pub use window::{WindowKind, WindowOperator};
 
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::physical_expr::PhysicalExpr;
 use sluice_storage::{Epoch, WriteBatch};
 
 use crate::{ChangeBatch, EngineResult};
+
+/// `expr` evaluated over every row of `batch`, as one array.
+pub(crate) fn evaluate(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> EngineResult<ArrayRef> {
+    Ok(expr.evaluate(batch)?.into_array(batch.num_rows())?)
+}
 
 /// One step of a dataflow.
 pub trait Operator: Send {

@@ -6,8 +6,8 @@ use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::Operator;
-use crate::{ChangeBatch, EngineError, EngineResult};
+use super::{evaluate, Operator};
+use crate::{ChangeBatch, EngineResult};
 
 /// `SELECT expr, ...` over a changelog.
 ///
@@ -25,8 +25,8 @@ impl ProjectOperator {
     pub fn try_new(exprs: Vec<(Arc<dyn PhysicalExpr>, String)>, input: &Schema) -> EngineResult<Self> {
         let mut fields = Vec::with_capacity(exprs.len());
         for (expr, name) in &exprs {
-            let t = expr.data_type(input).map_err(|e| EngineError::Invalid(e.to_string()))?;
-            let nullable = expr.nullable(input).map_err(|e| EngineError::Invalid(e.to_string()))?;
+            let t = expr.data_type(input)?;
+            let nullable = expr.nullable(input)?;
             fields.push(Field::new(name, t, nullable));
         }
         Ok(Self { exprs: exprs.into_iter().map(|(e, _)| e).collect(), schema: Arc::new(Schema::new(fields)) })
@@ -44,13 +44,7 @@ impl Operator for ProjectOperator {
     }
 
     fn process(&mut self, changes: ChangeBatch) -> EngineResult<Vec<ChangeBatch>> {
-        let rows = changes.num_rows();
-        let columns = self
-            .exprs
-            .iter()
-            .map(|e| e.evaluate(changes.data()).and_then(|v| v.into_array(rows)))
-            .collect::<Result<Vec<ArrayRef>, _>>()
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let columns = self.exprs.iter().map(|e| evaluate(e, changes.data())).collect::<EngineResult<Vec<ArrayRef>>>()?;
         Ok(vec![changes.with_columns(Arc::clone(&self.schema), columns)?])
     }
 }
