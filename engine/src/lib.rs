@@ -11,19 +11,25 @@
 //!   StateSnapshot ──scan──► (key, value)* ──decode_values──► RecordBatch
 //! ```
 //!
-//! The dataflow vocabulary is in place — [`ChangeBatch`] (rows with an insert/delete op),
-//! [`Message`] (changes and barriers) and the [`Operator`] trait with the stateless
-//! operators — and is wired into views by the incremental-views issue.
+//! Materialized views run here: [`ChangeBatch`]es (rows with an insert/delete op) flow through
+//! [`Operator`]s built from a [`plan::StreamPlan`] by the [`Dataflow`] runtime, which commits
+//! every view's state at barriers through the [`EpochCommitter`].
 //!
 //! The engine depends only on `storage` (and Arrow through DataFusion's re-export); it never
 //! sees SQL text, the catalog or the wire protocol.
 
 pub mod changelog;
+mod commit;
+pub mod dataflow;
 mod error;
 pub mod operator;
+pub mod plan;
+pub mod source;
 mod state_table;
 
 pub use changelog::{ChangeBatch, Message, Op};
+pub use commit::EpochCommitter;
+pub use dataflow::{Backfill, Dataflow, DataflowConfig, SourceReader, ViewDefinition};
 pub use error::{EngineError, EngineResult};
 pub use operator::Operator;
 pub use state_table::StateTable;

@@ -6,12 +6,20 @@
 
 mod filter;
 mod hash_aggregate;
+mod materialize;
 mod project;
+mod scan;
+mod union;
+mod unnest;
 mod window;
 
 pub use filter::FilterOperator;
 pub use hash_aggregate::{AggregateCall, AggregateKind, HashAggregateOperator};
+pub use materialize::{expand_view_rows, view_state_table, MaterializeOperator, COUNT_COLUMN};
 pub use project::ProjectOperator;
+pub use scan::ScanOperator;
+pub use union::UnionOperator;
+pub use unnest::UnnestOperator;
 pub use window::{WindowKind, WindowOperator};
 
 use std::sync::Arc;

@@ -1,0 +1,45 @@
+//! [`EpochCommitter`]: the one place that numbers and commits epochs.
+
+use std::sync::{Arc, Mutex};
+
+use sluice_storage::{Epoch, StateStore, StorageResult, WriteBatch};
+
+/// Commits write batches to the store as consecutive epochs.
+///
+/// Why one committer: table writes (each DML statement) and the dataflow (each barrier) both
+/// commit to the same store, whose epochs must strictly increase. Reading the last epoch and
+/// committing the next must therefore happen under one lock, shared by both writers.
+pub struct EpochCommitter {
+    store: Arc<dyn StateStore>,
+    lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for EpochCommitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EpochCommitter").field("committed_epoch", &self.store.committed_epoch()).finish()
+    }
+}
+
+impl EpochCommitter {
+    /// A committer for `store`.
+    pub fn new(store: Arc<dyn StateStore>) -> Self {
+        Self { store, lock: Mutex::new(()) }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.store
+    }
+
+    /// Commits `batch` as the next epoch and returns it; an empty batch commits nothing and
+    /// returns the last committed epoch.
+    pub fn commit(&self, batch: WriteBatch) -> StorageResult<Epoch> {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let epoch = self.store.committed_epoch();
+        if batch.is_empty() {
+            return Ok(epoch);
+        }
+        self.store.commit(epoch + 1, batch)?;
+        Ok(epoch + 1)
+    }
+}

@@ -1,0 +1,616 @@
+//! The dataflow runtime: every materialized view's operators, fed by the changes of tables
+//! and sources, advanced by barriers.
+//!
+//! ```text
+//!   DML commit ──Changes──┐
+//!   source reader ────────┼──► command channel ──► dataflow thread: views in creation order
+//!   FLUSH / ticker ─Barrier┘        (FIFO)            op → op → … → Materialize ──► dependents
+//!                                                     barrier: on_barrier() → one commit
+//! ```
+//!
+//! Why one ordered channel: a DML statement commits to the store and enqueues its changes
+//! while holding the table lock, and `CREATE MATERIALIZED VIEW` takes its snapshot of the
+//! tables and enqueues the view under the same lock. So the channel order is the commit
+//! order, and a new view sees the snapshot, then exactly the changes committed after it —
+//! nothing missed, nothing doubled. A barrier enqueued after a change is processed after it,
+//! which is all `FLUSH` needs.
+//!
+//! Why a dedicated thread: operators are synchronous, CPU-bound code; running them on the
+//! async runtime would stall the connections' tasks.
+//!
+//! Consistency: all views' state is written in one batch per barrier and committed as one
+//! epoch, so a SELECT (which reads one snapshot) sees every view at the same barrier.
+//!
+//! Errors: a view whose operator fails (an overflow, a division by zero in its expressions)
+//! stops, and so do the views defined on it; reading them reports the error. Other views go
+//! on.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::common::DFSchema;
+use datafusion::execution::context::ExecutionProps;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
+use sluice_storage::{Epoch, StateSnapshot, TableId, WriteBatch};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::commit::EpochCommitter;
+use crate::operator::{
+    expand_view_rows, AggregateCall, FilterOperator, HashAggregateOperator, MaterializeOperator, ProjectOperator,
+    ScanOperator, UnionOperator, UnnestOperator,
+};
+use crate::plan::{NodeKind, RelationId, StreamPlan};
+use crate::source::DatagenSpec;
+use crate::{ChangeBatch, EngineError, EngineResult, Operator, StateTable};
+
+/// How a new view gets the current contents of a relation it reads.
+pub enum Backfill {
+    /// A table's rows as of the snapshot taken when the view was enqueued (the table's state
+    /// table also holds hidden columns after the first `columns`).
+    Table {
+        /// The relation.
+        relation: RelationId,
+        /// The table's rows.
+        state: Arc<StateTable>,
+        /// How many leading columns are the table's own.
+        columns: usize,
+        /// The snapshot.
+        snapshot: Arc<dyn StateSnapshot>,
+    },
+    /// A view's current contents, read by the dataflow itself.
+    View {
+        /// The view.
+        relation: RelationId,
+    },
+}
+
+/// A reader the view starts: its own copy of a source's stream.
+pub struct SourceReader {
+    /// The relation id the reader's changes are delivered under (unique to this reader).
+    pub relation: RelationId,
+    /// What it generates.
+    pub spec: DatagenSpec,
+}
+
+/// Everything the dataflow needs to run a new view.
+pub struct ViewDefinition {
+    /// The view's relation id, also the state table of its rows.
+    pub id: RelationId,
+    /// Its name, for logs.
+    pub name: String,
+    /// Its operators.
+    pub plan: StreamPlan,
+    /// Its columns as users see them.
+    pub schema: SchemaRef,
+    /// Current contents of the relations it reads.
+    pub backfill: Vec<Backfill>,
+    /// Source readers to start once the view is running.
+    pub readers: Vec<SourceReader>,
+}
+
+enum Command {
+    Changes { relation: RelationId, changes: ChangeBatch },
+    CreateView { view: Box<ViewDefinition>, done: oneshot::Sender<EngineResult<()>> },
+    DropView { id: RelationId, done: oneshot::Sender<EngineResult<()>> },
+    Barrier { done: Option<oneshot::Sender<EngineResult<Epoch>>> },
+    ReaderFailed { relation: RelationId, error: String },
+    Shutdown,
+}
+
+/// Settings of the dataflow.
+#[derive(Debug, Clone)]
+pub struct DataflowConfig {
+    /// Time between two periodic barriers.
+    pub checkpoint_interval: Duration,
+    /// Commands (change batches, barriers) queued at most before senders wait.
+    pub channel_capacity: usize,
+}
+
+impl Default for DataflowConfig {
+    fn default() -> Self {
+        Self { checkpoint_interval: Duration::from_secs(1), channel_capacity: 256 }
+    }
+}
+
+/// Handle to the dataflow thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Dataflow {
+    commands: mpsc::Sender<Command>,
+    failures: Arc<Mutex<HashMap<RelationId, String>>>,
+}
+
+impl std::fmt::Debug for Dataflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataflow").finish_non_exhaustive()
+    }
+}
+
+fn stopped() -> EngineError {
+    EngineError::Invalid("the dataflow has stopped".into())
+}
+
+impl Dataflow {
+    /// Starts the dataflow thread and its barrier ticker. Must be called inside a tokio
+    /// runtime (source readers and the ticker run on it).
+    pub fn start(committer: Arc<EpochCommitter>, config: DataflowConfig) -> EngineResult<Self> {
+        let (commands, receiver) = mpsc::channel(config.channel_capacity.max(1));
+        let failures = Arc::new(Mutex::new(HashMap::new()));
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| EngineError::Invalid("the dataflow must start inside a tokio runtime".into()))?;
+        let mut worker = Worker {
+            committer,
+            views: Vec::new(),
+            failures: Arc::clone(&failures),
+            readers: HashMap::new(),
+            runtime: runtime.clone(),
+            commands: commands.clone(),
+            barriers: 0,
+        };
+        std::thread::Builder::new()
+            .name("sluice-dataflow".into())
+            .stack_size(64 << 20)
+            .spawn(move || worker.run(receiver))
+            .map_err(|e| EngineError::Invalid(format!("cannot start the dataflow thread: {e}")))?;
+        let ticker = commands.clone();
+        let interval = config.checkpoint_interval;
+        runtime.spawn(async move {
+            let mut timer = tokio::time::interval(interval);
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            timer.tick().await;
+            loop {
+                timer.tick().await;
+                if ticker.send(Command::Barrier { done: None }).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Self { commands, failures })
+    }
+
+    /// Enqueues committed changes of `relation`. Waits while the dataflow is behind.
+    pub async fn send_changes(&self, relation: RelationId, changes: ChangeBatch) -> EngineResult<()> {
+        if changes.num_rows() == 0 {
+            return Ok(());
+        }
+        self.commands.send(Command::Changes { relation, changes }).await.map_err(|_| stopped())
+    }
+
+    /// Enqueues a new view; the returned receiver completes once the view holds the current
+    /// contents of its inputs (committed and readable).
+    pub async fn create_view(&self, view: ViewDefinition) -> EngineResult<oneshot::Receiver<EngineResult<()>>> {
+        let (done, result) = oneshot::channel();
+        self.commands.send(Command::CreateView { view: Box::new(view), done }).await.map_err(|_| stopped())?;
+        Ok(result)
+    }
+
+    /// Stops a view, stops its source readers and deletes its state.
+    pub async fn drop_view(&self, id: RelationId) -> EngineResult<()> {
+        let (done, result) = oneshot::channel();
+        self.commands.send(Command::DropView { id, done }).await.map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
+    }
+
+    /// Injects a barrier and waits until every change enqueued before it is committed in every
+    /// view. Returns the committed epoch.
+    pub async fn flush(&self) -> EngineResult<Epoch> {
+        let (done, result) = oneshot::channel();
+        self.commands.send(Command::Barrier { done: Some(done) }).await.map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
+    }
+
+    /// Why view `id` stopped, if it did.
+    pub fn failure(&self, id: RelationId) -> Option<String> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+    }
+
+    /// Stops the dataflow thread (after the commands already queued).
+    pub async fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown).await;
+    }
+}
+
+/// One operator of a running view and the nodes its output goes to.
+struct RuntimeNode {
+    op: Box<dyn Operator>,
+    downstream: Vec<usize>,
+}
+
+struct RunningView {
+    id: RelationId,
+    name: String,
+    schema: SchemaRef,
+    nodes: Vec<RuntimeNode>,
+    /// Which nodes read which relation.
+    scans: Vec<(RelationId, usize)>,
+    materialize: MaterializeOperator,
+    materialized: StateTable,
+    state_tables: Vec<TableId>,
+    failed: bool,
+}
+
+struct Worker {
+    committer: Arc<EpochCommitter>,
+    /// In creation order, which is a topological order: a view only reads older views.
+    views: Vec<RunningView>,
+    failures: Arc<Mutex<HashMap<RelationId, String>>>,
+    readers: HashMap<RelationId, tokio::task::JoinHandle<()>>,
+    runtime: tokio::runtime::Handle,
+    commands: mpsc::Sender<Command>,
+    barriers: u64,
+}
+
+fn physical(expr: &Expr, input: &DFSchema) -> EngineResult<Arc<dyn PhysicalExpr>> {
+    Ok(create_physical_expr(expr, input, &ExecutionProps::new(), &PhysicalPlanningContext::default())?)
+}
+
+/// Fails unless `actual` has the column types `expected` declares.
+fn check_types(what: &str, actual: &Schema, expected: &Schema) -> EngineResult<()> {
+    let same = actual.fields().len() == expected.fields().len()
+        && actual.fields().iter().zip(expected.fields()).all(|(a, e)| a.data_type() == e.data_type());
+    if same {
+        return Ok(());
+    }
+    let show = |s: &Schema| s.fields().iter().map(|f| f.data_type().to_string()).collect::<Vec<_>>().join(", ");
+    Err(EngineError::Invalid(format!("{what} computes ({}) where the plan has ({})", show(actual), show(expected))))
+}
+
+/// The operators of `plan`, wired as in the plan.
+fn instantiate(plan: &StreamPlan, committer: &EpochCommitter) -> EngineResult<(Vec<RuntimeNode>, Vec<(RelationId, usize)>)> {
+    let mut nodes: Vec<RuntimeNode> = Vec::with_capacity(plan.nodes.len());
+    let mut scans = Vec::new();
+    for (at, node) in plan.nodes.iter().enumerate() {
+        let schema: SchemaRef = Arc::new(node.schema.as_arrow().clone());
+        let input = |i: usize| -> EngineResult<&datafusion::common::DFSchemaRef> {
+            let position = *node.inputs.get(i).ok_or_else(|| EngineError::Invalid(format!("node {at} lacks input {i}")))?;
+            if position >= at {
+                return Err(EngineError::Invalid(format!("node {at} reads a later node {position}")));
+            }
+            Ok(&plan.nodes[position].schema)
+        };
+        let op: Box<dyn Operator> = match &node.kind {
+            NodeKind::Scan { relation, columns, .. } => {
+                scans.push((*relation, at));
+                Box::new(ScanOperator::try_new(columns.clone(), schema)?)
+            }
+            NodeKind::Filter { predicate } => {
+                let input = input(0)?;
+                Box::new(FilterOperator::try_new(physical(predicate, input)?, input.as_arrow())?)
+            }
+            NodeKind::Project { exprs } => {
+                let input = input(0)?;
+                let exprs = exprs
+                    .iter()
+                    .zip(schema.fields())
+                    .map(|(e, f)| Ok((physical(e, input)?, f.name().clone())))
+                    .collect::<EngineResult<Vec<_>>>()?;
+                let op = ProjectOperator::try_new(exprs, input.as_arrow())?;
+                check_types("a projection", op.schema(), &schema)?;
+                Box::new(op)
+            }
+            NodeKind::Unnest { list_column, sources, preserve_nulls } => {
+                Box::new(UnnestOperator::try_new(*list_column, sources.clone(), *preserve_nulls, schema)?)
+            }
+            NodeKind::Union => Box::new(UnionOperator::new(schema)),
+            NodeKind::Aggregate { group_by, calls, state_table } => {
+                let input = input(0)?;
+                let group_by = group_by
+                    .iter()
+                    .zip(schema.fields())
+                    .map(|(e, f)| Ok((physical(e, input)?, f.name().clone())))
+                    .collect::<EngineResult<Vec<_>>>()?;
+                let offset = group_by.len();
+                let calls = calls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        Ok(AggregateCall {
+                            kind: c.kind,
+                            arg: c.arg.as_ref().map(|a| physical(a, input)).transpose()?,
+                            name: schema.field(offset + i).name().clone(),
+                            values_table: c.values_table,
+                            separator: c.separator.clone(),
+                        })
+                    })
+                    .collect::<EngineResult<Vec<_>>>()?;
+                let op = HashAggregateOperator::try_new(
+                    input.as_arrow(),
+                    group_by,
+                    calls,
+                    *state_table,
+                    Arc::clone(committer.store()),
+                )?;
+                check_types("an aggregate", op.schema(), &schema)?;
+                Box::new(op)
+            }
+        };
+        for input in &node.inputs {
+            nodes[*input].downstream.push(at);
+        }
+        nodes.push(RuntimeNode { op, downstream: Vec::new() });
+    }
+    if nodes.is_empty() {
+        return Err(EngineError::Invalid("an empty stream plan".into()));
+    }
+    Ok((nodes, scans))
+}
+
+impl RunningView {
+    /// Pushes `changes` into node `at` and everything downstream of it; returns the view's
+    /// own changes (what reached the materialize step).
+    fn push(&mut self, at: usize, changes: ChangeBatch) -> EngineResult<Vec<ChangeBatch>> {
+        let mut queue = VecDeque::from([(at, changes)]);
+        let mut out = Vec::new();
+        while let Some((at, changes)) = queue.pop_front() {
+            let produced = self.nodes[at].op.process(changes)?;
+            self.route(at, produced, &mut queue, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn route(
+        &mut self,
+        at: usize,
+        produced: Vec<ChangeBatch>,
+        queue: &mut VecDeque<(usize, ChangeBatch)>,
+        out: &mut Vec<ChangeBatch>,
+    ) -> EngineResult<()> {
+        let root = self.nodes.len() - 1;
+        for batch in produced {
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            for d in &self.nodes[at].downstream {
+                queue.push_back((*d, batch.clone()));
+            }
+            if at == root {
+                let renamed = batch.with_columns(Arc::clone(&self.schema), batch.data().columns().to_vec())?;
+                out.extend(self.materialize.process(renamed)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the barrier through the view's operators in plan order; returns the view's
+    /// changes that the barrier released.
+    fn barrier(&mut self, epoch: Epoch, write: &mut WriteBatch) -> EngineResult<Vec<ChangeBatch>> {
+        let mut out = Vec::new();
+        for at in 0..self.nodes.len() {
+            let produced = self.nodes[at].op.on_barrier(epoch, write)?;
+            let mut queue = VecDeque::new();
+            self.route(at, produced, &mut queue, &mut out)?;
+            while let Some((next, changes)) = queue.pop_front() {
+                let produced = self.nodes[next].op.process(changes)?;
+                self.route(next, produced, &mut queue, &mut out)?;
+            }
+        }
+        self.materialize.on_barrier(epoch, write)?;
+        Ok(out)
+    }
+}
+
+impl Worker {
+    fn run(&mut self, mut receiver: mpsc::Receiver<Command>) {
+        while let Some(command) = receiver.blocking_recv() {
+            match command {
+                Command::Changes { relation, changes } => self.deliver(relation, changes, None),
+                Command::Barrier { done } => {
+                    let result = self.barrier();
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, "barrier failed");
+                    }
+                    if let Some(done) = done {
+                        let _ = done.send(result);
+                    }
+                }
+                Command::CreateView { view, done } => {
+                    let result = self.create_view(*view);
+                    let _ = done.send(result);
+                }
+                Command::DropView { id, done } => {
+                    let _ = done.send(self.drop_view(id));
+                }
+                Command::ReaderFailed { relation, error } => {
+                    if let Some(at) = self.views.iter().position(|v| v.scans.iter().any(|(r, _)| *r == relation)) {
+                        self.fail(at, format!("source reader failed: {error}"));
+                    }
+                }
+                Command::Shutdown => break,
+            }
+        }
+        for (_, reader) in self.readers.drain() {
+            reader.abort();
+        }
+    }
+
+    /// Marks view `at` and every view reading it as failed.
+    fn fail(&mut self, at: usize, reason: String) {
+        let mut failing = vec![(at, reason)];
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((at, reason)) = failing.pop() {
+            let view = &mut self.views[at];
+            if view.failed {
+                continue;
+            }
+            tracing::error!(view = %view.name, %reason, "materialized view stopped");
+            view.failed = true;
+            failures.insert(view.id, reason.clone());
+            let id = view.id;
+            let name = view.name.clone();
+            for (i, other) in self.views.iter().enumerate() {
+                if other.scans.iter().any(|(r, _)| *r == id) {
+                    failing.push((i, format!("it reads materialized view \"{name}\", which failed: {reason}")));
+                }
+            }
+        }
+    }
+
+    /// Delivers changes of `relation` to the views reading it (or only to view `only`), and
+    /// the views' resulting changes to the views reading them.
+    fn deliver(&mut self, relation: RelationId, changes: ChangeBatch, only: Option<usize>) {
+        let mut pending = VecDeque::from([(relation, changes, only)]);
+        while let Some((relation, changes, only)) = pending.pop_front() {
+            for at in 0..self.views.len() {
+                if only.is_some_and(|o| o != at) || self.views[at].failed {
+                    continue;
+                }
+                let entries: Vec<usize> =
+                    self.views[at].scans.iter().filter(|(r, _)| *r == relation).map(|(_, node)| *node).collect();
+                for node in entries {
+                    match self.views[at].push(node, changes.clone()) {
+                        Ok(out) => {
+                            let id = self.views[at].id;
+                            pending.extend(out.into_iter().map(|c| (id, c, None)));
+                        }
+                        Err(e) => {
+                            self.fail(at, e.to_string());
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn barrier(&mut self) -> EngineResult<Epoch> {
+        self.barriers += 1;
+        let epoch = self.barriers;
+        let mut write = WriteBatch::new();
+        for at in 0..self.views.len() {
+            if self.views[at].failed {
+                continue;
+            }
+            match self.views[at].barrier(epoch, &mut write) {
+                Ok(out) => {
+                    let id = self.views[at].id;
+                    for changes in out {
+                        self.deliver(id, changes, None);
+                    }
+                }
+                Err(e) => self.fail(at, e.to_string()),
+            }
+        }
+        Ok(self.committer.commit(write)?)
+    }
+
+    fn create_view(&mut self, view: ViewDefinition) -> EngineResult<()> {
+        let (nodes, scans) = instantiate(&view.plan, &self.committer)?;
+        let store = Arc::clone(self.committer.store());
+        let materialize = MaterializeOperator::try_new(view.id, &view.schema, store)?;
+        let materialized = crate::operator::view_state_table(view.id, &view.schema)?;
+        let mut state_tables = view.plan.state_tables();
+        state_tables.push(view.id);
+        // Settle every running view first, so that views this one reads are committed.
+        self.barrier()?;
+        self.views.push(RunningView {
+            id: view.id,
+            name: view.name.clone(),
+            schema: Arc::clone(&view.schema),
+            nodes,
+            scans,
+            materialize,
+            materialized,
+            state_tables,
+            failed: false,
+        });
+        let at = self.views.len() - 1;
+        let snapshot = self.committer.store().snapshot();
+        for backfill in &view.backfill {
+            let (relation, batches) = match backfill {
+                Backfill::Table { relation, state, columns, snapshot } => {
+                    let batches = state.scan_all(snapshot.as_ref())?;
+                    let batches = batches
+                        .into_iter()
+                        .map(|b| b.project(&(0..*columns).collect::<Vec<_>>()))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    (*relation, batches)
+                }
+                Backfill::View { relation } => {
+                    let Some(source) = self.views.iter().find(|v| v.id == *relation) else {
+                        return self.abandon(at, format!("materialized view {relation} is not running"));
+                    };
+                    if source.failed {
+                        return self.abandon(at, format!("materialized view \"{}\" has failed", source.name));
+                    }
+                    let stored = source.materialized.scan_all(snapshot.as_ref())?;
+                    let rows = stored.iter().map(|b| expand_view_rows(b, &source.schema)).collect::<EngineResult<Vec<_>>>()?;
+                    (*relation, rows)
+                }
+            };
+            for batch in batches {
+                if batch.num_rows() > 0 {
+                    self.deliver(relation, ChangeBatch::inserts(batch), Some(at));
+                }
+            }
+        }
+        self.barrier()?;
+        if self.views[at].failed {
+            let reason = self.failure(view.id);
+            return self.abandon(at, reason);
+        }
+        for reader in view.readers {
+            self.start_reader(reader);
+        }
+        tracing::info!(view = %view.name, "materialized view created");
+        Ok(())
+    }
+
+    fn failure(&self, id: RelationId) -> String {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned().unwrap_or_default()
+    }
+
+    /// Removes the view being created at `at` and its state; returns the error for it.
+    fn abandon(&mut self, at: usize, reason: String) -> EngineResult<()> {
+        let view = self.views.remove(at);
+        let mut write = WriteBatch::new();
+        for table in &view.state_tables {
+            write.drop_table(*table);
+        }
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&view.id);
+        self.committer.commit(write)?;
+        Err(EngineError::Invalid(reason))
+    }
+
+    fn start_reader(&mut self, reader: SourceReader) {
+        let commands = self.commands.clone();
+        let relation = reader.relation;
+        let handle = self.runtime.spawn(async move {
+            let sender = commands.clone();
+            let result = reader
+                .spec
+                .run(0, |batch, _offset| {
+                    let sender = sender.clone();
+                    async move {
+                        sender.send(Command::Changes { relation, changes: ChangeBatch::inserts(batch) }).await.is_ok()
+                    }
+                })
+                .await;
+            if let Err(e) = result {
+                let _ = commands.send(Command::ReaderFailed { relation, error: e.to_string() }).await;
+            }
+        });
+        self.readers.insert(relation, handle);
+    }
+
+    fn drop_view(&mut self, id: RelationId) -> EngineResult<()> {
+        let Some(at) = self.views.iter().position(|v| v.id == id) else {
+            return Err(EngineError::Invalid(format!("no running view {id}")));
+        };
+        let view = self.views.remove(at);
+        for (relation, _) in &view.scans {
+            if let Some(reader) = self.readers.remove(relation) {
+                reader.abort();
+            }
+        }
+        let mut write = WriteBatch::new();
+        for table in &view.state_tables {
+            write.drop_table(*table);
+        }
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.committer.commit(write)?;
+        Ok(())
+    }
+}

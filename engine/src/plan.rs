@@ -1,0 +1,196 @@
+//! The stream plan: what a materialized view computes, as a DAG of operator descriptions.
+//!
+//! Why a plan separate from the operators: the SQL layer decides *what* to compute (from
+//! DataFusion's optimized `LogicalPlan`), the engine decides *how* (which operator, which
+//! state table). The plan is plain data — node kinds, DataFusion logical expressions and
+//! schemas, state-table ids — so it can be printed by `EXPLAIN`, checked before anything runs,
+//! and instantiated again after a restart.
+
+use std::fmt::{self, Write as _};
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::DFSchemaRef;
+use datafusion::logical_expr::Expr;
+use sluice_storage::TableId;
+
+use crate::operator::AggregateKind;
+
+/// Identifies a relation whose changes flow into views: a table, a view, or one reader of a
+/// source. Relations share the id space of state tables.
+pub type RelationId = TableId;
+
+/// One operator of a stream plan, with the positions of its inputs in [`StreamPlan::nodes`].
+#[derive(Debug, Clone)]
+pub struct PlanNode {
+    /// What the operator does.
+    pub kind: NodeKind,
+    /// Positions of the input nodes; always smaller than this node's own position.
+    pub inputs: Vec<usize>,
+    /// The schema of the rows it emits (qualified names, as DataFusion planned them).
+    pub schema: DFSchemaRef,
+}
+
+/// The operator kinds a view can be built from.
+#[derive(Debug, Clone)]
+pub enum NodeKind {
+    /// The changes of a relation, restricted to some of its columns.
+    Scan {
+        /// Which relation.
+        relation: RelationId,
+        /// Its name, for EXPLAIN.
+        name: String,
+        /// The relation's columns to keep, in output order.
+        columns: Vec<usize>,
+    },
+    /// Keeps the rows satisfying a predicate over the input schema.
+    Filter {
+        /// A boolean expression.
+        predicate: Expr,
+    },
+    /// Computes one expression per output column.
+    Project {
+        /// The expressions, over the input schema.
+        exprs: Vec<Expr>,
+    },
+    /// Expands a list column into one row per element.
+    Unnest {
+        /// The list column of the input.
+        list_column: usize,
+        /// For each output column, the input column it comes from.
+        sources: Vec<usize>,
+        /// Whether a NULL list gives one row with a NULL element (else no row).
+        preserve_nulls: bool,
+    },
+    /// Concatenates its inputs (UNION ALL).
+    Union,
+    /// GROUP BY with aggregates.
+    Aggregate {
+        /// The group-by expressions, over the input schema.
+        group_by: Vec<Expr>,
+        /// The aggregates, in output order after the group columns.
+        calls: Vec<AggregateSpec>,
+        /// The state table of the groups.
+        state_table: TableId,
+    },
+}
+
+/// One aggregate call of an [`NodeKind::Aggregate`].
+#[derive(Debug, Clone)]
+pub struct AggregateSpec {
+    /// The function.
+    pub kind: AggregateKind,
+    /// Its argument over the input schema (none for `count(*)`).
+    pub arg: Option<Expr>,
+    /// The output type DataFusion planned for it; the engine checks that it computes the same.
+    pub output_type: DataType,
+    /// For functions that keep each group's values (min, max, count distinct, string_agg).
+    pub values_table: Option<TableId>,
+    /// For `string_agg`: the separator.
+    pub separator: Option<String>,
+}
+
+/// A view's dataflow: nodes in topological order, the last one producing the view's rows.
+#[derive(Debug, Clone, Default)]
+pub struct StreamPlan {
+    /// The operators; inputs come before the nodes that read them.
+    pub nodes: Vec<PlanNode>,
+}
+
+impl StreamPlan {
+    /// Appends a node and returns its position.
+    pub fn push(&mut self, node: PlanNode) -> usize {
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    /// The position of the node producing the view's rows.
+    pub fn root(&self) -> Option<usize> {
+        self.nodes.len().checked_sub(1)
+    }
+
+    /// Every state table the plan's operators keep state in.
+    pub fn state_tables(&self) -> Vec<TableId> {
+        let mut tables = Vec::new();
+        for node in &self.nodes {
+            if let NodeKind::Aggregate { calls, state_table, .. } = &node.kind {
+                tables.push(*state_table);
+                tables.extend(calls.iter().filter_map(|c| c.values_table));
+            }
+        }
+        tables
+    }
+
+    /// The relations the plan reads.
+    pub fn relations(&self) -> Vec<RelationId> {
+        let mut relations: Vec<RelationId> = self
+            .nodes
+            .iter()
+            .filter_map(|n| match n.kind {
+                NodeKind::Scan { relation, .. } => Some(relation),
+                _ => None,
+            })
+            .collect();
+        relations.sort_unstable();
+        relations.dedup();
+        relations
+    }
+
+    /// The plan as text, one operator per line, the view's output first and each operator's
+    /// inputs indented below it (a node read by several operators is printed once, then
+    /// referred to by its number).
+    pub fn explain(&self, view: &str) -> String {
+        let mut out = format!("Materialize {view}\n");
+        if let Some(root) = self.root() {
+            let mut printed = vec![false; self.nodes.len()];
+            self.explain_node(root, 1, &mut printed, &mut out);
+        }
+        out
+    }
+
+    fn explain_node(&self, at: usize, depth: usize, printed: &mut [bool], out: &mut String) {
+        let indent = "  ".repeat(depth);
+        if printed[at] {
+            let _ = writeln!(out, "{indent}(see #{at})");
+            return;
+        }
+        printed[at] = true;
+        let node = &self.nodes[at];
+        let _ = writeln!(out, "{indent}#{at} {}", DisplayNode(node));
+        for input in &node.inputs {
+            self.explain_node(*input, depth + 1, printed, out);
+        }
+    }
+}
+
+struct DisplayNode<'a>(&'a PlanNode);
+
+fn join<T: fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    items.into_iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+impl fmt::Display for DisplayNode<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let node = self.0;
+        match &node.kind {
+            NodeKind::Scan { name, columns, .. } => {
+                let names = columns.iter().zip(node.schema.fields()).map(|(_, field)| field.name().clone());
+                write!(f, "Scan {name} [{}]", join(names))
+            }
+            NodeKind::Filter { predicate } => write!(f, "Filter {predicate}"),
+            NodeKind::Project { exprs } => write!(f, "Project [{}]", join(exprs)),
+            NodeKind::Unnest { list_column, .. } => {
+                let (_, field) = node.schema.qualified_field(*list_column);
+                write!(f, "Unnest [{}]", field.name())
+            }
+            NodeKind::Union => write!(f, "Union"),
+            NodeKind::Aggregate { group_by, calls, state_table } => {
+                let calls = calls.iter().map(|c| match (&c.kind, &c.arg) {
+                    (AggregateKind::CountStar, _) => "count(*)".to_string(),
+                    (kind, Some(arg)) => format!("{}({arg})", kind.sql_name()),
+                    (kind, None) => format!("{}()", kind.sql_name()),
+                });
+                write!(f, "HashAggregate group=[{}] aggregates=[{}] state=table {state_table}", join(group_by), join(calls))
+            }
+        }
+    }
+}
