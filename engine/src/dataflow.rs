@@ -258,6 +258,12 @@ fn check_types(what: &str, actual: &Schema, expected: &Schema) -> EngineResult<(
     Err(EngineError::Invalid(format!("{what} computes ({}) where the plan has ({})", show(actual), show(expected))))
 }
 
+/// Checks that the engine can run `plan`: every operator builds and computes the types the
+/// plan declares.
+pub fn check_plan(plan: &StreamPlan, committer: &EpochCommitter) -> EngineResult<()> {
+    instantiate(plan, committer).map(|_| ())
+}
+
 /// The operators of `plan`, wired as in the plan.
 fn instantiate(plan: &StreamPlan, committer: &EpochCommitter) -> EngineResult<(Vec<RuntimeNode>, Vec<(RelationId, usize)>)> {
     let mut nodes: Vec<RuntimeNode> = Vec::with_capacity(plan.nodes.len());

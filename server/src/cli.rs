@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use crate::{demo, serve, shutdown_signal, ServerConfig};
@@ -44,11 +45,36 @@ struct ServeArgs {
     /// Address for HTTP (health, metrics).
     #[arg(long, default_value = "127.0.0.1:6544")]
     http_addr: SocketAddr,
+    /// Time between checkpoints: views' results become visible at each (e.g. `1s`, `200ms`).
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    checkpoint_interval: Duration,
+}
+
+/// A duration written `<n>ms`, `<n>s` or `<n>m`.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = digits.parse().map_err(|_| format!("'{text}' is not a duration like 1s or 200ms"))?;
+    let duration = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" | "min" => Duration::from_secs(n * 60),
+        other => return Err(format!("unknown unit '{other}' in '{text}' (use ms, s or m)")),
+    };
+    if duration.is_zero() {
+        return Err("the checkpoint interval must be positive".into());
+    }
+    Ok(duration)
 }
 
 impl ServeArgs {
     fn config(self) -> ServerConfig {
-        ServerConfig { data_dir: self.data_dir, pg_addr: self.pg_addr, http_addr: self.http_addr }
+        ServerConfig {
+            data_dir: self.data_dir,
+            pg_addr: self.pg_addr,
+            http_addr: self.http_addr,
+            checkpoint_interval: self.checkpoint_interval,
+        }
     }
 }
 

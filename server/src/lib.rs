@@ -58,6 +58,9 @@ pub enum ServerError {
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
+    /// The database could not start.
+    #[error("cannot start the database: {0}")]
+    Database(#[from] sluice_sql::SqlError),
 }
 
 /// Where the server keeps its data and where it listens.
@@ -69,6 +72,8 @@ pub struct ServerConfig {
     pub pg_addr: SocketAddr,
     /// HTTP listen address.
     pub http_addr: SocketAddr,
+    /// Time between the dataflow's periodic barriers (checkpoints).
+    pub checkpoint_interval: std::time::Duration,
 }
 
 /// A running server: its database and the addresses it actually listens on (useful when a
@@ -106,7 +111,8 @@ impl RunningServer {
         // The durable RocksDB backend is the durability issue's work; until then state lives in
         // memory and does not survive a restart.
         warn!("state is kept in memory: tables do not survive a restart yet");
-        let db = Database::new(Arc::new(MemoryStateStore::new()));
+        let dataflow = sluice_sql::DataflowConfig { checkpoint_interval: config.checkpoint_interval, ..Default::default() };
+        let db = Database::with_dataflow(Arc::new(MemoryStateStore::new()), dataflow)?;
         let metrics = Arc::new(Metrics::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
 

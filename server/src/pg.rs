@@ -31,9 +31,8 @@ use pgwire::messages::data::{NoData, ParameterDescription};
 use pgwire::messages::extendedquery::{Describe, TARGET_TYPE_BYTE_STATEMENT};
 use pgwire::messages::response::NoticeResponse;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
-use sluice_sql::sqlparser::ast::Statement;
 use sluice_sql::{
-    parse_statements, BoundParam, Database, Session, SqlError, SqlType, StatementOutcome,
+    parse_statements, BoundParam, ParsedStatement, Database, Session, SqlError, SqlType, StatementOutcome,
     StatementOutput, TransactionChange,
 };
 use tokio::sync::Mutex;
@@ -45,7 +44,7 @@ use crate::sqlstate::{error_info, to_pg_error};
 /// A statement prepared through the extended protocol (`None` for an empty query).
 #[derive(Debug, Clone)]
 pub struct PreparedStatement {
-    ast: Statement,
+    ast: ParsedStatement,
 }
 
 /// Parses statements for the extended protocol: exactly one statement per Parse.
@@ -439,8 +438,10 @@ impl ExtendedQueryHandler for Connection {
         let described = self
             .with_session(&*client, async |s: &mut Session| {
                 let params = self.bind(s, portal).await?;
-                let stmt = &portal.statement.statement.ast;
-                let stmt = if params.is_empty() { stmt.clone() } else { sluice_sql::bind_parameters(stmt, &params)? };
+                let stmt = match &portal.statement.statement.ast {
+                    ParsedStatement::Sql(sql) if !params.is_empty() => ParsedStatement::Sql(sluice_sql::bind_parameters(sql, &params)?),
+                    other => other.clone(),
+                };
                 s.describe(&stmt).await
             })
             .await

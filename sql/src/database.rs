@@ -11,7 +11,11 @@ use datafusion::sql::sqlparser::ast::{
     self, ColumnOption, CreateTable, Ident, ObjectName, TableConstraint,
 };
 use datafusion::common::TableReference;
-use sluice_storage::{StateStore, WriteBatch};
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::logical_expr::LogicalPlan;
+use sluice_engine::plan::StreamPlan;
+use sluice_engine::{Backfill, Dataflow, DataflowConfig, EpochCommitter, SourceReader, ViewDefinition};
+use sluice_storage::{StateStore, TableId, WriteBatch};
 
 use crate::catalog::{ColumnDef, TableDef};
 use datafusion::execution::FunctionRegistry;
@@ -19,6 +23,10 @@ use datafusion::execution::FunctionRegistry;
 use crate::error::{SqlError, SqlResult};
 use crate::pg_semantics::{CheckedBigintSums, PostgresSemantics};
 use crate::provider::{StoredTable, TableWriter};
+use crate::relations::{SourceEntry, SourceTable, ViewEntry, ViewTable};
+use crate::statement::CreateSource;
+use crate::stream_planner::{ReadRelation, StreamPlanner};
+use crate::window::WindowRelationPlanner;
 use crate::session::Session;
 use crate::types::{SqlType, UTC};
 
@@ -30,40 +38,82 @@ pub const SCHEMA_NAME: &str = "public";
 /// One Sluice database: every session of the process shares it.
 ///
 /// Why a single shared DataFusion [`SessionContext`]: its catalog holds one provider per table,
-/// so a table created by one client is immediately visible to all; sessions clone the context's
-/// state to add their own functions and settings without copying the catalog.
+/// view and source, so an object created by one client is immediately visible to all;
+/// sessions clone the context's state to add their own functions and settings without copying
+/// the catalog.
 pub struct Database {
     ctx: SessionContext,
     writer: Arc<TableWriter>,
+    dataflow: Dataflow,
     tables: RwLock<BTreeMap<String, Arc<StoredTable>>>,
+    views: RwLock<BTreeMap<String, Arc<ViewEntry>>>,
+    sources: RwLock<BTreeMap<String, Arc<SourceEntry>>>,
     next_table_id: AtomicU32,
+    /// Serializes DDL of views and sources (their planning, creation and dependency checks).
+    ddl: tokio::sync::Mutex<()>,
+}
+
+/// What kind of relation a name denotes, for DROP and error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelationKind {
+    /// A table.
+    Table,
+    /// A materialized view.
+    MaterializedView,
+    /// A source.
+    Source,
+}
+
+impl RelationKind {
+    /// The words PostgreSQL uses for it.
+    pub fn words(self) -> &'static str {
+        match self {
+            RelationKind::Table => "table",
+            RelationKind::MaterializedView => "materialized view",
+            RelationKind::Source => "source",
+        }
+    }
 }
 
 impl Database {
-    /// A database over `store`.
-    pub fn new(store: Arc<dyn StateStore>) -> Arc<Self> {
-        let mut config = SessionConfig::new()
+    /// A database over `store`, with the default dataflow settings. Must be called inside a
+    /// tokio runtime.
+    pub fn new(store: Arc<dyn StateStore>) -> SqlResult<Arc<Self>> {
+        Self::with_dataflow(store, DataflowConfig::default())
+    }
+
+    /// A database over `store` whose views run with `config`. Must be called inside a tokio
+    /// runtime.
+    pub fn with_dataflow(store: Arc<dyn StateStore>, config: DataflowConfig) -> SqlResult<Arc<Self>> {
+        let mut config_options = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema(CATALOG_NAME, SCHEMA_NAME)
             .with_target_partitions(2);
         {
-            let options = config.options_mut();
+            let options = config_options.options_mut();
             options.sql_parser.dialect = Dialect::PostgreSQL;
             options.sql_parser.map_string_types_to_utf8view = false;
             options.sql_parser.parse_float_as_decimal = true;
             options.execution.time_zone = Some(UTC.to_string());
         }
-        let mut state = SessionContext::new_with_config(config).state();
-        // Cannot fail: the rewrite only needs registering.
+        let mut state = SessionContext::new_with_config(config_options).state();
+        // Cannot fail: these only need registering.
         let _ = state.register_function_rewrite(Arc::new(PostgresSemantics::new()));
+        let _ = state.register_relation_planner(Arc::new(WindowRelationPlanner::new(Arc::clone(state.catalog_list()))));
         state.add_analyzer_rule(Arc::new(CheckedBigintSums));
         let ctx = SessionContext::new_with_state(state);
-        Arc::new(Self {
+        let committer = Arc::new(EpochCommitter::new(store));
+        let dataflow = Dataflow::start(Arc::clone(&committer), config)?;
+        Ok(Arc::new(Self {
             ctx,
-            writer: Arc::new(TableWriter::new(store)),
+            writer: Arc::new(TableWriter::new(committer, dataflow.clone())),
+            dataflow,
             tables: RwLock::new(BTreeMap::new()),
+            views: RwLock::new(BTreeMap::new()),
+            sources: RwLock::new(BTreeMap::new()),
             next_table_id: AtomicU32::new(1),
-        })
+            ddl: tokio::sync::Mutex::new(()),
+        }))
     }
 
     /// A new client session.
@@ -79,6 +129,11 @@ impl Database {
         self.writer.store()
     }
 
+    /// The dataflow running the views.
+    pub fn dataflow(&self) -> &Dataflow {
+        &self.dataflow
+    }
+
     fn tables_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<StoredTable>>> {
         self.tables.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -87,9 +142,35 @@ impl Database {
         self.tables.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn views_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<ViewEntry>>> {
+        self.views.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn views_write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<ViewEntry>>> {
+        self.views.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sources_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<SourceEntry>>> {
+        self.sources.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sources_write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<SourceEntry>>> {
+        self.sources.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Names of every table, sorted.
     pub fn table_names(&self) -> Vec<String> {
         self.tables_read().keys().cloned().collect()
+    }
+
+    /// Names of every materialized view, sorted.
+    pub fn view_names(&self) -> Vec<String> {
+        self.views_read().keys().cloned().collect()
+    }
+
+    /// Names of every source, sorted.
+    pub fn source_names(&self) -> Vec<String> {
+        self.sources_read().keys().cloned().collect()
     }
 
     /// The definition of table `name`.
@@ -97,48 +178,303 @@ impl Database {
         self.tables_read().get(name).map(|t| Arc::clone(t.def()))
     }
 
+    /// The materialized view `name`.
+    pub fn view(&self, name: &str) -> Option<Arc<ViewEntry>> {
+        self.views_read().get(name).cloned()
+    }
+
+    /// What `name` denotes, if anything.
+    pub fn relation_kind(&self, name: &str) -> Option<RelationKind> {
+        if self.tables_read().contains_key(name) {
+            Some(RelationKind::Table)
+        } else if self.views_read().contains_key(name) {
+            Some(RelationKind::MaterializedView)
+        } else if self.sources_read().contains_key(name) {
+            Some(RelationKind::Source)
+        } else {
+            None
+        }
+    }
+
+    fn allocate_id(&self) -> TableId {
+        self.next_table_id.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Executes `CREATE TABLE`. Returns false if the table existed and `IF NOT EXISTS` was given.
     pub(crate) fn create_table(&self, create: &CreateTable) -> SqlResult<bool> {
         reject_create_options(create)?;
         let name = table_name(&create.name)?;
         let mut tables = self.tables_write();
-        if tables.contains_key(&name) {
+        if tables.contains_key(&name) || self.views_read().contains_key(&name) || self.sources_read().contains_key(&name) {
             if create.if_not_exists {
                 return Ok(false);
             }
             return Err(SqlError::DuplicateTable(name));
         }
-        let def = table_def(create, name.clone(), self.next_table_id.fetch_add(1, Ordering::Relaxed))?;
+        let def = table_def(create, name.clone(), self.allocate_id())?;
         let provider = Arc::new(StoredTable::try_new(Arc::new(def), Arc::clone(&self.writer))?);
         self.ctx.register_table(TableReference::bare(name.clone()), provider.clone())?;
         tables.insert(name, provider);
         Ok(true)
     }
 
-    /// Executes `DROP TABLE` of one table. Returns false if it did not exist and `IF EXISTS`
-    /// was given.
-    pub(crate) async fn drop_table(&self, name: &ObjectName, if_exists: bool) -> SqlResult<bool> {
+    /// Executes `CREATE SOURCE`. Returns false if it existed and `IF NOT EXISTS` was given.
+    pub(crate) async fn create_source(&self, create: &CreateSource) -> SqlResult<bool> {
+        let _ddl = self.ddl.lock().await;
+        let name = table_name(&create.name)?;
+        if self.relation_kind(&name).is_some() {
+            if create.if_not_exists {
+                return Ok(false);
+            }
+            return Err(SqlError::DuplicateTable(name));
+        }
+        if !create.constraints.is_empty() {
+            return Err(SqlError::unsupported("constraints on a source"));
+        }
+        let mut columns = Vec::with_capacity(create.columns.len());
+        for col in &create.columns {
+            let col_name = normalize_ident(&col.name);
+            if columns.iter().any(|c: &ColumnDef| c.name == col_name) {
+                return Err(SqlError::DuplicateColumn(col_name));
+            }
+            if let Some(option) = col.options.first() {
+                return Err(SqlError::unsupported(format_args!("column option {} on a source", option.option)));
+            }
+            columns.push(ColumnDef { name: col_name, sql_type: SqlType::from_ast(&col.data_type)?, not_null: false });
+        }
+        if columns.is_empty() {
+            return Err(SqlError::InvalidDefinition(format!("source \"{name}\" must have at least one column")));
+        }
+        let schema = Arc::new(Schema::new(columns.iter().map(|c| c.sql_type.field(&c.name)).collect::<Vec<_>>()));
+        let created_at = chrono::Utc::now().timestamp_micros();
+        let datagen = crate::datagen::spec_from_options(&name, &schema, &create.options, created_at)?;
+        let entry = Arc::new(SourceEntry { name: name.clone(), schema, datagen });
+        self.ctx.register_table(TableReference::bare(name.clone()), Arc::new(SourceTable::new(Arc::clone(&entry))))?;
+        self.sources_write().insert(name, entry);
+        Ok(true)
+    }
+
+    /// Plans the stream of a materialized view over `plan` (DataFusion's optimized plan of its
+    /// query); `names` are its column names.
+    fn plan_view(&self, plan: &LogicalPlan, names: &[String]) -> SqlResult<(StreamPlan, Vec<(String, ReadRelation)>, SchemaRef)> {
+        let allocate = || self.allocate_id();
+        let (stream, reads) = StreamPlanner::new(&allocate).build(plan)?;
+        let fields: Vec<Field> = plan
+            .schema()
+            .fields()
+            .iter()
+            .zip(names)
+            .map(|(f, name)| f.as_ref().clone().with_name(name).with_nullable(true))
+            .collect();
+        let schema = Arc::new(Schema::new(fields));
+        sluice_engine::dataflow::check_plan(&stream, self.writer.committer())
+            .map_err(|e| SqlError::unsupported(format_args!("this materialized view ({e})")))?;
+        Ok((stream, reads, schema))
+    }
+
+    /// `EXPLAIN CREATE MATERIALIZED VIEW`: the operator graph, one operator per line.
+    pub(crate) fn explain_view(&self, name: &str, plan: &LogicalPlan, names: &[String]) -> SqlResult<String> {
+        let (stream, _, _) = self.plan_view(plan, names)?;
+        Ok(stream.explain(name))
+    }
+
+    /// Executes `CREATE MATERIALIZED VIEW`: plans it, starts it over the current contents of
+    /// what it reads, and registers it once it holds them. Returns false if it existed and
+    /// `IF NOT EXISTS` was given.
+    pub(crate) async fn create_view(
+        &self,
+        name: &str,
+        definition: &str,
+        plan: &LogicalPlan,
+        names: &[String],
+        if_not_exists: bool,
+    ) -> SqlResult<bool> {
+        let _ddl = self.ddl.lock().await;
+        if self.relation_kind(name).is_some() {
+            if if_not_exists {
+                return Ok(false);
+            }
+            return Err(SqlError::DuplicateTable(name.to_string()));
+        }
+        let (stream, reads, schema) = self.plan_view(plan, names)?;
+        let id = self.allocate_id();
+        let mut tables = Vec::new();
+        let mut backfill = Vec::new();
+        let mut readers = Vec::new();
+        let mut depends_on = Vec::new();
+        let waiting = {
+            // Under the write lock: the tables' snapshot and the view's place in the dataflow's
+            // input are taken at the same point of the commit order.
+            let mut feeds = self.writer.lock().await;
+            let snapshot = self.store().snapshot();
+            for (relation_name, read) in reads {
+                if !depends_on.contains(&relation_name) {
+                    depends_on.push(relation_name.clone());
+                }
+                match read {
+                    ReadRelation::Table(table) => {
+                        let relation = table.def().id;
+                        if !tables.contains(&relation) {
+                            tables.push(relation);
+                            backfill.push(Backfill::Table {
+                                relation,
+                                state: Arc::clone(table.state()),
+                                columns: table.def().columns.len(),
+                                snapshot: Arc::clone(&snapshot),
+                            });
+                        }
+                    }
+                    ReadRelation::View(relation) => backfill.push(Backfill::View { relation }),
+                    ReadRelation::Source { reader, spec } => readers.push(SourceReader { relation: reader, spec }),
+                }
+            }
+            let definition = ViewDefinition {
+                id,
+                name: name.to_string(),
+                plan: stream.clone(),
+                schema: Arc::clone(&schema),
+                backfill,
+                readers,
+            };
+            let waiting = self.dataflow.create_view(definition).await?;
+            for table in &tables {
+                feeds.add(*table);
+            }
+            waiting
+        };
+        let created = waiting.await.map_err(|_| SqlError::Internal("the dataflow stopped".into()))?;
+        if let Err(e) = created {
+            let mut feeds = self.writer.lock().await;
+            for table in &tables {
+                feeds.remove(*table);
+            }
+            return Err(SqlError::from(e));
+        }
+        let entry = Arc::new(ViewEntry::try_new(
+            id,
+            name.to_string(),
+            definition.to_string(),
+            schema,
+            depends_on,
+            tables,
+            stream,
+        )?);
+        let provider = ViewTable::new(Arc::clone(&entry), Arc::clone(self.store()), self.dataflow.clone());
+        self.ctx.register_table(TableReference::bare(name.to_string()), Arc::new(provider))?;
+        self.views_write().insert(name.to_string(), entry);
+        Ok(true)
+    }
+
+    /// The views that read `name`, directly or through other views, newest first (the order
+    /// to drop them in).
+    fn dependents(&self, name: &str) -> Vec<Arc<ViewEntry>> {
+        let views = self.views_read();
+        let mut found: Vec<Arc<ViewEntry>> = Vec::new();
+        let mut frontier = vec![name.to_string()];
+        while let Some(current) = frontier.pop() {
+            for view in views.values() {
+                if view.depends_on.contains(&current) && !found.iter().any(|f| f.id == view.id) {
+                    found.push(Arc::clone(view));
+                    frontier.push(view.name.clone());
+                }
+            }
+        }
+        // Ids grow with creation, and a view only reads older ones.
+        found.sort_by_key(|v| std::cmp::Reverse(v.id));
+        found
+    }
+
+    /// Executes `DROP TABLE | MATERIALIZED VIEW | SOURCE name [CASCADE]`. Returns the notices
+    /// to show (skipped names, cascaded drops).
+    pub(crate) async fn drop_relation(
+        &self,
+        kind: RelationKind,
+        name: &ObjectName,
+        if_exists: bool,
+        cascade: bool,
+    ) -> SqlResult<Vec<String>> {
+        let _ddl = self.ddl.lock().await;
         let name = table_name(name)?;
+        let words = kind.words();
+        match self.relation_kind(&name) {
+            None if if_exists => return Ok(vec![format!("{words} \"{name}\" does not exist, skipping")]),
+            None => return Err(SqlError::UndefinedTable(name)),
+            Some(actual) if actual != kind => {
+                return Err(SqlError::WrongObjectType(format!(
+                    "\"{name}\" is not a {words}; use DROP {} to remove a {}",
+                    actual.words().to_ascii_uppercase(),
+                    actual.words()
+                )));
+            }
+            Some(_) => {}
+        }
+        let dependents = self.dependents(&name);
+        let mut notices = Vec::new();
+        if !dependents.is_empty() {
+            let detail: Vec<String> =
+                dependents.iter().rev().map(|d| format!("materialized view {} depends on {words} {name}", d.name)).collect();
+            if !cascade {
+                return Err(SqlError::DependentObjects(format!(
+                    "cannot drop {words} {name} because other objects depend on it ({}); use DROP ... CASCADE to drop the dependent objects too",
+                    detail.join("; ")
+                )));
+            }
+            for dependent in &dependents {
+                self.drop_view_entry(dependent).await?;
+                notices.push(format!("drop cascades to materialized view {}", dependent.name));
+            }
+            notices.reverse();
+        }
+        match kind {
+            RelationKind::Table => self.drop_table(&name).await?,
+            RelationKind::MaterializedView => {
+                if let Some(view) = self.view(&name) {
+                    self.drop_view_entry(&view).await?;
+                }
+            }
+            RelationKind::Source => {
+                self.ctx.deregister_table(TableReference::bare(name.clone()))?;
+                self.sources_write().remove(&name);
+            }
+        }
+        Ok(notices)
+    }
+
+    async fn drop_view_entry(&self, view: &ViewEntry) -> SqlResult<()> {
+        self.ctx.deregister_table(TableReference::bare(view.name.clone()))?;
+        self.views_write().remove(&view.name);
+        {
+            let mut feeds = self.writer.lock().await;
+            for table in &view.tables {
+                feeds.remove(*table);
+            }
+        }
+        self.dataflow.drop_view(view.id).await?;
+        Ok(())
+    }
+
+    async fn drop_table(&self, name: &str) -> SqlResult<()> {
         let removed = {
             let mut tables = self.tables_write();
-            let Some(table) = tables.remove(&name) else {
-                if if_exists {
-                    return Ok(false);
-                }
-                return Err(SqlError::UndefinedTable(name));
-            };
-            self.ctx.deregister_table(TableReference::bare(name.clone()))?;
+            let Some(table) = tables.remove(name) else { return Err(SqlError::UndefinedTable(name.to_string())) };
+            self.ctx.deregister_table(TableReference::bare(name.to_string()))?;
             table
         };
         let state = Arc::clone(removed.state());
         self.writer
-            .write(|_| {
+            .write(|_, _| {
                 let mut batch = WriteBatch::new();
                 state.clear(&mut batch);
-                Ok((batch, ()))
+                Ok((batch, vec![], ()))
             })
             .await?;
-        Ok(true)
+        Ok(())
+    }
+
+    /// `FLUSH`: returns once every change committed before it is visible in every view.
+    pub async fn flush(&self) -> SqlResult<()> {
+        self.dataflow.flush().await?;
+        Ok(())
     }
 }
 

@@ -99,6 +99,19 @@ pub enum SqlError {
     /// A parameter value that does not match its declared type.
     #[error("{0}")]
     InvalidParameter(String),
+    /// An argument or option value out of its domain (a window size of zero, an unknown
+    /// connector option).
+    #[error("{0}")]
+    InvalidParameterValue(String),
+    /// DROP of an object others depend on, without CASCADE.
+    #[error("{0}")]
+    DependentObjects(String),
+    /// A statement for one kind of object naming another kind (DROP TABLE of a view).
+    #[error("{0}")]
+    WrongObjectType(String),
+    /// A read of a materialized view that stopped on an error.
+    #[error("{0}")]
+    ViewFailed(String),
     /// Out of memory or another resource limit.
     #[error("{0}")]
     ResourcesExhausted(String),

@@ -14,6 +14,7 @@
 
 mod catalog;
 mod database;
+mod datagen;
 mod error;
 mod functions;
 mod naming;
@@ -21,11 +22,17 @@ mod params;
 mod pg_semantics;
 pub mod pgtext;
 mod provider;
+mod relations;
 mod session;
+mod statement;
+mod stream_planner;
 mod types;
+mod window;
 
 pub use catalog::{ColumnDef, TableDef, ROW_ID_COLUMN};
-pub use database::{normalize_ident, Database, CATALOG_NAME, SCHEMA_NAME};
+pub use database::{normalize_ident, Database, RelationKind, CATALOG_NAME, SCHEMA_NAME};
+pub use statement::{CreateSource, ObjectKind, ParsedStatement};
+pub use sluice_engine::DataflowConfig;
 pub use error::{DataErrorKind, SqlError, SqlResult};
 pub use functions::version_string;
 pub use naming::digits_with_point;

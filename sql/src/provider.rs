@@ -4,7 +4,7 @@
 //! storage: `scan` reads a snapshot, `insert_into` / `delete_from` / `update` turn rows into
 //! one atomic write batch each.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -29,7 +29,8 @@ use datafusion::logical_expr::expr::InList;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
-use sluice_engine::StateTable;
+use sluice_engine::plan::RelationId;
+use sluice_engine::{ChangeBatch, Dataflow, EpochCommitter, StateTable};
 use sluice_storage::{StateSnapshot, StateStore, WriteBatch};
 use tokio::sync::Mutex;
 
@@ -48,39 +49,85 @@ impl fmt::Debug for ReadSnapshot {
     }
 }
 
-/// Serializes writes to tables and commits each statement's changes as one epoch.
+/// Changes one statement made, per relation, to hand to the dataflow after the commit.
+pub type StatementChanges = Vec<(RelationId, ChangeBatch)>;
+
+/// Which tables feed materialized views (and by how many views), guarded by the write lock.
+#[derive(Debug, Default)]
+pub struct Feeds {
+    readers: HashMap<RelationId, usize>,
+}
+
+impl Feeds {
+    /// Whether some view reads `relation`: only then does a write compute its changes.
+    pub fn feeds(&self, relation: RelationId) -> bool {
+        self.readers.get(&relation).is_some_and(|n| *n > 0)
+    }
+
+    /// One more view reads `relation`.
+    pub fn add(&mut self, relation: RelationId) {
+        *self.readers.entry(relation).or_insert(0) += 1;
+    }
+
+    /// One view fewer reads `relation`.
+    pub fn remove(&mut self, relation: RelationId) {
+        if let Some(n) = self.readers.get_mut(&relation) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// Serializes writes to tables, commits each statement's changes as one epoch and feeds them
+/// to the dataflow in commit order.
 ///
 /// Why one lock: UPDATE and DELETE read rows and write them back; holding the lock from the
-/// read to the commit makes each DML statement atomic and isolated from the others. The
-/// incremental-views issue replaces per-statement commits with barrier-driven epochs.
+/// read to the commit makes each DML statement atomic and isolated from the others. Enqueuing
+/// the statement's changes before releasing it makes the dataflow's input order the commit
+/// order, and `CREATE MATERIALIZED VIEW` takes its snapshot under the same lock (see
+/// `sluice_engine::dataflow`).
 pub struct TableWriter {
-    store: Arc<dyn StateStore>,
-    lock: Mutex<()>,
+    committer: Arc<EpochCommitter>,
+    dataflow: Dataflow,
+    lock: Mutex<Feeds>,
     next_row_id: AtomicI64,
 }
 
 impl TableWriter {
-    /// A writer committing to `store`.
-    pub fn new(store: Arc<dyn StateStore>) -> Self {
-        Self { store, lock: Mutex::new(()), next_row_id: AtomicI64::new(1) }
+    /// A writer committing through `committer` and feeding `dataflow`.
+    pub fn new(committer: Arc<EpochCommitter>, dataflow: Dataflow) -> Self {
+        Self { committer, dataflow, lock: Mutex::new(Feeds::default()), next_row_id: AtomicI64::new(1) }
     }
 
     /// The underlying store.
     pub fn store(&self) -> &Arc<dyn StateStore> {
-        &self.store
+        self.committer.store()
     }
 
-    /// Runs `f` holding the write lock: `f` reads a fresh snapshot and returns the changes to
-    /// commit and a result; the changes commit as the next epoch before the lock is released.
+    /// The committer.
+    pub fn committer(&self) -> &Arc<EpochCommitter> {
+        &self.committer
+    }
+
+    /// Takes the write lock: no table write commits until the guard is dropped.
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, Feeds> {
+        self.lock.lock().await
+    }
+
+    /// Runs `f` holding the write lock: `f` reads a fresh snapshot and returns the writes to
+    /// commit, the changes they make to relations views may read, and a result; the writes
+    /// commit as the next epoch and the changes are enqueued before the lock is released.
     pub async fn write<T>(
         &self,
-        f: impl FnOnce(&dyn StateSnapshot) -> SqlResult<(WriteBatch, T)>,
+        f: impl FnOnce(&dyn StateSnapshot, &Feeds) -> SqlResult<(WriteBatch, StatementChanges, T)>,
     ) -> SqlResult<T> {
-        let _guard = self.lock.lock().await;
-        let snapshot = self.store.snapshot();
-        let (batch, out) = f(snapshot.as_ref())?;
-        if !batch.is_empty() {
-            self.store.commit(snapshot.epoch() + 1, batch)?;
+        let feeds = self.lock.lock().await;
+        let snapshot = self.committer.store().snapshot();
+        let (batch, changes, out) = f(snapshot.as_ref(), &feeds)?;
+        self.committer.commit(batch)?;
+        for (relation, changes) in changes {
+            if feeds.feeds(relation) {
+                self.dataflow.send_changes(relation, changes).await?;
+            }
         }
         Ok(out)
     }
@@ -261,6 +308,69 @@ impl StoredTable {
 }
 
 impl StoredTable {
+    /// The user columns of stored rows (without the hidden row id).
+    pub fn user_rows(&self, stored: &RecordBatch) -> SqlResult<RecordBatch> {
+        let columns = stored.columns()[..self.def.columns.len()].to_vec();
+        Ok(RecordBatch::try_new(Arc::clone(&self.user_schema), columns)?)
+    }
+
+    /// The changes an INSERT of `prepared` makes: inserts, and for a primary key that already
+    /// has a row (stored, or inserted earlier by the same statement) the delete of that row
+    /// just before the insert that replaces it.
+    fn insert_changes(&self, snapshot: &dyn StateSnapshot, prepared: &[RecordBatch]) -> SqlResult<ChangeBatch> {
+        let mut sources: Vec<RecordBatch> = Vec::with_capacity(prepared.len() + 1);
+        for batch in prepared {
+            sources.push(self.user_rows(batch)?);
+        }
+        if self.def.has_row_id() {
+            let data = datafusion::arrow::compute::concat_batches(&self.user_schema, &sources)?;
+            return Ok(ChangeBatch::inserts(data));
+        }
+        let mut picks: Vec<(usize, usize)> = Vec::new();
+        let mut ops: Vec<i8> = Vec::new();
+        let mut latest: HashMap<Vec<u8>, (usize, usize)> = HashMap::new();
+        let mut replaced: Vec<bytes::Bytes> = Vec::new();
+        let mut replaced_at: Vec<usize> = Vec::new();
+        for (b, batch) in prepared.iter().enumerate() {
+            let keys = self.state.encode_keys(batch)?;
+            for row in 0..batch.num_rows() {
+                let key = keys.row(row).data();
+                match latest.get(key) {
+                    Some(previous) => {
+                        picks.push(*previous);
+                        ops.push(-1);
+                    }
+                    None => {
+                        if let Some(old) = snapshot.get(self.state.id(), key)? {
+                            replaced.push(old);
+                            replaced_at.push(picks.len());
+                            picks.push((usize::MAX, replaced.len() - 1));
+                            ops.push(-1);
+                        }
+                    }
+                }
+                picks.push((b, row));
+                ops.push(1);
+                latest.insert(key.to_vec(), (b, row));
+            }
+        }
+        if !replaced.is_empty() {
+            let old = self.state.decode_values(replaced.iter().map(|v| v.as_ref()))?;
+            sources.push(self.user_rows(&old)?);
+            let old_source = sources.len() - 1;
+            for at in replaced_at {
+                picks[at].0 = old_source;
+            }
+        }
+        let mut columns = Vec::with_capacity(self.def.columns.len());
+        for column in 0..self.def.columns.len() {
+            let arrays: Vec<&dyn Array> = sources.iter().map(|s| s.column(column).as_ref()).collect();
+            columns.push(datafusion::arrow::compute::interleave(&arrays, &picks)?);
+        }
+        let data = RecordBatch::try_new(Arc::clone(&self.user_schema), columns)?;
+        Ok(ChangeBatch::try_new(data, datafusion::arrow::array::Int8Array::from(ops))?)
+    }
+
     /// An UPDATE that changes primary keys must not land a row on a key another row keeps
     /// (PostgreSQL: 23505); unlike INSERT's upsert, that would silently delete the other row.
     fn check_moved_keys(&self, snapshot: &dyn StateSnapshot, old: &RecordBatch, new: &RecordBatch) -> SqlResult<()> {
@@ -366,12 +476,16 @@ impl TableProvider for StoredTable {
     async fn delete_from(&self, state: &dyn Session, filters: Vec<Expr>) -> DfResult<Arc<dyn ExecutionPlan>> {
         let deleted = self
             .writer
-            .write(|snapshot| {
+            .write(|snapshot, feeds| {
                 let stored = self.read_stored(snapshot, &filters)?;
                 let doomed = self.matching_rows(state, &stored, &filters)?;
                 let mut batch = WriteBatch::new();
                 self.state.delete_rows(&doomed, &mut batch)?;
-                Ok((batch, doomed.num_rows() as u64))
+                let mut changes = Vec::new();
+                if feeds.feeds(self.def.id) && doomed.num_rows() > 0 {
+                    changes.push((self.def.id, ChangeBatch::deletes(self.user_rows(&doomed)?)));
+                }
+                Ok((batch, changes, doomed.num_rows() as u64))
             })
             .await
             .map_err(to_datafusion)?;
@@ -386,7 +500,7 @@ impl TableProvider for StoredTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let updated = self
             .writer
-            .write(|snapshot| {
+            .write(|snapshot, feeds| {
                 let stored = self.read_stored(snapshot, &filters)?;
                 let old = self.matching_rows(state, &stored, &filters)?;
                 let df_schema = DFSchema::try_from(Arc::clone(self.state.schema()))?;
@@ -405,7 +519,12 @@ impl TableProvider for StoredTable {
                 let mut batch = WriteBatch::new();
                 self.state.delete_rows(&old, &mut batch)?;
                 self.state.write_rows(&new, &mut batch)?;
-                Ok((batch, old.num_rows() as u64))
+                let mut changes = Vec::new();
+                if feeds.feeds(self.def.id) && old.num_rows() > 0 {
+                    changes.push((self.def.id, ChangeBatch::deletes(self.user_rows(&old)?)));
+                    changes.push((self.def.id, ChangeBatch::inserts(self.user_rows(&new)?)));
+                }
+                Ok((batch, changes, old.num_rows() as u64))
             })
             .await
             .map_err(to_datafusion)?;
@@ -414,7 +533,8 @@ impl TableProvider for StoredTable {
 }
 
 impl StoredTable {
-    fn clone_handle(&self) -> Arc<StoredTable> {
+    /// Another handle on the same table.
+    pub(crate) fn clone_handle(&self) -> Arc<StoredTable> {
         Arc::new(StoredTable {
             def: Arc::clone(&self.def),
             state: Arc::clone(&self.state),
@@ -457,14 +577,19 @@ impl DataSink for TableSink {
         let table = &self.table;
         let count = table
             .writer
-            .write(|_| {
+            .write(|snapshot, feeds| {
                 let mut write = WriteBatch::new();
                 let mut count = 0u64;
                 for batch in &prepared {
                     table.state.write_rows(batch, &mut write)?;
                     count += batch.num_rows() as u64;
                 }
-                Ok((write, count))
+                let changes = if feeds.feeds(table.def.id) {
+                    vec![(table.def.id, table.insert_changes(snapshot, &prepared)?)]
+                } else {
+                    vec![]
+                };
+                Ok((write, changes, count))
             })
             .await
             .map_err(to_datafusion)?;

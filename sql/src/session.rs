@@ -17,15 +17,17 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{self, Expr, ObjectType, Set, Statement, Value, Visit};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::Token;
 use futures::{StreamExt, TryStreamExt};
 
-use crate::database::{normalize_ident, table_name, Database};
+use crate::database::{normalize_ident, table_name, Database, RelationKind};
 use crate::error::{SqlError, SqlResult};
 use crate::functions::session_functions;
 use crate::naming::{dedupe_output_names, expand_exponent_literals, postgres_output_names};
 use crate::params::{bind_parameters, declared_parameter_types, parameter_count, BoundParam};
 use crate::provider::ReadSnapshot;
+use crate::statement::{parse_sluice_statement, ObjectKind, ParsedStatement};
 
 /// What a statement produced.
 pub enum StatementOutput {
@@ -203,22 +205,46 @@ fn setting_value(values: &[Expr]) -> String {
 }
 
 /// Parses a string of one or more SQL statements.
-pub fn parse_statements(sql: &str) -> SqlResult<Vec<Statement>> {
-    let statements = Parser::new(&PostgreSqlDialect {})
-        .with_recursion_limit(MAX_PARSER_RECURSION)
-        .try_with_sql(sql)
-        .and_then(|mut parser| parser.parse_statements())
-        .map_err(|e| {
+pub fn parse_statements(sql: &str) -> SqlResult<Vec<ParsedStatement>> {
+    let syntax_error = |e: ParserError| {
         if let Some(construct) = planned_streaming_statement(sql) {
             return SqlError::unsupported(construct);
         }
         let msg = e.to_string();
         let msg = msg.trim_start_matches("sql parser error: ");
+        if msg.contains("is not supported yet") {
+            return SqlError::Unsupported(msg.to_string());
+        }
         SqlError::Syntax(format!("syntax error: {msg}"))
-    })?;
+    };
+    let dialect = PostgreSqlDialect {};
+    let mut parser =
+        Parser::new(&dialect).with_recursion_limit(MAX_PARSER_RECURSION).try_with_sql(sql).map_err(syntax_error)?;
+    let mut statements = Vec::new();
+    let mut expecting_delimiter = false;
+    loop {
+        while parser.consume_token(&Token::SemiColon) {
+            expecting_delimiter = false;
+        }
+        let next = parser.peek_token();
+        if next.token == Token::EOF {
+            break;
+        }
+        if expecting_delimiter {
+            return Err(syntax_error(ParserError::ParserError(format!("expected end of statement, found: {next}"))));
+        }
+        let stmt = match parse_sluice_statement(&mut parser).map_err(syntax_error)? {
+            Some(stmt) => stmt,
+            None => ParsedStatement::Sql(parser.parse_statement().map_err(syntax_error)?),
+        };
+        statements.push(stmt);
+        expecting_delimiter = true;
+    }
     for stmt in &statements {
-        if let ControlFlow::Break(e) = stmt.visit(&mut StatementGuard::default()) {
-            return Err(e);
+        if let ParsedStatement::Sql(stmt) = stmt {
+            if let ControlFlow::Break(e) = stmt.visit(&mut StatementGuard::default()) {
+                return Err(e);
+            }
         }
     }
     Ok(statements)
@@ -228,16 +254,8 @@ pub fn parse_statements(sql: &str) -> SqlResult<Vec<Statement>> {
 /// user who types them gets 0A000 naming the statement, not a syntax error.
 fn planned_streaming_statement(sql: &str) -> Option<&'static str> {
     const PLANNED: &[(&[&str], &str)] = &[
-        (&["CREATE", "SOURCE"], "CREATE SOURCE"),
         (&["CREATE", "SINK"], "CREATE SINK"),
-        (&["CREATE", "MATERIALIZED", "VIEW"], "CREATE MATERIALIZED VIEW"),
-        (&["EXPLAIN", "CREATE", "MATERIALIZED", "VIEW"], "EXPLAIN CREATE MATERIALIZED VIEW"),
-        (&["FLUSH"], "FLUSH"),
         (&["SUBSCRIBE"], "SUBSCRIBE"),
-        (&["SHOW", "SOURCES"], "SHOW SOURCES"),
-        (&["SHOW", "SINKS"], "SHOW SINKS"),
-        (&["SHOW", "MATERIALIZED", "VIEWS"], "SHOW MATERIALIZED VIEWS"),
-        (&["DROP", "SOURCE"], "DROP SOURCE"),
         (&["DROP", "SINK"], "DROP SINK"),
     ];
     let words: Vec<String> = sql.split_whitespace().take(4).map(|w| w.trim_end_matches(';').to_ascii_uppercase()).collect();
@@ -318,7 +336,103 @@ impl Session {
     }
 
     /// Executes one statement.
-    pub async fn execute(&mut self, stmt: &Statement) -> SqlResult<StatementOutcome> {
+    pub async fn execute(&mut self, stmt: &ParsedStatement) -> SqlResult<StatementOutcome> {
+        match stmt {
+            ParsedStatement::Sql(stmt) => self.execute_sql(stmt).await,
+            other => {
+                if self.stream_failed.swap(false, Ordering::Relaxed) && matches!(self.txn, TxnState::InBlock { .. }) {
+                    self.txn = TxnState::Failed;
+                }
+                if self.txn == TxnState::Failed {
+                    return Err(SqlError::InvalidTransactionState(
+                        "current transaction is aborted, commands ignored until end of transaction block".into(),
+                    ));
+                }
+                let result = self.dispatch_streaming(other).await;
+                if result.is_err() && matches!(self.txn, TxnState::InBlock { .. }) {
+                    self.txn = TxnState::Failed;
+                }
+                result
+            }
+        }
+    }
+
+    async fn dispatch_streaming(&mut self, stmt: &ParsedStatement) -> SqlResult<StatementOutcome> {
+        match stmt {
+            ParsedStatement::Sql(stmt) => self.dispatch(stmt).await,
+            ParsedStatement::Flush => {
+                self.db.flush().await?;
+                Ok(StatementOutcome::command("FLUSH", None))
+            }
+            ParsedStatement::CreateSource(create) => {
+                let mut outcome = StatementOutcome::command("CREATE SOURCE", None);
+                if !self.db.create_source(create).await? {
+                    outcome.notices.push(format!("relation \"{}\" already exists, skipping", table_name(&create.name)?));
+                }
+                Ok(outcome)
+            }
+            ParsedStatement::ShowObjects(kind) => {
+                let names = match kind {
+                    ObjectKind::Sources => self.db.source_names(),
+                    ObjectKind::MaterializedViews => self.db.view_names(),
+                    ObjectKind::Sinks => return Err(SqlError::unsupported("SHOW SINKS")),
+                };
+                Ok(StatementOutcome { output: single_column("Name", names)?, notices: vec![], transaction: TransactionChange::None })
+            }
+            ParsedStatement::DropSource { names, if_exists, cascade } => {
+                let mut outcome = StatementOutcome::command("DROP SOURCE", None);
+                for name in names {
+                    outcome.notices.extend(self.db.drop_relation(RelationKind::Source, name, *if_exists, *cascade).await?);
+                }
+                Ok(outcome)
+            }
+        }
+    }
+
+    /// The query of a materialized view planned by DataFusion (optimized) and its column
+    /// names: the view's column list, else PostgreSQL's output names.
+    async fn plan_view_query(&self, create: &ast::CreateView) -> SqlResult<(String, LogicalPlan, Vec<String>)> {
+        if create.or_replace || create.or_alter {
+            return Err(SqlError::unsupported("CREATE OR REPLACE MATERIALIZED VIEW"));
+        }
+        let name = table_name(&create.name)?;
+        let query = Statement::Query(create.query.clone());
+        let state = self.statement_state();
+        let unoptimized = self.plan(&state, &rewrite_for_planning(&query)).await?;
+        crate::stream_planner::check_deterministic(&unoptimized)?;
+        let plan = state.optimize(&unoptimized)?;
+        let width = plan.schema().fields().len();
+        let mut names: Vec<String> = plan.schema().fields().iter().map(|f| f.name().clone()).collect();
+        if let Some(pg_names) = postgres_output_names(&create.query) {
+            if pg_names.len() == width {
+                for (slot, name) in names.iter_mut().zip(pg_names) {
+                    if let Some(name) = name {
+                        *slot = name;
+                    }
+                }
+            }
+        }
+        if !create.columns.is_empty() {
+            if create.columns.len() > width {
+                return Err(SqlError::Syntax(format!(
+                    "CREATE MATERIALIZED VIEW specifies {} column names, but the query has {width} columns",
+                    create.columns.len()
+                )));
+            }
+            for (slot, column) in names.iter_mut().zip(&create.columns) {
+                *slot = normalize_ident(&column.name);
+            }
+        }
+        for (i, name) in names.iter().enumerate() {
+            if names[..i].contains(name) {
+                return Err(SqlError::DuplicateColumn(name.clone()));
+            }
+        }
+        Ok((name, plan, names))
+    }
+
+    /// Executes one standard SQL statement.
+    async fn execute_sql(&mut self, stmt: &Statement) -> SqlResult<StatementOutcome> {
         if self.stream_failed.swap(false, Ordering::Relaxed) && matches!(self.txn, TxnState::InBlock { .. }) {
             self.txn = TxnState::Failed;
         }
@@ -332,7 +446,7 @@ impl Session {
         match (&result, self.txn) {
             (Err(_), TxnState::InBlock { .. }) => self.txn = TxnState::Failed,
             (Ok(outcome), TxnState::InBlock { writes }) if outcome.transaction == TransactionChange::None => {
-                if matches!(stmt, Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) | Statement::CreateTable(_) | Statement::Drop { .. }) {
+                if matches!(stmt, Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) | Statement::CreateTable(_) | Statement::CreateView(_) | Statement::Drop { .. }) {
                     self.txn = TxnState::InBlock { writes: writes + 1 };
                 }
             }
@@ -342,12 +456,13 @@ impl Session {
     }
 
     /// Executes `stmt` with its `$n` parameters bound to `params`.
-    pub async fn execute_with_params(&mut self, stmt: &Statement, params: &[BoundParam]) -> SqlResult<StatementOutcome> {
-        if parameter_count(stmt) == 0 && params.is_empty() {
+    pub async fn execute_with_params(&mut self, stmt: &ParsedStatement, params: &[BoundParam]) -> SqlResult<StatementOutcome> {
+        let ParsedStatement::Sql(sql) = stmt else { return self.execute(stmt).await };
+        if parameter_count(sql) == 0 && params.is_empty() {
             return self.execute(stmt).await;
         }
-        let bound = bind_parameters(stmt, params)?;
-        self.execute(&bound).await
+        let bound = bind_parameters(sql, params)?;
+        self.execute(&ParsedStatement::Sql(bound)).await
     }
 
     async fn dispatch(&mut self, stmt: &Statement) -> SqlResult<StatementOutcome> {
@@ -366,6 +481,24 @@ impl Session {
                 check_dml_shape(stmt)?;
                 self.run_datafusion(stmt).await
             }
+            Statement::Explain { statement, .. } if matches!(statement.as_ref(), Statement::CreateView(c) if c.materialized) => {
+                let Statement::CreateView(create) = statement.as_ref() else { return Err(SqlError::Internal("explain".into())) };
+                let (name, plan, names) = self.plan_view_query(create).await?;
+                let text = self.db.explain_view(&name, &plan, &names)?;
+                let lines: Vec<String> = text.lines().map(str::to_string).collect();
+                Ok(StatementOutcome { output: single_column("QUERY PLAN", lines)?, notices: vec![], transaction: TransactionChange::None })
+            }
+            Statement::CreateView(create) if create.materialized => {
+                let (name, plan, names) = self.plan_view_query(create).await?;
+                let mut outcome = StatementOutcome::command("CREATE MATERIALIZED VIEW", None);
+                if !self.db.create_view(&name, &stmt.to_string(), &plan, &names, create.if_not_exists).await? {
+                    outcome.notices.push(format!("relation \"{name}\" already exists, skipping"));
+                }
+                Ok(outcome)
+            }
+            Statement::CreateView(_) => {
+                Err(SqlError::unsupported("CREATE VIEW (Sluice keeps views up to date: use CREATE MATERIALIZED VIEW)"))
+            }
             Statement::Explain { statement, .. } => {
                 if !matches!(statement.as_ref(), Statement::Query(_)) {
                     return Err(SqlError::unsupported("EXPLAIN of a statement other than a query"));
@@ -379,15 +512,15 @@ impl Session {
                 }
                 Ok(outcome)
             }
-            Statement::Drop { object_type, if_exists, names, .. } => {
-                if *object_type != ObjectType::Table {
-                    return Err(SqlError::unsupported(format_args!("DROP {object_type}")));
-                }
-                let mut outcome = StatementOutcome::command("DROP TABLE", None);
+            Statement::Drop { object_type, if_exists, names, cascade, .. } => {
+                let (kind, tag) = match object_type {
+                    ObjectType::Table => (RelationKind::Table, "DROP TABLE"),
+                    ObjectType::MaterializedView => (RelationKind::MaterializedView, "DROP MATERIALIZED VIEW"),
+                    other => return Err(SqlError::unsupported(format_args!("DROP {other}"))),
+                };
+                let mut outcome = StatementOutcome::command(tag, None);
                 for name in names {
-                    if !self.db.drop_table(name, *if_exists).await? {
-                        outcome.notices.push(format!("table \"{}\" does not exist, skipping", table_name(name)?));
-                    }
+                    outcome.notices.extend(self.db.drop_relation(kind, name, *if_exists, *cascade).await?);
                 }
                 Ok(outcome)
             }
@@ -619,7 +752,24 @@ impl Session {
     }
 
     /// Describes `stmt` without running it: parameter types and result columns.
-    pub async fn describe(&self, stmt: &Statement) -> SqlResult<StatementDescription> {
+    pub async fn describe(&self, stmt: &ParsedStatement) -> SqlResult<StatementDescription> {
+        match stmt {
+            ParsedStatement::Sql(Statement::Explain { statement, .. }) if matches!(statement.as_ref(), Statement::CreateView(_)) => {
+                Ok(StatementDescription {
+                    parameter_types: vec![],
+                    columns: Some(Arc::new(Schema::new(vec![Field::new("QUERY PLAN", DataType::Utf8, true)]))),
+                })
+            }
+            ParsedStatement::Sql(stmt) => self.describe_sql(stmt).await,
+            ParsedStatement::ShowObjects(_) => Ok(StatementDescription {
+                parameter_types: vec![],
+                columns: Some(Arc::new(Schema::new(vec![Field::new("Name", DataType::Utf8, true)]))),
+            }),
+            _ => Ok(StatementDescription { parameter_types: vec![], columns: None }),
+        }
+    }
+
+    async fn describe_sql(&self, stmt: &Statement) -> SqlResult<StatementDescription> {
         let completed = match stmt {
             Statement::Insert(insert) => self.fill_insert_columns(insert)?.map(Statement::Insert),
             _ => None,

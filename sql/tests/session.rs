@@ -9,7 +9,7 @@ use sluice_sql::{parse_statements, Database, Session, SqlError, StatementOutput}
 use sluice_storage::MemoryStateStore;
 
 fn session() -> Session {
-    Database::new(Arc::new(MemoryStateStore::new())).session("sluice", "sluice", 1)
+    Database::new(Arc::new(MemoryStateStore::new())).expect("database starts").session("sluice", "sluice", 1)
 }
 
 /// Runs every statement; returns the last one's output as a table or a tag.

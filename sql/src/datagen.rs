@@ -1,0 +1,99 @@
+//! The `datagen` connector's options: `CREATE SOURCE ... WITH (connector = 'datagen', ...)`.
+//!
+//! ```text
+//! datagen.rows.per.second = 1000        rows per second (0: as fast as views take them)
+//! datagen.max.rows        = 100000      stop after this many rows (default: never)
+//! fields.<col>.kind       = sequence | random | timestamp
+//! fields.<col>.start / .end             sequence bounds (start default 1; wraps after end)
+//! fields.<col>.min / .max / .seed       random bounds (default 0 .. 1000) and seed
+//! fields.<col>.values     = 'a,b,c'     one of the values, uniformly (repeat one to weight it)
+//! fields.<col>.length     = 10          random text length
+//! ```
+//! Defaults by type: integers and floats random, text random of length 10, booleans random,
+//! timestamps starting when the source was created and advancing by 1 / rate per row.
+
+use std::collections::BTreeMap;
+
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use sluice_engine::source::{ColumnGenerator, DatagenSpec};
+
+use crate::error::{SqlError, SqlResult};
+
+fn invalid(message: String) -> SqlError {
+    SqlError::InvalidParameterValue(message)
+}
+
+fn number<T: std::str::FromStr>(options: &BTreeMap<String, String>, key: &str) -> SqlResult<Option<T>> {
+    options
+        .get(key)
+        .map(|v| v.trim().parse::<T>().map_err(|_| invalid(format!("option {key} = '{v}' is not a valid number"))))
+        .transpose()
+}
+
+/// The generator a source's options describe; every option must be understood.
+pub fn spec_from_options(
+    source: &str,
+    schema: &SchemaRef,
+    options: &BTreeMap<String, String>,
+    created_at_micros: i64,
+) -> SqlResult<DatagenSpec> {
+    match options.get("connector").map(|c| c.to_ascii_lowercase()) {
+        Some(c) if c == "datagen" => {}
+        Some(c) if matches!(c.as_str(), "kafka" | "file" | "http") => {
+            return Err(SqlError::unsupported(format_args!("connector '{c}' (it arrives with the ingestion work)")));
+        }
+        Some(c) => return Err(invalid(format!("unknown connector '{c}' for source \"{source}\" (known: datagen)"))),
+        None => return Err(invalid(format!("source \"{source}\" needs WITH (connector = '...')"))),
+    }
+    let rows_per_second = number::<u64>(options, "datagen.rows.per.second")?.unwrap_or(10);
+    let max_rows = number::<u64>(options, "datagen.max.rows")?;
+    let mut used = vec!["connector".to_string(), "datagen.rows.per.second".into(), "datagen.max.rows".into()];
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for (i, field) in schema.fields().iter().enumerate() {
+        let prefix = format!("fields.{}.", field.name());
+        let key = |k: &str| format!("{prefix}{k}");
+        for k in ["kind", "start", "end", "min", "max", "seed", "values", "length"] {
+            used.push(key(k));
+        }
+        let seed = number::<u64>(options, &key("seed"))?.unwrap_or(i as u64 + 1);
+        let kind = options.get(&key("kind")).map(|k| k.to_ascii_lowercase());
+        let generator = if let Some(values) = options.get(&key("values")) {
+            ColumnGenerator::OneOf { values: values.split(',').map(|v| v.trim().to_string()).collect(), seed }
+        } else {
+            match kind.as_deref() {
+                Some("sequence") => ColumnGenerator::Sequence {
+                    start: number(options, &key("start"))?.unwrap_or(1),
+                    end: number(options, &key("end"))?,
+                },
+                Some("random") | None if !matches!(field.data_type(), DataType::Utf8 | DataType::Timestamp(..)) => {
+                    let (min, max) = if field.data_type() == &DataType::Boolean { (0, 1) } else { (0, 1000) };
+                    ColumnGenerator::Random {
+                        min: number(options, &key("min"))?.unwrap_or(min),
+                        max: number(options, &key("max"))?.unwrap_or(max),
+                        seed,
+                    }
+                }
+                Some("random") | None if field.data_type() == &DataType::Utf8 => {
+                    ColumnGenerator::RandomText { length: number(options, &key("length"))?.unwrap_or(10), seed }
+                }
+                Some("timestamp") | None => ColumnGenerator::Timestamp {
+                    start_micros: created_at_micros,
+                    step_micros: if rows_per_second == 0 { 1_000 } else { (1_000_000 / rows_per_second).max(1) as i64 },
+                },
+                Some(other) => {
+                    return Err(invalid(format!(
+                        "fields.{}.kind = '{other}' is not a generator (sequence, random, timestamp)",
+                        field.name()
+                    )))
+                }
+            }
+        };
+        columns.push(generator);
+    }
+    if let Some(unknown) = options.keys().find(|k| !used.contains(k)) {
+        return Err(invalid(format!("unknown option {unknown} for a datagen source")));
+    }
+    let spec = DatagenSpec { schema: SchemaRef::clone(schema), columns, rows_per_second, max_rows };
+    spec.validate().map_err(|e| invalid(e.to_string().trim_start_matches("internal engine error: ").to_string()))?;
+    Ok(spec)
+}
