@@ -113,7 +113,9 @@ impl ChangeBatch {
 
     /// The same changes with other columns (for instance a projection of these rows).
     pub fn with_columns(&self, schema: SchemaRef, columns: Vec<ArrayRef>) -> EngineResult<Self> {
-        Self::try_new(RecordBatch::try_new(schema, columns)?, self.ops.clone())
+        // The row count is explicit: `count(*)` reads changes with no columns at all.
+        let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(self.ops.len()));
+        Self::try_new(RecordBatch::try_new_with_options(schema, columns, &options)?, self.ops.clone())
     }
 
     /// Builds changes from a compact text literal, for tests and examples.

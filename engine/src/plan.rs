@@ -178,18 +178,15 @@ impl fmt::Display for DisplayNode<'_> {
             }
             NodeKind::Filter { predicate } => write!(f, "Filter {predicate}"),
             NodeKind::Project { exprs } => write!(f, "Project [{}]", join(exprs)),
-            NodeKind::Unnest { list_column, .. } => {
-                let (_, field) = node.schema.qualified_field(*list_column);
-                write!(f, "Unnest [{}]", field.name())
-            }
+            NodeKind::Unnest { list_column, .. } => write!(f, "Unnest column #{list_column}"),
             NodeKind::Union => write!(f, "Union"),
-            NodeKind::Aggregate { group_by, calls, state_table } => {
+            NodeKind::Aggregate { group_by, calls, .. } => {
                 let calls = calls.iter().map(|c| match (&c.kind, &c.arg) {
                     (AggregateKind::CountStar, _) => "count(*)".to_string(),
                     (kind, Some(arg)) => format!("{}({arg})", kind.sql_name()),
                     (kind, None) => format!("{}()", kind.sql_name()),
                 });
-                write!(f, "HashAggregate group=[{}] aggregates=[{}] state=table {state_table}", join(group_by), join(calls))
+                write!(f, "HashAggregate group=[{}] aggregates=[{}]", join(group_by), join(calls))
             }
         }
     }

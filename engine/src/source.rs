@@ -94,7 +94,7 @@ impl DatagenSpec {
             let t = field.data_type();
             let ok = match generator {
                 ColumnGenerator::Sequence { .. } | ColumnGenerator::Random { .. } => {
-                    t.is_integer() || matches!(t, DataType::Float64 | DataType::Float32 | DataType::Decimal128(..) | DataType::Utf8)
+                    t.is_integer() || matches!(t, DataType::Float64 | DataType::Float32 | DataType::Decimal128(..) | DataType::Utf8 | DataType::Boolean)
                 }
                 ColumnGenerator::OneOf { values, .. } => {
                     !values.is_empty() && cast(&(Arc::new(StringArray::from(values.clone())) as ArrayRef), t).is_ok()

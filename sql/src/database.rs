@@ -411,12 +411,13 @@ impl Database {
         let dependents = self.dependents(&name);
         let mut notices = Vec::new();
         if !dependents.is_empty() {
-            let detail: Vec<String> =
-                dependents.iter().rev().map(|d| format!("materialized view {} depends on {words} {name}", d.name)).collect();
+            let names: Vec<&str> = dependents.iter().rev().map(|d| d.name.as_str()).collect();
             if !cascade {
                 return Err(SqlError::DependentObjects(format!(
-                    "cannot drop {words} {name} because other objects depend on it ({}); use DROP ... CASCADE to drop the dependent objects too",
-                    detail.join("; ")
+                    "cannot drop {words} {name} because other objects depend on it (materialized view{} {}); \
+                     use DROP ... CASCADE to drop the dependent objects too",
+                    if names.len() > 1 { "s" } else { "" },
+                    names.join(", ")
                 )));
             }
             for dependent in &dependents {

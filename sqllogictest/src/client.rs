@@ -21,6 +21,9 @@ pub enum WireError {
     /// The server answered with an error or the connection failed.
     #[error("{}", describe_postgres_error(.0))]
     Postgres(#[from] tokio_postgres::Error),
+    /// A materialized view differs from its query run in batch (see [`WireClient::with_view_oracle`]).
+    #[error("view oracle: {0}")]
+    Oracle(String),
     /// A binary value could not be decoded.
     #[error("cannot decode a {ty} value: {detail}")]
     Decode {
@@ -44,6 +47,8 @@ pub struct WireClient {
     client: Client,
     protocol: Protocol,
     connection: tokio::task::JoinHandle<()>,
+    /// With the view oracle on: the views this connection created and their queries.
+    oracle: Option<Vec<(String, String)>>,
 }
 
 impl WireClient {
@@ -59,7 +64,91 @@ impl WireClient {
         let connection = tokio::spawn(async move {
             let _ = connection.await;
         });
-        Ok(Self { client, protocol, connection })
+        Ok(Self { client, protocol, connection, oracle: None })
+    }
+
+    /// Turns on the view oracle: after every successful `FLUSH` this connection runs, each
+    /// materialized view it created (and that still exists) must hold exactly the rows of its
+    /// query run in batch — the incremental result equals the batch recomputation, checked
+    /// on every view of every .slt file.
+    pub fn with_view_oracle(mut self) -> Self {
+        self.oracle = Some(Vec::new());
+        self
+    }
+
+    /// Rows of `sql` (simple protocol) as normalized text, sorted.
+    async fn sorted_rows(&self, sql: &str) -> Result<Vec<String>, WireError> {
+        let mut rows = Vec::new();
+        for message in self.client.simple_query(sql).await? {
+            if let SimpleQueryMessage::Row(row) = message {
+                let cells: Vec<String> = (0..row.len()).map(|i| normalize_cell(row.get(i))).collect();
+                rows.push(cells.join(" | "));
+            }
+        }
+        rows.sort();
+        Ok(rows)
+    }
+
+    async fn observe(&mut self, sql: &str) -> Result<(), WireError> {
+        let Some(views) = self.oracle.as_mut() else { return Ok(()) };
+        let Ok(statements) = sluice_sql::parse_statements(sql) else { return Ok(()) };
+        let mut flushed = false;
+        for stmt in statements {
+            match stmt {
+                sluice_sql::ParsedStatement::Sql(sluice_sql::sqlparser::ast::Statement::CreateView(create))
+                    if create.materialized =>
+                {
+                    let name = create.name.to_string().to_lowercase();
+                    views.retain(|(n, _)| *n != name);
+                    views.push((name, create.query.to_string()));
+                }
+                sluice_sql::ParsedStatement::Flush => flushed = true,
+                _ => {}
+            }
+        }
+        if !flushed {
+            return Ok(());
+        }
+        let mut live = Vec::new();
+        for message in self.client.simple_query("SHOW MATERIALIZED VIEWS").await? {
+            if let SimpleQueryMessage::Row(row) = message {
+                live.push(row.get(0).unwrap_or_default().to_string());
+            }
+        }
+        let views: Vec<(String, String)> =
+            self.oracle.iter().flatten().filter(|(n, _)| live.contains(n)).cloned().collect();
+        for (name, query) in &views {
+            let Ok(batch) = self.sorted_rows(query).await else { continue };
+            let incremental = self.sorted_rows(&format!("SELECT * FROM {name}")).await?;
+            if incremental != batch {
+                return Err(WireError::Oracle(format!(
+                    "materialized view {name} differs from its query run in batch\n  view:  {incremental:?}\n  batch: {batch:?}"
+                )));
+            }
+        }
+        self.oracle = Some(views);
+        Ok(())
+    }
+}
+
+/// A text cell for comparing a view with its batch query: floats to 10 significant digits, so
+/// that a sum added up in another order compares equal.
+fn normalize_cell(cell: Option<&str>) -> String {
+    match cell {
+        None => "NULL".into(),
+        Some(text) if text.contains(['.', 'e']) => match text.parse::<f64>() {
+            Ok(v) if v.is_finite() => format!("{v:.9e}"),
+            _ => text.to_string(),
+        },
+        Some(text) => text.to_string(),
+    }
+}
+
+impl WireClient {
+    async fn run_statement(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, WireError> {
+        let output = self.run_unobserved(sql).await?;
+        self.observe(sql).await?;
+        Ok(output)
     }
 
     /// The underlying client.
@@ -216,6 +305,30 @@ impl AsyncDB for WireClient {
     type ColumnType = DefaultColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, WireError> {
+        self.run_statement(sql).await
+    }
+
+    fn engine_name(&self) -> &str {
+        match self.protocol {
+            Protocol::Simple => "postgres-simple",
+            Protocol::Extended => "postgres-extended",
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        self.connection.abort();
+    }
+
+    fn error_sql_state(err: &WireError) -> Option<String> {
+        match err {
+            WireError::Postgres(e) => e.code().map(|c| c.code().to_string()),
+            WireError::Decode { .. } | WireError::Oracle(_) => None,
+        }
+    }
+}
+
+impl WireClient {
+    async fn run_unobserved(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, WireError> {
         match self.protocol {
             Protocol::Simple => {
                 let mut rows = Vec::new();
@@ -261,23 +374,6 @@ impl AsyncDB for WireClient {
         }
     }
 
-    fn engine_name(&self) -> &str {
-        match self.protocol {
-            Protocol::Simple => "postgres-simple",
-            Protocol::Extended => "postgres-extended",
-        }
-    }
-
-    async fn shutdown(&mut self) {
-        self.connection.abort();
-    }
-
-    fn error_sql_state(err: &WireError) -> Option<String> {
-        match err {
-            WireError::Postgres(e) => e.code().map(|c| c.code().to_string()),
-            WireError::Decode { .. } => None,
-        }
-    }
 }
 
 #[cfg(test)]

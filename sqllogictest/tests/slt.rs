@@ -35,7 +35,9 @@ fn slt_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn runner(port: u16, database: &'static str, protocol: Protocol) -> Runner<WireClient, impl sqllogictest::MakeConnection<Conn = WireClient>> {
-    let mut runner = Runner::new(move || WireClient::connect(port, "sluice", database, protocol));
+    let mut runner = Runner::new(move || async move {
+        WireClient::connect(port, "sluice", database, protocol).await.map(WireClient::with_view_oracle)
+    });
     let engine = match protocol {
         Protocol::Simple => "simple",
         Protocol::Extended => "extended",
