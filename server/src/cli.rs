@@ -21,14 +21,18 @@ struct Cli {
 enum Command {
     /// Run the server: pgwire and HTTP listeners over a data directory.
     Serve(ServeArgs),
-    /// Run the server with a website-activity data set loaded, and print example queries.
+    /// Run the server with a live website-activity pipeline (a generated source of page views
+    /// and materialized views over it), showing the views as they update.
     Demo {
         #[command(flatten)]
         server: ServeArgs,
-        /// Number of generated page views.
-        #[arg(long, default_value_t = 100_000)]
-        rows: u64,
-        /// Exit after loading and printing, instead of serving until Ctrl-C.
+        /// Page views generated per second (0: as fast as the views keep up).
+        #[arg(long, default_value_t = 500)]
+        rate: u64,
+        /// Stop generating after this many page views.
+        #[arg(long)]
+        rows: Option<u64>,
+        /// Print the views once all `--rows` page views are in, then exit.
         #[arg(long)]
         once: bool,
     },
@@ -104,14 +108,9 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args.config(), shutdown_signal()).await.map_err(|e| e.to_string()),
-            Command::Demo { server, rows, once } => {
-                let signal = shutdown_signal();
-                let until = async move {
-                    if !once {
-                        signal.await
-                    }
-                };
-                demo::run(server.config(), rows, until).await.map_err(|e| e.to_string())
+            Command::Demo { server, rate, rows, once } => {
+                let options = demo::DemoOptions { rate, rows, once };
+                demo::run(server.config(), options, shutdown_signal()).await.map_err(|e| e.to_string())
             }
         }
     });
