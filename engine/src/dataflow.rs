@@ -39,6 +39,8 @@ use sluice_storage::{Epoch, StateSnapshot, TableId, WriteBatch};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::commit::EpochCommitter;
+use crate::exchange::ShardedOperator;
+use datafusion::physical_expr::expressions::Column;
 use crate::operator::{
     expand_view_rows, AggregateCall, FilterOperator, HashAggregateOperator, MaterializeOperator, ProjectOperator,
     ScanOperator, UnionOperator, UnnestOperator,
@@ -108,11 +110,15 @@ pub struct DataflowConfig {
     pub checkpoint_interval: Duration,
     /// Commands (change batches, barriers) queued at most before senders wait.
     pub channel_capacity: usize,
+    /// Instances of each stateful operator (aggregates, materialize), each on its own thread
+    /// and owning the keys of its virtual partitions (see `exchange`).
+    pub parallelism: usize,
 }
 
 impl Default for DataflowConfig {
     fn default() -> Self {
-        Self { checkpoint_interval: Duration::from_secs(1), channel_capacity: 256 }
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        Self { checkpoint_interval: Duration::from_secs(1), channel_capacity: 256, parallelism: cores }
     }
 }
 
@@ -149,6 +155,7 @@ impl Dataflow {
             runtime: runtime.clone(),
             commands: commands.clone(),
             barriers: 0,
+            parallelism: config.parallelism.max(1),
         };
         std::thread::Builder::new()
             .name("sluice-dataflow".into())
@@ -226,7 +233,7 @@ struct RunningView {
     nodes: Vec<RuntimeNode>,
     /// Which nodes read which relation.
     scans: Vec<(RelationId, usize)>,
-    materialize: MaterializeOperator,
+    materialize: Box<dyn Operator>,
     materialized: StateTable,
     state_tables: Vec<TableId>,
     failed: bool,
@@ -241,6 +248,7 @@ struct Worker {
     runtime: tokio::runtime::Handle,
     commands: mpsc::Sender<Command>,
     barriers: u64,
+    parallelism: usize,
 }
 
 fn physical(expr: &Expr, input: &DFSchema) -> EngineResult<Arc<dyn PhysicalExpr>> {
@@ -261,11 +269,15 @@ fn check_types(what: &str, actual: &Schema, expected: &Schema) -> EngineResult<(
 /// Checks that the engine can run `plan`: every operator builds and computes the types the
 /// plan declares.
 pub fn check_plan(plan: &StreamPlan, committer: &EpochCommitter) -> EngineResult<()> {
-    instantiate(plan, committer).map(|_| ())
+    instantiate(plan, committer, 1).map(|_| ())
 }
 
 /// The operators of `plan`, wired as in the plan.
-fn instantiate(plan: &StreamPlan, committer: &EpochCommitter) -> EngineResult<(Vec<RuntimeNode>, Vec<(RelationId, usize)>)> {
+fn instantiate(
+    plan: &StreamPlan,
+    committer: &EpochCommitter,
+    parallelism: usize,
+) -> EngineResult<(Vec<RuntimeNode>, Vec<(RelationId, usize)>)> {
     let mut nodes: Vec<RuntimeNode> = Vec::with_capacity(plan.nodes.len());
     let mut scans = Vec::new();
     for (at, node) in plan.nodes.iter().enumerate() {
@@ -322,15 +334,27 @@ fn instantiate(plan: &StreamPlan, committer: &EpochCommitter) -> EngineResult<(V
                         })
                     })
                     .collect::<EngineResult<Vec<_>>>()?;
-                let op = HashAggregateOperator::try_new(
-                    input.as_arrow(),
-                    group_by,
-                    calls,
-                    *state_table,
-                    Arc::clone(committer.store()),
-                )?;
+                let build = || {
+                    HashAggregateOperator::try_new(
+                        input.as_arrow(),
+                        group_by.clone(),
+                        calls.clone(),
+                        *state_table,
+                        Arc::clone(committer.store()),
+                    )
+                };
+                let op = build()?;
                 check_types("an aggregate", op.schema(), &schema)?;
-                Box::new(op)
+                if parallelism > 1 && !group_by.is_empty() {
+                    let mut instances: Vec<Box<dyn Operator>> = vec![Box::new(op)];
+                    for _ in 1..parallelism {
+                        instances.push(Box::new(build()?));
+                    }
+                    let key = group_by.iter().map(|(e, _)| Arc::clone(e)).collect();
+                    Box::new(ShardedOperator::try_new("HashAggregate", key, instances, false)?)
+                } else {
+                    Box::new(op)
+                }
             }
         };
         for input in &node.inputs {
@@ -503,9 +527,19 @@ impl Worker {
     }
 
     fn create_view(&mut self, view: ViewDefinition) -> EngineResult<()> {
-        let (nodes, scans) = instantiate(&view.plan, &self.committer)?;
+        let (nodes, scans) = instantiate(&view.plan, &self.committer, self.parallelism)?;
         let store = Arc::clone(self.committer.store());
-        let materialize = MaterializeOperator::try_new(view.id, &view.schema, store)?;
+        let materialize: Box<dyn Operator> = if self.parallelism > 1 {
+            let instances = (0..self.parallelism)
+                .map(|_| Ok(Box::new(MaterializeOperator::try_new(view.id, &view.schema, Arc::clone(&store))?) as Box<dyn Operator>))
+                .collect::<EngineResult<Vec<_>>>()?;
+            let key = (0..view.schema.fields().len())
+                .map(|i| Arc::new(Column::new(view.schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>)
+                .collect();
+            Box::new(ShardedOperator::try_new("Materialize", key, instances, true)?)
+        } else {
+            Box::new(MaterializeOperator::try_new(view.id, &view.schema, store)?)
+        };
         let materialized = crate::operator::view_state_table(view.id, &view.schema)?;
         let mut state_tables = view.plan.state_tables();
         state_tables.push(view.id);

@@ -22,6 +22,7 @@ pub mod changelog;
 mod commit;
 pub mod dataflow;
 mod error;
+pub mod exchange;
 pub mod operator;
 pub mod plan;
 pub mod source;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use crate::{demo, serve, shutdown_signal, ServerConfig};
+use crate::{bench, demo, serve, shutdown_signal, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
 /// Sluice: a SQL-first streaming database speaking the PostgreSQL protocol.
@@ -36,6 +36,24 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Measure view maintenance throughput on the peers' bid stream (see BENCHMARKS.md).
+    Bench {
+        /// Events per query.
+        #[arg(long, default_value_t = 5_000_000)]
+        events: u64,
+        /// Distinct auctions (1000 as in the peers' input).
+        #[arg(long, default_value_t = 1000)]
+        auctions: u64,
+        /// Queries to run, comma-separated: q0, filter_project, q5w, hop10.
+        #[arg(long, default_value = "q0,filter_project,q5w,hop10", value_delimiter = ',')]
+        queries: Vec<String>,
+        /// Also print the rate of every chunk of this many events (0: off).
+        #[arg(long, default_value_t = 0)]
+        chunk: u64,
+        /// Instances per stateful operator (default: one per core).
+        #[arg(long)]
+        parallelism: Option<usize>,
+    },
 }
 
 #[derive(Args)]
@@ -52,6 +70,9 @@ struct ServeArgs {
     /// Time between checkpoints: views' results become visible at each (e.g. `1s`, `200ms`).
     #[arg(long, default_value = "1s", value_parser = parse_interval)]
     checkpoint_interval: Duration,
+    /// Instances per stateful operator, each on its own thread (default: one per core).
+    #[arg(long)]
+    parallelism: Option<usize>,
 }
 
 /// A duration written `<n>ms`, `<n>s` or `<n>m`.
@@ -78,6 +99,7 @@ impl ServeArgs {
             pg_addr: self.pg_addr,
             http_addr: self.http_addr,
             checkpoint_interval: self.checkpoint_interval,
+            parallelism: self.parallelism,
         }
     }
 }
@@ -108,6 +130,11 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args.config(), shutdown_signal()).await.map_err(|e| e.to_string()),
+            Command::Bench { events, auctions, queries, chunk, parallelism } => {
+                let parallelism = parallelism.unwrap_or_else(|| sluice_sql::DataflowConfig::default().parallelism);
+                let options = bench::BenchOptions { events, auctions: auctions.max(1), queries, chunk, parallelism };
+                bench::run(options).await.map_err(|e| e.to_string())
+            }
             Command::Demo { server, rate, rows, once } => {
                 let options = demo::DemoOptions { rate, rows, once };
                 demo::run(server.config(), options, shutdown_signal()).await.map_err(|e| e.to_string())

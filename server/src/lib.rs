@@ -10,6 +10,7 @@
 //! (`sqlstate.rs`).
 
 pub mod cli;
+pub mod bench;
 pub mod demo;
 mod encode;
 pub mod http;
@@ -74,6 +75,8 @@ pub struct ServerConfig {
     pub http_addr: SocketAddr,
     /// Time between the dataflow's periodic barriers (checkpoints).
     pub checkpoint_interval: std::time::Duration,
+    /// Instances per stateful operator (`None`: one per core).
+    pub parallelism: Option<usize>,
 }
 
 /// A running server: its database and the addresses it actually listens on (useful when a
@@ -111,7 +114,12 @@ impl RunningServer {
         // The durable RocksDB backend is the durability issue's work; until then state lives in
         // memory and does not survive a restart.
         warn!("state is kept in memory: tables do not survive a restart yet");
-        let dataflow = sluice_sql::DataflowConfig { checkpoint_interval: config.checkpoint_interval, ..Default::default() };
+        let defaults = sluice_sql::DataflowConfig::default();
+        let dataflow = sluice_sql::DataflowConfig {
+            checkpoint_interval: config.checkpoint_interval,
+            parallelism: config.parallelism.unwrap_or(defaults.parallelism).max(1),
+            ..defaults
+        };
         let db = Database::with_dataflow(Arc::new(MemoryStateStore::new()), dataflow)?;
         let metrics = Arc::new(Metrics::default());
         let (shutdown, shutdown_rx) = watch::channel(false);

@@ -155,6 +155,12 @@ impl WriteBatch {
         self.ops.push(WriteOp::DropTable { table });
     }
 
+    /// Queues every operation of `other` after this batch's own (parallel operator instances
+    /// each fill a batch; the epoch commits them as one).
+    pub fn append(&mut self, mut other: WriteBatch) {
+        self.ops.append(&mut other.ops);
+    }
+
     /// The queued operations, in order.
     pub fn ops(&self) -> &[WriteOp] {
         &self.ops

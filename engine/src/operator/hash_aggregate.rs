@@ -11,7 +11,7 @@ use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 use sluice_storage::{Epoch, StateStore, TableId, WriteBatch};
 
-use super::{evaluate, Operator};
+use super::{evaluate, FastHash, Operator};
 use crate::{ChangeBatch, EngineError, EngineResult, Op, StateTable};
 
 /// The aggregate functions the operator maintains.
@@ -151,7 +151,7 @@ pub struct HashAggregateOperator {
     output: SchemaRef,
     input: Schema,
     multisets: Vec<Option<ValueMultiset>>,
-    dirty: HashMap<OwnedRow, Dirty>,
+    dirty: HashMap<OwnedRow, Dirty, FastHash>,
     /// For a global aggregate: whether its one row has been emitted (it is, at the first
     /// barrier, even over empty input, as PostgreSQL answers one row for `SELECT count(*)`).
     global_started: bool,
@@ -250,7 +250,7 @@ impl HashAggregateOperator {
             output: Arc::new(Schema::new(output_fields)),
             input: input.clone(),
             multisets,
-            dirty: HashMap::new(),
+            dirty: HashMap::default(),
             global_started: false,
         })
     }

@@ -8,7 +8,7 @@ use datafusion::arrow::compute::interleave;
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use sluice_storage::{Epoch, StateStore, TableId, WriteBatch};
 
-use super::Operator;
+use super::{FastHash, Operator};
 use crate::{ChangeBatch, EngineError, EngineResult, Op, StateTable};
 
 /// Name of the multiplicity column of a view's state table.
@@ -61,7 +61,7 @@ pub struct MaterializeOperator {
     /// This epoch's changes, kept to gather the changed rows at the barrier.
     pending: Vec<RecordBatch>,
     /// Per changed row (by key): where one copy of it is in `pending`, and its count change.
-    deltas: HashMap<Vec<u8>, ((usize, usize), i64)>,
+    deltas: HashMap<Vec<u8>, ((usize, usize), i64), FastHash>,
 }
 
 impl std::fmt::Debug for MaterializeOperator {
@@ -73,7 +73,7 @@ impl std::fmt::Debug for MaterializeOperator {
 impl MaterializeOperator {
     /// Materializes rows of `view` into state table `table` of `store`.
     pub fn try_new(table: TableId, view: &Schema, store: Arc<dyn StateStore>) -> EngineResult<Self> {
-        Ok(Self { state: view_state_table(table, view)?, store, pending: Vec::new(), deltas: HashMap::new() })
+        Ok(Self { state: view_state_table(table, view)?, store, pending: Vec::new(), deltas: HashMap::default() })
     }
 }
 

@@ -30,6 +30,10 @@ use sluice_storage::{Epoch, WriteBatch};
 
 use crate::{ChangeBatch, EngineResult};
 
+/// The hasher of operators' in-memory maps: keys are encoded rows, not attacker-chosen
+/// strings, so DataFusion's fast non-cryptographic hash (foldhash) is the right trade.
+pub(crate) type FastHash = datafusion::common::hash_utils::RandomState;
+
 /// `expr` evaluated over every row of `batch`, as one array.
 pub(crate) fn evaluate(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> EngineResult<ArrayRef> {
     Ok(expr.evaluate(batch)?.into_array(batch.num_rows())?)

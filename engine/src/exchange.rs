@@ -1,0 +1,211 @@
+//! [`ShardedOperator`]: one stateful operator run as several parallel instances, rows routed
+//! by a hash of their key.
+//!
+//! Why this shape: a stateful operator's work (state lookups, hashing, encoding) is per key,
+//! and keys are independent, so instances that each own a disjoint set of keys can run on
+//! different cores with no coordination but the barrier. A row's key is hashed into one of
+//! [`VIRTUAL_PARTITIONS`] virtual partitions, and partition `p` belongs to instance
+//! `p mod instances`: the state itself is keyed by the row's key, never by instance, so a
+//! restart with another parallelism reads the same state.
+//!
+//! Protocol: changes are split by instance and sent down bounded channels (a slow instance
+//! slows its sender: backpressure, not buffering). On a barrier every instance flushes its
+//! state into its own write batch and hands back its output; the sharded operator merges the
+//! batches and concatenates the outputs in instance order, so the result is deterministic. An
+//! error inside an instance surfaces at the next barrier.
+
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use datafusion::arrow::array::{ArrayRef, UInt32Array};
+use datafusion::arrow::compute::take_record_batch;
+use datafusion::common::hash_utils::{create_hashes, RandomState};
+use datafusion::physical_expr::PhysicalExpr;
+use sluice_storage::{Epoch, WriteBatch};
+
+use crate::operator::evaluate;
+use crate::{ChangeBatch, EngineError, EngineResult, Operator};
+
+/// How many virtual partitions keys are hashed into; instances own whole partitions.
+pub const VIRTUAL_PARTITIONS: u64 = 256;
+
+/// Change batches queued per instance before the sender waits.
+const QUEUE_DEPTH: usize = 16;
+
+enum ShardCommand {
+    Changes(ChangeBatch),
+    Barrier(Epoch),
+}
+
+type BarrierResult = EngineResult<(Vec<ChangeBatch>, WriteBatch)>;
+
+struct Instance {
+    commands: SyncSender<ShardCommand>,
+    results: Receiver<BarrierResult>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A stateful operator split into instances by key (see the module doc).
+pub struct ShardedOperator {
+    name: String,
+    key: Vec<Arc<dyn PhysicalExpr>>,
+    /// Whether the operator passes its input through as it goes (materialize): the sharded
+    /// operator then forwards its input itself and drops the instances' outputs.
+    passthrough: bool,
+    instances: Vec<Instance>,
+    hashes: Vec<u64>,
+}
+
+impl std::fmt::Debug for ShardedOperator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardedOperator").field("name", &self.name).field("instances", &self.instances.len()).finish()
+    }
+}
+
+fn run_instance(mut op: Box<dyn Operator>, passthrough: bool, commands: Receiver<ShardCommand>, results: SyncSender<BarrierResult>) {
+    let mut failed: Option<EngineError> = None;
+    let mut pending: Vec<ChangeBatch> = Vec::new();
+    for command in commands {
+        match command {
+            ShardCommand::Changes(changes) => {
+                if failed.is_some() {
+                    continue;
+                }
+                match op.process(changes) {
+                    Ok(out) if !passthrough => pending.extend(out),
+                    Ok(_) => {}
+                    Err(e) => failed = Some(e),
+                }
+            }
+            ShardCommand::Barrier(epoch) => {
+                let result = match failed.take() {
+                    Some(e) => Err(e),
+                    None => {
+                        let mut write = WriteBatch::new();
+                        op.on_barrier(epoch, &mut write).map(|out| {
+                            let mut all = std::mem::take(&mut pending);
+                            if !passthrough {
+                                all.extend(out);
+                            }
+                            (all, write)
+                        })
+                    }
+                };
+                if results.send(result).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl ShardedOperator {
+    /// Runs `instances` (at least one) as parallel instances keyed by `key`, expressions over
+    /// the input rows. `passthrough` as for materialize (see the field).
+    pub fn try_new(
+        name: &str,
+        key: Vec<Arc<dyn PhysicalExpr>>,
+        instances: Vec<Box<dyn Operator>>,
+        passthrough: bool,
+    ) -> EngineResult<Self> {
+        if instances.is_empty() {
+            return Err(EngineError::Invalid("a sharded operator needs an instance".into()));
+        }
+        let mut running = Vec::with_capacity(instances.len());
+        for (i, op) in instances.into_iter().enumerate() {
+            let (commands, command_rx) = sync_channel(QUEUE_DEPTH);
+            let (result_tx, results) = sync_channel(1);
+            let thread = std::thread::Builder::new()
+                .name("sluice-shard".into())
+                .stack_size(16 << 20)
+                .spawn(move || run_instance(op, passthrough, command_rx, result_tx))
+                .map_err(|e| EngineError::Invalid(format!("cannot start instance {i} of {name}: {e}")))?;
+            running.push(Instance { commands, results, thread: Some(thread) });
+        }
+        Ok(Self { name: name.to_string(), key, passthrough, instances: running, hashes: Vec::new() })
+    }
+
+    fn stopped(&self) -> EngineError {
+        EngineError::Invalid(format!("an instance of {} stopped", self.name))
+    }
+}
+
+impl Operator for ShardedOperator {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn process(&mut self, changes: ChangeBatch) -> EngineResult<Vec<ChangeBatch>> {
+        let n = self.instances.len();
+        let out = if self.passthrough { vec![changes.clone()] } else { vec![] };
+        if n == 1 {
+            self.instances[0].commands.send(ShardCommand::Changes(changes)).map_err(|_| self.stopped())?;
+            return Ok(out);
+        }
+        let rows = changes.num_rows();
+        let keys: Vec<ArrayRef> = self.key.iter().map(|e| evaluate(e, changes.data())).collect::<EngineResult<_>>()?;
+        self.hashes.clear();
+        self.hashes.resize(rows, 0);
+        if keys.is_empty() {
+            // No key (a global aggregate): everything belongs to partition 0.
+        } else {
+            create_hashes(&keys, &RandomState::with_seed(0), &mut self.hashes)?;
+        }
+        let mut selected: Vec<Vec<u32>> = vec![Vec::new(); n];
+        for (row, hash) in self.hashes.iter().enumerate() {
+            let partition = hash % VIRTUAL_PARTITIONS;
+            selected[(partition % n as u64) as usize].push(row as u32);
+        }
+        for (instance, rows) in self.instances.iter().zip(selected) {
+            if rows.is_empty() {
+                continue;
+            }
+            let indices = UInt32Array::from(rows);
+            let data = take_record_batch(changes.data(), &indices)?;
+            let ops = datafusion::arrow::compute::take(changes.ops(), &indices, None)?;
+            let part = ChangeBatch::try_new(
+                data,
+                datafusion::arrow::array::AsArray::as_primitive::<datafusion::arrow::datatypes::Int8Type>(&ops).clone(),
+            )?;
+            instance.commands.send(ShardCommand::Changes(part)).map_err(|_| self.stopped())?;
+        }
+        Ok(out)
+    }
+
+    fn on_barrier(&mut self, epoch: Epoch, write: &mut WriteBatch) -> EngineResult<Vec<ChangeBatch>> {
+        for instance in &self.instances {
+            instance.commands.send(ShardCommand::Barrier(epoch)).map_err(|_| self.stopped())?;
+        }
+        let mut out = Vec::new();
+        let mut first_error = None;
+        for instance in &self.instances {
+            match instance.results.recv().map_err(|_| self.stopped())? {
+                Ok((changes, batch)) => {
+                    out.extend(changes);
+                    write.append(batch);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+}
+
+impl Drop for ShardedOperator {
+    fn drop(&mut self) {
+        // Closing the command channels ends the instance threads.
+        for instance in &mut self.instances {
+            let (closed, _) = sync_channel(0);
+            instance.commands = closed;
+            if let Some(thread) = instance.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}

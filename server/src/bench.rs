@@ -1,0 +1,196 @@
+//! `sluice bench`: throughput of materialized views on the peers' input.
+//!
+//! The input is the Nexmark-like bid stream of `shared/peers/gen_bids.py` — the same events,
+//! computed by the same formula — so Sluice's numbers can be set beside Flink's, Spark's and
+//! DuckDB's from one run. Rows are handed straight to the dataflow as a table's changes: the
+//! benchmark measures view maintenance (the operators, their state, the checkpoints), not
+//! parsing or the INSERT path.
+//!
+//! Per query it prints a `RESULT` line like the peers' runners (events/s of wall time, and
+//! events per CPU-second of the dataflow thread, which is the figure per core), optionally the
+//! rate of each chunk of rows (to show the cost per row staying flat), and a `VERIFY` line.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::{Int64Array, RecordBatch, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use futures::TryStreamExt;
+use sluice_engine::ChangeBatch;
+use sluice_sql::{parse_statements, Database, DataflowConfig, Session, SqlError, StatementOutput};
+use sluice_storage::MemoryStateStore;
+
+/// The benchmark queries, named as in BENCHMARKS.md.
+pub const QUERIES: &[(&str, &str)] = &[
+    ("q0", "SELECT * FROM bids"),
+    ("filter_project", "SELECT auction, price * 100 / 89 AS price_eur, date_time FROM bids WHERE price > 5000 AND bidder % 2 = 0"),
+    (
+        "q5w",
+        "SELECT auction, window_start, count(*) AS cnt, sum(price) AS sum_price \
+         FROM TUMBLE(bids, date_time, INTERVAL '10 seconds') GROUP BY auction, window_start",
+    ),
+    (
+        "hop10",
+        "SELECT auction, window_start, count(*) AS cnt, sum(price) AS sum_price \
+         FROM HOP(bids, date_time, INTERVAL '1 second', INTERVAL '10 seconds') GROUP BY auction, window_start",
+    ),
+];
+
+/// Settings of one benchmark run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Events per query.
+    pub events: u64,
+    /// Distinct auctions (1000 in the peers' input; 100000 for the many-keys variant).
+    pub auctions: u64,
+    /// Which queries (names from [`QUERIES`]).
+    pub queries: Vec<String>,
+    /// Report the rate of every chunk of this many events (0: only the total).
+    pub chunk: u64,
+    /// Instances per stateful operator.
+    pub parallelism: usize,
+}
+
+const BATCH_ROWS: u64 = 8192;
+const BASE_MICROS: i64 = 1_767_225_600_000_000;
+
+fn bids_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("auction", DataType::Int64, true),
+        Field::new("bidder", DataType::Int64, true),
+        Field::new("price", DataType::Int64, true),
+        Field::new("date_time", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+    ]))
+}
+
+/// Events `first .. first + n` of gen_bids.py (with `auctions` auctions).
+fn bids(schema: &SchemaRef, first: u64, n: u64, auctions: u64) -> Result<RecordBatch, SqlError> {
+    let mut auction = Vec::with_capacity(n as usize);
+    let mut bidder = Vec::with_capacity(n as usize);
+    let mut price = Vec::with_capacity(n as usize);
+    let mut time = Vec::with_capacity(n as usize);
+    for i in first..first + n {
+        let h = (i.wrapping_mul(2_654_435_761).wrapping_add(12_345)) & 0xFFFF_FFFF;
+        auction.push(1000 + (h % auctions) as i64);
+        bidder.push(1000 + ((h >> 7) % 10_000) as i64);
+        price.push(100 + ((h >> 13) % 10_000) as i64);
+        time.push(BASE_MICROS + i as i64 * 1000);
+    }
+    Ok(RecordBatch::try_new(
+        Arc::clone(schema),
+        vec![
+            Arc::new(Int64Array::from(auction)),
+            Arc::new(Int64Array::from(bidder)),
+            Arc::new(Int64Array::from(price)),
+            Arc::new(TimestampMicrosecondArray::from(time)),
+        ],
+    )?)
+}
+
+/// CPU seconds used so far by the dataflow's threads: the dataflow thread and the operator
+/// instances (Linux; 0 elsewhere).
+fn dataflow_cpu_seconds() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    let mut total = 0.0;
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !matches!(comm.trim(), "sluice-dataflow" | "sluice-shard") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the parenthesised command: state is field 3; utime, stime are 14, 15.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return 0.0 };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+            + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+        total += ticks / 100.0;
+    }
+    total
+}
+
+async fn query_text(session: &mut Session, sql: &str) -> Result<String, SqlError> {
+    let mut out = String::new();
+    for stmt in parse_statements(sql)? {
+        if let StatementOutput::Rows { stream, .. } = session.execute(&stmt).await?.output {
+            let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(SqlError::from)?;
+            for batch in &batches {
+                for row in 0..batch.num_rows() {
+                    let cells: Vec<String> = batch
+                        .columns()
+                        .iter()
+                        .map(|c| datafusion::arrow::util::display::array_value_to_string(c, row).unwrap_or_default())
+                        .collect();
+                    out.push_str(&cells.join(" "));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn execute(session: &mut Session, sql: &str) -> Result<(), SqlError> {
+    for stmt in parse_statements(sql)? {
+        session.execute(&stmt).await?;
+    }
+    Ok(())
+}
+
+/// Runs the benchmark, printing its results.
+pub async fn run(options: BenchOptions) -> Result<(), SqlError> {
+    let schema = bids_schema();
+    println!(
+        "sluice bench: {} events per query, {} auctions, {} instance(s) per stateful operator; \
+         cpu = the dataflow's threads (the generator runs beside them)",
+        options.events, options.auctions, options.parallelism
+    );
+    for (name, query) in QUERIES.iter().filter(|(n, _)| options.queries.iter().any(|q| q == n)) {
+        // A fresh database per query, so that no other view shares the dataflow.
+        let config = DataflowConfig { parallelism: options.parallelism.max(1), ..DataflowConfig::default() };
+        let db = Database::with_dataflow(Arc::new(MemoryStateStore::new()), config)?;
+        let mut session = db.session("sluice", "bench", 0);
+        execute(&mut session, "CREATE TABLE bids (auction BIGINT, bidder BIGINT, price BIGINT, date_time TIMESTAMP)").await?;
+        execute(&mut session, &format!("CREATE MATERIALIZED VIEW {name} AS {query}")).await?;
+        let table = db.table("bids").ok_or_else(|| SqlError::Internal("bids vanished".into()))?.id;
+        let dataflow = db.dataflow().clone();
+        let cpu_before = dataflow_cpu_seconds();
+        let started = Instant::now();
+        let mut chunk_started = started;
+        let mut chunk_cpu = cpu_before;
+        let mut sent = 0;
+        while sent < options.events {
+            let n = BATCH_ROWS.min(options.events - sent);
+            dataflow.send_changes(table, ChangeBatch::inserts(bids(&schema, sent, n, options.auctions)?)).await?;
+            sent += n;
+            if options.chunk > 0 && (sent % options.chunk == 0 || sent == options.events) {
+                dataflow.flush().await?;
+                let cpu = dataflow_cpu_seconds();
+                let seconds = chunk_started.elapsed().as_secs_f64();
+                let rows = if sent % options.chunk == 0 { options.chunk } else { sent % options.chunk };
+                println!(
+                    "CHUNK query={name} upto={sent} events_per_s={:.0} events_per_cpu_s={:.0}",
+                    rows as f64 / seconds,
+                    rows as f64 / (cpu - chunk_cpu).max(0.01)
+                );
+                chunk_started = Instant::now();
+                chunk_cpu = cpu;
+            }
+        }
+        dataflow.flush().await?;
+        let wall = started.elapsed().as_secs_f64();
+        let cpu = dataflow_cpu_seconds() - cpu_before;
+        println!(
+            "RESULT system=sluice query={name} events={} wall_s={wall:.2} events_per_s={:.0} cpu_s={cpu:.2} events_per_cpu_s={:.0}",
+            options.events,
+            options.events as f64 / wall,
+            options.events as f64 / cpu.max(0.01)
+        );
+        let verify = match *name {
+            "q5w" | "hop10" => format!("SELECT count(*), sum(cnt), sum(sum_price) FROM {name}"),
+            _ => format!("SELECT count(*) FROM {name}"),
+        };
+        println!("VERIFY sluice {name} {}", query_text(&mut session, &verify).await?);
+        db.dataflow().shutdown().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
