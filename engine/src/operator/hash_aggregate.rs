@@ -149,6 +149,8 @@ pub struct HashAggregateOperator {
     state: StateTable,
     store: Arc<dyn StateStore>,
     output: SchemaRef,
+    /// Encodes output rows, to spot a group whose output did not change.
+    output_codec: RowConverter,
     input: Schema,
     multisets: Vec<Option<ValueMultiset>>,
     dirty: HashMap<OwnedRow, Dirty, FastHash>,
@@ -247,6 +249,9 @@ impl HashAggregateOperator {
             key_codec: RowConverter::new(key_types)?,
             state,
             store,
+            output_codec: RowConverter::new(
+                output_fields.iter().map(|f| SortField::new(f.data_type().clone())).collect(),
+            )?,
             output: Arc::new(Schema::new(output_fields)),
             input: input.clone(),
             multisets,
@@ -282,13 +287,17 @@ impl HashAggregateOperator {
 
     /// The stored state of the group whose key columns are `key` (one row each), if any, and
     /// per call the group's committed values (for min/max; empty for the others).
-    fn load(&self, key: &[ArrayRef]) -> EngineResult<(Option<Group>, Vec<ValueCounts>)> {
-        let key_columns: Vec<ArrayRef> =
-            if self.is_global() { vec![Arc::new(Int64Array::from(vec![0]))] } else { key.to_vec() };
-        let keys = self.state.encode_key_columns(&key_columns)?;
-        let snapshot = self.store.snapshot();
+    ///
+    /// `encoded` is the group's state-table key: the operator's key codec and the state
+    /// table's encode the same columns the same way, so the hashing key is reused as is.
+    fn load(
+        &self,
+        snapshot: &dyn sluice_storage::StateSnapshot,
+        encoded: &[u8],
+        key: &[ArrayRef],
+    ) -> EngineResult<(Option<Group>, Vec<ValueCounts>)> {
         let mut committed_values = vec![ValueCounts::new(); self.calls.len()];
-        let Some(value) = snapshot.get(self.state.id(), keys.row(0).data())? else {
+        let Some(value) = snapshot.get(self.state.id(), encoded)? else {
             return Ok((None, committed_values));
         };
         let row = self.state.decode_values([value.as_ref()])?;
@@ -428,64 +437,111 @@ impl HashAggregateOperator {
         Ok(Some(Arc::new(datafusion::arrow::array::LargeStringArray::from(vec![joined]))))
     }
 
-    fn output_row(&self, group: &Group) -> EngineResult<RecordBatch> {
-        let mut columns: Vec<ArrayRef> = group.key.clone();
-        for (call, acc) in self.calls.iter().zip(&group.accumulators) {
-            columns.push(match (call.kind, acc.clone()) {
-                (_, Accumulator::Extreme(Some(value))) => value,
-                (_, Accumulator::Extreme(None)) => {
-                    let t = self.output.field(columns.len()).data_type().clone();
-                    datafusion::arrow::array::new_null_array(&t, 1)
+    /// The group columns of `groups`, one column per group-by expression.
+    fn key_columns(&self, groups: &[&Group]) -> EngineResult<Vec<ArrayRef>> {
+        (0..self.group_by.len())
+            .map(|i| {
+                let parts: Vec<&dyn Array> = groups.iter().map(|g| g.key[i].as_ref()).collect();
+                Ok(datafusion::arrow::compute::concat(&parts)?)
+            })
+            .collect()
+    }
+
+    /// The output rows of `groups`: group columns, then each aggregate's result.
+    fn output_batch(&self, groups: &[&Group]) -> EngineResult<RecordBatch> {
+        let mut columns = self.key_columns(groups)?;
+        for (i, call) in self.calls.iter().enumerate() {
+            let t = self.output.field(columns.len()).data_type().clone();
+            let accs = groups.iter().map(|g| &g.accumulators[i]);
+            let column: ArrayRef = match (call.kind, &t) {
+                (AggregateKind::Min | AggregateKind::Max | AggregateKind::StringAgg, _) => {
+                    let null = datafusion::arrow::array::new_null_array(&t, 1);
+                    let parts: Vec<&dyn Array> = accs
+                        .map(|a| match a {
+                            Accumulator::Extreme(Some(v)) => v.as_ref(),
+                            _ => null.as_ref(),
+                        })
+                        .collect();
+                    datafusion::arrow::compute::concat(&parts)?
                 }
-                (_, Accumulator::Count(n) | Accumulator::Distinct(n)) => Arc::new(Int64Array::from(vec![n])),
-                (AggregateKind::BoolAnd, Accumulator::Bools { trues, values }) => {
-                    Arc::new(datafusion::arrow::array::BooleanArray::from(vec![(values > 0).then_some(trues == values)]))
+                (AggregateKind::BoolAnd | AggregateKind::BoolOr, _) => {
+                    Arc::new(datafusion::arrow::array::BooleanArray::from_iter(accs.map(|a| match a {
+                        Accumulator::Bools { trues, values } if *values > 0 => {
+                            Some(if call.kind == AggregateKind::BoolAnd { trues == values } else { *trues > 0 })
+                        }
+                        _ => None,
+                    })))
                 }
-                (_, Accumulator::Bools { trues, values }) => {
-                    Arc::new(datafusion::arrow::array::BooleanArray::from(vec![(values > 0).then_some(trues > 0)]))
+                (AggregateKind::CountStar | AggregateKind::Count | AggregateKind::CountDistinct, _) => {
+                    Arc::new(Int64Array::from_iter_values(accs.map(|a| match a {
+                        Accumulator::Count(n) | Accumulator::Distinct(n) => *n,
+                        _ => 0,
+                    })))
                 }
-                (_, Accumulator::DecimalSum { sum, values }) => {
-                    let t = self.output.field(columns.len()).data_type().clone();
-                    Arc::new(datafusion::arrow::array::Decimal128Array::from(vec![(values > 0).then_some(sum)]).with_data_type(t))
-                }
-                (AggregateKind::Sum, Accumulator::IntSum { sum, values }) => {
-                    Arc::new(Int64Array::from(vec![(values > 0).then_some(sum)]))
-                }
-                (AggregateKind::Sum, Accumulator::FloatSum { sum, values }) => {
-                    Arc::new(Float64Array::from(vec![(values > 0).then_some(sum)]))
-                }
-                (_, Accumulator::IntSum { sum, values }) => {
-                    Arc::new(Float64Array::from(vec![(values > 0).then(|| sum as f64 / values as f64)]))
-                }
-                (_, Accumulator::FloatSum { sum, values }) => {
-                    Arc::new(Float64Array::from(vec![(values > 0).then(|| sum / values as f64)]))
-                }
-            });
+                (_, DataType::Decimal128(..)) => Arc::new(
+                    datafusion::arrow::array::Decimal128Array::from_iter(accs.map(|a| match a {
+                        Accumulator::DecimalSum { sum, values } if *values > 0 => Some(*sum),
+                        _ => None,
+                    }))
+                    .with_data_type(t.clone()),
+                ),
+                (AggregateKind::Sum, DataType::Int64) => Arc::new(Int64Array::from_iter(accs.map(|a| match a {
+                    Accumulator::IntSum { sum, values } if *values > 0 => Some(*sum),
+                    _ => None,
+                }))),
+                (_, _) => Arc::new(Float64Array::from_iter(accs.map(|a| match a {
+                    Accumulator::FloatSum { sum, values } if *values > 0 => {
+                        Some(if call.kind == AggregateKind::Avg { sum / *values as f64 } else { *sum })
+                    }
+                    Accumulator::IntSum { sum, values } if *values > 0 => Some(*sum as f64 / *values as f64),
+                    _ => None,
+                }))),
+            };
+            columns.push(column);
         }
         Ok(RecordBatch::try_new(Arc::clone(&self.output), columns)?)
     }
 
-    fn state_row(&self, group: &Group) -> EngineResult<RecordBatch> {
-        let mut columns: Vec<ArrayRef> =
-            if self.is_global() { vec![Arc::new(Int64Array::from(vec![0]))] } else { group.key.clone() };
-        columns.push(Arc::new(Int64Array::from(vec![group.rows])));
+    /// The state rows of `groups` (see the struct doc for the layout).
+    fn state_batch(&self, groups: &[&Group]) -> EngineResult<RecordBatch> {
+        let mut columns: Vec<ArrayRef> = if self.is_global() {
+            vec![Arc::new(Int64Array::from(vec![0; groups.len()]))]
+        } else {
+            self.key_columns(groups)?
+        };
+        columns.push(Arc::new(Int64Array::from_iter_values(groups.iter().map(|g| g.rows))));
         let offset = columns.len();
-        for (i, acc) in group.accumulators.iter().enumerate() {
+        for i in 0..self.calls.len() {
             let acc_type = self.state.schema().field(offset + 2 * i).data_type().clone();
-            let (sum, values): (ArrayRef, i64) = match acc {
-                Accumulator::Count(n) | Accumulator::Distinct(n) => (Arc::new(Int64Array::from(vec![*n])), 0),
-                Accumulator::Bools { trues, values } => (Arc::new(Int64Array::from(vec![*trues])), *values),
-                Accumulator::DecimalSum { sum, values } => (
-                    Arc::new(datafusion::arrow::array::Decimal128Array::from(vec![*sum]).with_data_type(acc_type)),
-                    *values,
+            let accs = || groups.iter().map(move |g| &g.accumulators[i]);
+            let acc: ArrayRef = match &acc_type {
+                DataType::Float64 => Arc::new(Float64Array::from_iter_values(accs().map(|a| match a {
+                    Accumulator::FloatSum { sum, .. } => *sum,
+                    _ => 0.0,
+                }))),
+                DataType::Decimal128(..) => Arc::new(
+                    datafusion::arrow::array::Decimal128Array::from_iter_values(accs().map(|a| match a {
+                        Accumulator::DecimalSum { sum, .. } => *sum,
+                        _ => 0,
+                    }))
+                    .with_data_type(acc_type.clone()),
                 ),
-                // Kept in the value multiset, not in the group row.
-                Accumulator::Extreme(_) => (Arc::new(Int64Array::from(vec![0])), 0),
-                Accumulator::IntSum { sum, values } => (Arc::new(Int64Array::from(vec![*sum])), *values),
-                Accumulator::FloatSum { sum, values } => (Arc::new(Float64Array::from(vec![*sum])), *values),
+                _ => Arc::new(Int64Array::from_iter_values(accs().map(|a| match a {
+                    Accumulator::Count(n) | Accumulator::Distinct(n) => *n,
+                    Accumulator::IntSum { sum, .. } => *sum,
+                    Accumulator::Bools { trues, .. } => *trues,
+                    // Kept in the value multiset, not in the group row.
+                    _ => 0,
+                }))),
             };
-            columns.push(sum);
-            columns.push(Arc::new(Int64Array::from(vec![values])));
+            columns.push(acc);
+            columns.push(Arc::new(Int64Array::from_iter_values(accs().map(|a| match a {
+                Accumulator::IntSum { values, .. }
+                | Accumulator::FloatSum { values, .. }
+                | Accumulator::DecimalSum { values, .. }
+                | Accumulator::Bools { values, .. } => *values,
+                _ => 0,
+            }))));
         }
         Ok(RecordBatch::try_new(Arc::clone(self.state.schema()), columns)?)
     }
@@ -572,11 +628,12 @@ impl Operator for HashAggregateOperator {
                 _ => Ok(None),
             })
             .collect::<EngineResult<Vec<_>>>()?;
+        let snapshot = self.store.snapshot();
         for row in 0..rows {
             let key = encoded.row(row).owned();
             if !self.dirty.contains_key(&key) {
                 let key_values: Vec<ArrayRef> = keys.iter().map(|k| k.slice(row, 1)).collect();
-                let (stored, committed_values) = self.load(&key_values)?;
+                let (stored, committed_values) = self.load(snapshot.as_ref(), key.as_ref().as_ref(), &key_values)?;
                 let group = stored.clone().unwrap_or_else(|| Group {
                     key: key_values,
                     rows: 0,
@@ -620,7 +677,8 @@ impl Operator for HashAggregateOperator {
     fn on_barrier(&mut self, _epoch: Epoch, write: &mut WriteBatch) -> EngineResult<Vec<ChangeBatch>> {
         if self.is_global() && !self.global_started && self.dirty.is_empty() {
             // The first barrier of a global aggregate: its row exists even over no input.
-            let (stored, committed_values) = self.load(&[])?;
+            let global_key = self.key_codec.convert_columns(&[Arc::new(Int64Array::from(vec![0])) as ArrayRef])?;
+            let (stored, committed_values) = self.load(self.store.snapshot().as_ref(), global_key.row(0).data(), &[])?;
             if stored.is_none() {
                 let arg_types: Vec<Option<DataType>> =
                     self.calls.iter().map(|c| c.arg.as_ref().and_then(|a| a.data_type(&self.input).ok())).collect();
@@ -631,35 +689,65 @@ impl Operator for HashAggregateOperator {
             }
         }
         self.global_started = true;
-        let mut deletes = Vec::new();
-        let mut inserts = Vec::new();
-        for (_, mut dirty) in self.dirty.drain().collect::<Vec<_>>() {
-            self.settle_values(&mut dirty, write)?;
+        let mut drained: Vec<Dirty> = self.dirty.drain().map(|(_, d)| d).collect();
+        for dirty in &mut drained {
+            self.settle_values(dirty, write)?;
             if dirty.group.rows < 0 {
                 return Err(EngineError::Invalid("a group received more deletes than inserts".into()));
             }
-            let state = self.state_row(&dirty.group)?;
-            // A global aggregate keeps its row (and its state row) when its input empties.
-            let exists = dirty.group.rows > 0 || self.is_global();
-            if exists {
-                self.state.write_rows(&state, write)?;
-            } else {
-                self.state.delete_rows(&state, write)?;
+        }
+        // A global aggregate keeps its row (and its state row) when its input empties.
+        let global = self.is_global();
+        let exists: Vec<bool> = drained.iter().map(|d| d.group.rows > 0 || global).collect();
+        let kept: Vec<&Group> = drained.iter().zip(&exists).filter(|(_, e)| **e).map(|(d, _)| &d.group).collect();
+        let gone: Vec<&Group> = drained.iter().zip(&exists).filter(|(_, e)| !**e).map(|(d, _)| &d.group).collect();
+        if !kept.is_empty() {
+            self.state.write_rows(&self.state_batch(&kept)?, write)?;
+        }
+        if !gone.is_empty() {
+            self.state.delete_rows(&self.state_batch(&gone)?, write)?;
+        }
+        // Output: the delete of each group's previous row and the insert of its new one,
+        // except where the two are equal.
+        let befores: Vec<&Group> = drained.iter().filter_map(|d| d.emitted_before.as_ref()).collect();
+        let before_batch = if befores.is_empty() { None } else { Some(self.output_batch(&befores)?) };
+        let after_batch = if kept.is_empty() { None } else { Some(self.output_batch(&kept)?) };
+        let mut keep_before = vec![true; befores.len()];
+        let mut keep_after = vec![true; kept.len()];
+        if let (Some(before), Some(after)) = (&before_batch, &after_batch) {
+            let before_rows = self.output_codec.convert_columns(before.columns())?;
+            let after_rows = self.output_codec.convert_columns(after.columns())?;
+            let (mut b, mut a) = (0, 0);
+            for (dirty, exists) in drained.iter().zip(&exists) {
+                match (dirty.emitted_before.is_some(), *exists) {
+                    (true, true) => {
+                        if before_rows.row(b) == after_rows.row(a) {
+                            keep_before[b] = false;
+                            keep_after[a] = false;
+                        }
+                        b += 1;
+                        a += 1;
+                    }
+                    (true, false) => b += 1,
+                    (false, true) => a += 1,
+                    (false, false) => {}
+                }
             }
-            let after = exists.then(|| self.output_row(&dirty.group)).transpose()?;
-            let before = dirty.emitted_before.as_ref().map(|g| self.output_row(g)).transpose()?;
-            if before.is_some() && before == after {
-                continue;
-            }
-            deletes.extend(before);
-            inserts.extend(after);
         }
         let mut out = Vec::new();
-        if !deletes.is_empty() {
-            out.push(ChangeBatch::deletes(datafusion::arrow::compute::concat_batches(&self.output, &deletes)?));
-        }
-        if !inserts.is_empty() {
-            out.push(ChangeBatch::inserts(datafusion::arrow::compute::concat_batches(&self.output, &inserts)?));
+        for (batch, keep, make) in [
+            (before_batch, keep_before, ChangeBatch::deletes as fn(RecordBatch) -> ChangeBatch),
+            (after_batch, keep_after, ChangeBatch::inserts as fn(RecordBatch) -> ChangeBatch),
+        ] {
+            let Some(batch) = batch else { continue };
+            let batch = if keep.iter().all(|k| *k) {
+                batch
+            } else {
+                datafusion::arrow::compute::filter_record_batch(&batch, &datafusion::arrow::array::BooleanArray::from(keep))?
+            };
+            if batch.num_rows() > 0 {
+                out.push(make(batch));
+            }
         }
         Ok(out)
     }
