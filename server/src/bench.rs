@@ -157,20 +157,22 @@ pub async fn run(options: BenchOptions) -> Result<(), SqlError> {
         let mut chunk_started = started;
         let mut chunk_cpu = cpu_before;
         let mut sent = 0;
+        let mut chunk_from = 0;
         while sent < options.events {
             let n = BATCH_ROWS.min(options.events - sent);
             dataflow.send_changes(table, ChangeBatch::inserts(bids(&schema, sent, n, options.auctions)?)).await?;
             sent += n;
-            if options.chunk > 0 && (sent % options.chunk == 0 || sent == options.events) {
+            if options.chunk > 0 && (sent - chunk_from >= options.chunk || sent == options.events) {
                 dataflow.flush().await?;
                 let cpu = dataflow_cpu_seconds();
                 let seconds = chunk_started.elapsed().as_secs_f64();
-                let rows = if sent % options.chunk == 0 { options.chunk } else { sent % options.chunk };
+                let rows = sent - chunk_from;
                 println!(
-                    "CHUNK query={name} upto={sent} events_per_s={:.0} events_per_cpu_s={:.0}",
+                    "CHUNK query={name} from={chunk_from} to={sent} events_per_s={:.0} events_per_cpu_s={:.0}",
                     rows as f64 / seconds,
                     rows as f64 / (cpu - chunk_cpu).max(0.01)
                 );
+                chunk_from = sent;
                 chunk_started = Instant::now();
                 chunk_cpu = cpu;
             }

@@ -591,6 +591,19 @@ impl Session {
 
     fn describe_table(&self, name: &ast::ObjectName) -> SqlResult<StatementOutcome> {
         let name = table_name(name)?;
+        if let Some(view) = self.db.view(&name) {
+            let fields = view.schema.fields();
+            let output = rows_output(
+                show_columns_schema(),
+                vec![
+                    Arc::new(StringArray::from_iter_values(fields.iter().map(|f| f.name().clone()))),
+                    Arc::new(StringArray::from_iter_values(fields.iter().map(|f| crate::types::field_type_name(f)))),
+                    Arc::new(BooleanArray::from(vec![true; fields.len()])),
+                    Arc::new(BooleanArray::from(vec![false; fields.len()])),
+                ],
+            )?;
+            return Ok(StatementOutcome { output, notices: vec![], transaction: TransactionChange::None });
+        }
         let def = self.db.table(&name).ok_or(SqlError::UndefinedTable(name))?;
         let names: Vec<String> = def.columns.iter().map(|c| c.name.clone()).collect();
         let types: Vec<String> = def.columns.iter().map(|c| c.sql_type.display_name()).collect();

@@ -206,6 +206,30 @@ impl SqlType {
     }
 }
 
+/// The PostgreSQL name of the type of a computed column (a view's), for DESCRIBE.
+pub fn field_type_name(field: &Field) -> String {
+    if is_json_field(field) {
+        return "jsonb".into();
+    }
+    match field.data_type() {
+        DataType::Boolean => "boolean".into(),
+        DataType::Int16 => "smallint".into(),
+        DataType::Int32 => "integer".into(),
+        DataType::Int64 => "bigint".into(),
+        DataType::Float32 => "real".into(),
+        DataType::Float64 => "double precision".into(),
+        DataType::Decimal128(p, s) => format!("numeric({p},{s})"),
+        DataType::Utf8 if is_varchar_field(field) => "character varying".into(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text".into(),
+        DataType::Date32 => "date".into(),
+        DataType::Timestamp(_, None) => "timestamp without time zone".into(),
+        DataType::Timestamp(_, Some(_)) => "timestamp with time zone".into(),
+        DataType::Interval(_) => "interval".into(),
+        DataType::Binary | DataType::LargeBinary => "bytea".into(),
+        other => other.to_string(),
+    }
+}
+
 /// Whether an Arrow field is a column declared `VARCHAR`.
 pub fn is_varchar_field(field: &Field) -> bool {
     field.metadata().get(PG_TYPE_KEY).is_some_and(|t| t.starts_with("varchar"))
