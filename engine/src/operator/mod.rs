@@ -11,7 +11,6 @@ mod project;
 mod scan;
 mod union;
 mod unnest;
-mod window;
 
 pub use filter::FilterOperator;
 pub use hash_aggregate::{AggregateCall, AggregateKind, HashAggregateOperator};
@@ -20,7 +19,6 @@ pub use project::ProjectOperator;
 pub use scan::ScanOperator;
 pub use union::UnionOperator;
 pub use unnest::UnnestOperator;
-pub use window::{WindowKind, WindowOperator};
 
 use std::sync::Arc;
 
