@@ -183,6 +183,11 @@ impl Database {
         self.views_read().get(name).cloned()
     }
 
+    /// The columns of source `name`.
+    pub fn source_schema(&self, name: &str) -> Option<SchemaRef> {
+        self.sources_read().get(name).map(|s| Arc::clone(&s.schema))
+    }
+
     /// What `name` denotes, if anything.
     pub fn relation_kind(&self, name: &str) -> Option<RelationKind> {
         if self.tables_read().contains_key(name) {
@@ -268,7 +273,13 @@ impl Database {
             .collect();
         let schema = Arc::new(Schema::new(fields));
         sluice_engine::dataflow::check_plan(&stream, self.writer.committer())
-            .map_err(|e| SqlError::unsupported(format_args!("this materialized view ({e})")))?;
+            .map_err(|e| {
+                let reason = e.to_string();
+                SqlError::unsupported(format_args!(
+                    "this materialized view ({})",
+                    reason.trim_start_matches("internal engine error: ")
+                ))
+            })?;
         Ok((stream, reads, schema))
     }
 
@@ -348,7 +359,12 @@ impl Database {
             for table in &tables {
                 feeds.remove(*table);
             }
-            return Err(SqlError::from(e));
+            // The view could not hold the current rows (bad data in them, such as an overflow).
+            let reason = e.to_string();
+            let reason = reason.trim_start_matches("internal engine error: ");
+            return Err(SqlError::ViewFailed(format!(
+                "materialized view \"{name}\" cannot be created over the current rows: {reason}"
+            )));
         }
         let entry = Arc::new(ViewEntry::try_new(
             id,

@@ -496,6 +496,9 @@ impl Session {
                 }
                 Ok(outcome)
             }
+            // Drivers (psycopg) release their prepared statements this way; Sluice keeps none
+            // beyond the connection's portals, so there is nothing to free.
+            Statement::Deallocate { .. } => Ok(StatementOutcome::command("DEALLOCATE", None)),
             Statement::CreateView(_) => {
                 Err(SqlError::unsupported("CREATE VIEW (Sluice keeps views up to date: use CREATE MATERIALIZED VIEW)"))
             }
@@ -591,8 +594,9 @@ impl Session {
 
     fn describe_table(&self, name: &ast::ObjectName) -> SqlResult<StatementOutcome> {
         let name = table_name(name)?;
-        if let Some(view) = self.db.view(&name) {
-            let fields = view.schema.fields();
+        let computed = self.db.view(&name).map(|v| Arc::clone(&v.schema)).or_else(|| self.db.source_schema(&name));
+        if let Some(schema) = computed {
+            let fields = schema.fields();
             let output = rows_output(
                 show_columns_schema(),
                 vec![

@@ -198,7 +198,10 @@ impl HashAggregateOperator {
                 (AggregateKind::Sum, Some(DataType::Decimal128(p, s))) => DataType::Decimal128((*p + 10).min(38), *s),
                 (AggregateKind::BoolAnd | AggregateKind::BoolOr, Some(DataType::Boolean)) => DataType::Boolean,
                 (AggregateKind::StringAgg, Some(DataType::Utf8 | DataType::LargeUtf8)) => DataType::LargeUtf8,
-                (kind, t) => return Err(EngineError::Invalid(format!("{kind:?} over {t:?} is not supported"))),
+                (kind, t) => {
+                    let over = t.as_ref().map_or_else(|| "no argument".to_string(), |t| t.to_string());
+                    return Err(EngineError::Invalid(format!("{}() over {over} is not supported", kind.sql_name())));
+                }
             };
             output_fields.push(Field::new(&call.name, out_type, true));
             let acc_type = match (call.kind, &arg_type) {
