@@ -15,7 +15,6 @@ use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{
     DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
 };
-use sluice_storage::Epoch;
 
 use crate::{EngineError, EngineResult};
 
@@ -220,15 +219,6 @@ impl ChangeBatch {
         }
         out
     }
-}
-
-/// What flows along a dataflow edge: changes, and the control messages between them.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Message {
-    /// A batch of changes.
-    Data(ChangeBatch),
-    /// Every change of epoch `N` came before this barrier; state up to here commits as epoch N.
-    Barrier(Epoch),
 }
 
 #[cfg(test)]

@@ -605,13 +605,19 @@ impl Worker {
     /// Removes the view being created at `at` and its state; returns the error for it.
     fn abandon(&mut self, at: usize, reason: String) -> EngineResult<()> {
         let view = self.views.remove(at);
+        self.discard(&view)?;
+        Err(EngineError::Invalid(reason))
+    }
+
+    /// Deletes a removed view's state and forgets its failure.
+    fn discard(&mut self, view: &RunningView) -> EngineResult<()> {
         let mut write = WriteBatch::new();
         for table in &view.state_tables {
             write.drop_table(*table);
         }
         self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&view.id);
         self.committer.commit(write)?;
-        Err(EngineError::Invalid(reason))
+        Ok(())
     }
 
     fn start_reader(&mut self, reader: SourceReader) {
@@ -645,12 +651,6 @@ impl Worker {
                 reader.abort();
             }
         }
-        let mut write = WriteBatch::new();
-        for table in &view.state_tables {
-            write.drop_table(*table);
-        }
-        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-        self.committer.commit(write)?;
-        Ok(())
+        self.discard(&view)
     }
 }

@@ -28,7 +28,7 @@ pub mod plan;
 pub mod source;
 mod state_table;
 
-pub use changelog::{ChangeBatch, Message, Op};
+pub use changelog::{ChangeBatch, Op};
 pub use commit::EpochCommitter;
 pub use dataflow::{Backfill, Dataflow, DataflowConfig, SourceReader, ViewDefinition};
 pub use error::{EngineError, EngineResult};

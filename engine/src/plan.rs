@@ -120,21 +120,6 @@ impl StreamPlan {
         tables
     }
 
-    /// The relations the plan reads.
-    pub fn relations(&self) -> Vec<RelationId> {
-        let mut relations: Vec<RelationId> = self
-            .nodes
-            .iter()
-            .filter_map(|n| match n.kind {
-                NodeKind::Scan { relation, .. } => Some(relation),
-                _ => None,
-            })
-            .collect();
-        relations.sort_unstable();
-        relations.dedup();
-        relations
-    }
-
     /// The plan as text, one operator per line, the view's output first and each operator's
     /// inputs indented below it (a node read by several operators is printed once, then
     /// referred to by its number).

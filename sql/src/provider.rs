@@ -43,6 +43,17 @@ use crate::types::{normalize_jsonb, SqlType};
 #[derive(Clone)]
 pub struct ReadSnapshot(pub Arc<dyn StateSnapshot>);
 
+impl ReadSnapshot {
+    /// The snapshot the statement running in `state` reads (a fresh one of `store` outside a
+    /// statement, e.g. while DataFusion plans).
+    pub fn of(state: &dyn Session, store: &Arc<dyn StateStore>) -> Arc<dyn StateSnapshot> {
+        match state.config().get_extension::<ReadSnapshot>() {
+            Some(s) => Arc::clone(&s.0),
+            None => store.snapshot(),
+        }
+    }
+}
+
 impl fmt::Debug for ReadSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ReadSnapshot(epoch {})", self.0.epoch())
@@ -435,10 +446,7 @@ impl TableProvider for StoredTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let snapshot = match state.config().get_extension::<ReadSnapshot>() {
-            Some(s) => Arc::clone(&s.0),
-            None => self.writer.store().snapshot(),
-        };
+        let snapshot = ReadSnapshot::of(state, self.writer.store());
         let mut batches = match self.key_lookup(snapshot.as_ref(), filters).map_err(to_datafusion)? {
             Some(batch) => vec![batch],
             None => self.state.scan_all(snapshot.as_ref()).map_err(|e| to_datafusion(e.into()))?,

@@ -120,10 +120,7 @@ impl TableProvider for ViewTable {
                 self.entry.name
             ))));
         }
-        let snapshot = match state.config().get_extension::<ReadSnapshot>() {
-            Some(s) => Arc::clone(&s.0),
-            None => self.store.snapshot(),
-        };
+        let snapshot = ReadSnapshot::of(state, &self.store);
         let stored = self.entry.rows.scan_all(snapshot.as_ref()).map_err(|e| to_datafusion(e.into()))?;
         let batches = stored
             .iter()

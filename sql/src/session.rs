@@ -337,24 +337,39 @@ impl Session {
 
     /// Executes one statement.
     pub async fn execute(&mut self, stmt: &ParsedStatement) -> SqlResult<StatementOutcome> {
-        match stmt {
-            ParsedStatement::Sql(stmt) => self.execute_sql(stmt).await,
-            other => {
-                if self.stream_failed.swap(false, Ordering::Relaxed) && matches!(self.txn, TxnState::InBlock { .. }) {
-                    self.txn = TxnState::Failed;
-                }
-                if self.txn == TxnState::Failed {
-                    return Err(SqlError::InvalidTransactionState(
-                        "current transaction is aborted, commands ignored until end of transaction block".into(),
-                    ));
-                }
-                let result = self.dispatch_streaming(other).await;
-                if result.is_err() && matches!(self.txn, TxnState::InBlock { .. }) {
-                    self.txn = TxnState::Failed;
-                }
-                result
-            }
+        if self.stream_failed.swap(false, Ordering::Relaxed) && matches!(self.txn, TxnState::InBlock { .. }) {
+            self.txn = TxnState::Failed;
         }
+        let is_txn_end = matches!(stmt, ParsedStatement::Sql(Statement::Commit { .. } | Statement::Rollback { .. }));
+        if self.txn == TxnState::Failed && !is_txn_end {
+            return Err(SqlError::InvalidTransactionState(
+                "current transaction is aborted, commands ignored until end of transaction block".into(),
+            ));
+        }
+        let result = match stmt {
+            ParsedStatement::Sql(sql) => self.dispatch(sql).await,
+            other => self.dispatch_streaming(other).await,
+        };
+        let writes_something = matches!(
+            stmt,
+            ParsedStatement::Sql(
+                Statement::Insert(_)
+                    | Statement::Update(_)
+                    | Statement::Delete(_)
+                    | Statement::CreateTable(_)
+                    | Statement::CreateView(_)
+                    | Statement::Drop { .. }
+            ) | ParsedStatement::CreateSource(_)
+                | ParsedStatement::DropSource { .. }
+        );
+        match (&result, self.txn) {
+            (Err(_), TxnState::InBlock { .. }) => self.txn = TxnState::Failed,
+            (Ok(outcome), TxnState::InBlock { writes }) if outcome.transaction == TransactionChange::None && writes_something => {
+                self.txn = TxnState::InBlock { writes: writes + 1 };
+            }
+            _ => {}
+        }
+        result
     }
 
     async fn dispatch_streaming(&mut self, stmt: &ParsedStatement) -> SqlResult<StatementOutcome> {
@@ -429,30 +444,6 @@ impl Session {
             }
         }
         Ok((name, plan, names))
-    }
-
-    /// Executes one standard SQL statement.
-    async fn execute_sql(&mut self, stmt: &Statement) -> SqlResult<StatementOutcome> {
-        if self.stream_failed.swap(false, Ordering::Relaxed) && matches!(self.txn, TxnState::InBlock { .. }) {
-            self.txn = TxnState::Failed;
-        }
-        let is_txn_end = matches!(stmt, Statement::Commit { .. } | Statement::Rollback { .. });
-        if self.txn == TxnState::Failed && !is_txn_end {
-            return Err(SqlError::InvalidTransactionState(
-                "current transaction is aborted, commands ignored until end of transaction block".into(),
-            ));
-        }
-        let result = self.dispatch(stmt).await;
-        match (&result, self.txn) {
-            (Err(_), TxnState::InBlock { .. }) => self.txn = TxnState::Failed,
-            (Ok(outcome), TxnState::InBlock { writes }) if outcome.transaction == TransactionChange::None => {
-                if matches!(stmt, Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) | Statement::CreateTable(_) | Statement::CreateView(_) | Statement::Drop { .. }) {
-                    self.txn = TxnState::InBlock { writes: writes + 1 };
-                }
-            }
-            _ => {}
-        }
-        result
     }
 
     /// Executes `stmt` with its `$n` parameters bound to `params`.
