@@ -7,6 +7,13 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# RocksDB's bindings are generated at build time by bindgen, which needs libclang.
+if ! command -v clang >/dev/null || ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then
+  echo "installing clang and libclang-dev (Debian packages) to build RocksDB"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang libclang-dev >/dev/null
+fi
+
 # PostgreSQL server binaries: the reference the PostgreSQL-compatible suites are compared with.
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   echo "installing PostgreSQL (Debian package) for the reference runs"

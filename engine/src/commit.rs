@@ -11,7 +11,9 @@ use sluice_storage::{Epoch, StateStore, StorageResult, WriteBatch};
 /// committing the next must therefore happen under one lock, shared by both writers.
 pub struct EpochCommitter {
     store: Arc<dyn StateStore>,
-    lock: Mutex<()>,
+    /// Whether a batch committed without [`WriteBatch::set_durable`] since the last durable
+    /// one (a checkpoint then must sync even with nothing to write).
+    lock: Mutex<bool>,
 }
 
 impl std::fmt::Debug for EpochCommitter {
@@ -23,7 +25,7 @@ impl std::fmt::Debug for EpochCommitter {
 impl EpochCommitter {
     /// A committer for `store`.
     pub fn new(store: Arc<dyn StateStore>) -> Self {
-        Self { store, lock: Mutex::new(()) }
+        Self { store, lock: Mutex::new(false) }
     }
 
     /// The store.
@@ -34,12 +36,21 @@ impl EpochCommitter {
     /// Commits `batch` as the next epoch and returns it; an empty batch commits nothing and
     /// returns the last committed epoch.
     pub fn commit(&self, batch: WriteBatch) -> StorageResult<Epoch> {
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.commit_checkpoint(batch, false)
+    }
+
+    /// Like [`EpochCommitter::commit`]; with `force` and a durable batch, an empty batch still
+    /// commits if earlier batches were not durable, so that they become power-safe (the
+    /// store's log is written in order, so syncing a later epoch syncs every earlier one).
+    pub fn commit_checkpoint(&self, batch: WriteBatch, force: bool) -> StorageResult<Epoch> {
+        let mut unsynced = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let epoch = self.store.committed_epoch();
-        if batch.is_empty() {
+        let durable = batch.is_durable();
+        if batch.is_empty() && !(force && durable && *unsynced) {
             return Ok(epoch);
         }
         self.store.commit(epoch + 1, batch)?;
+        *unsynced = !durable;
         Ok(epoch + 1)
     }
 }

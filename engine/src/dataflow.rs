@@ -46,6 +46,7 @@ use crate::operator::{
     ScanOperator, UnionOperator, UnnestOperator,
 };
 use crate::plan::{NodeKind, RelationId, StreamPlan};
+use crate::recovery::{log_key, recorded_failure, source_offset, system_tables};
 use crate::source::DatagenSpec;
 use crate::{ChangeBatch, EngineError, EngineResult, Operator, StateTable};
 
@@ -78,6 +79,23 @@ pub struct SourceReader {
     pub spec: DatagenSpec,
 }
 
+/// How a view starts running.
+pub enum ViewStart {
+    /// A view being created: it reads the current contents of its inputs, and `catalog` (the
+    /// view's catalog entry) commits in the same checkpoint as its first state, so that a
+    /// crash leaves either no view or a working one.
+    New {
+        /// Current contents of the relations it reads.
+        backfill: Vec<Backfill>,
+        /// Writes to commit with the view's first state.
+        catalog: WriteBatch,
+    },
+    /// A view that existed before a restart: its state is in the store as of the last
+    /// checkpoint, its source readers resume at their committed offsets, and the change log
+    /// replays what it had not absorbed.
+    Restore,
+}
+
 /// Everything the dataflow needs to run a new view.
 pub struct ViewDefinition {
     /// The view's relation id, also the state table of its rows.
@@ -88,16 +106,26 @@ pub struct ViewDefinition {
     pub plan: StreamPlan,
     /// Its columns as users see them.
     pub schema: SchemaRef,
-    /// Current contents of the relations it reads.
-    pub backfill: Vec<Backfill>,
+    /// How it starts.
+    pub start: ViewStart,
     /// Source readers to start once the view is running.
     pub readers: Vec<SourceReader>,
 }
 
+/// Where a batch of changes comes from, so that a checkpoint can record how far each input
+/// has been absorbed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InputPosition {
+    /// Change-log entry `seq` of a table write (deleted by the checkpoint that absorbs it).
+    Log(u64),
+    /// A source reader's rows up to (not including) this offset.
+    Source(u64),
+}
+
 enum Command {
-    Changes { relation: RelationId, changes: ChangeBatch },
+    Changes { relation: RelationId, changes: ChangeBatch, position: InputPosition },
     CreateView { view: Box<ViewDefinition>, done: oneshot::Sender<EngineResult<()>> },
-    DropView { id: RelationId, done: oneshot::Sender<EngineResult<()>> },
+    DropView { id: RelationId, catalog: WriteBatch, done: oneshot::Sender<EngineResult<()>> },
     Barrier { done: Option<oneshot::Sender<EngineResult<Epoch>>> },
     ReaderFailed { relation: RelationId, error: String },
     Shutdown,
@@ -156,6 +184,10 @@ impl Dataflow {
             commands: commands.clone(),
             barriers: 0,
             parallelism: config.parallelism.max(1),
+            absorbed_log: Vec::new(),
+            offsets: HashMap::new(),
+            newly_failed: Vec::new(),
+            halted: None,
         };
         std::thread::Builder::new()
             .name("sluice-dataflow".into())
@@ -178,12 +210,14 @@ impl Dataflow {
         Ok(Self { commands, failures })
     }
 
-    /// Enqueues committed changes of `relation`. Waits while the dataflow is behind.
-    pub async fn send_changes(&self, relation: RelationId, changes: ChangeBatch) -> EngineResult<()> {
-        if changes.num_rows() == 0 {
-            return Ok(());
-        }
-        self.commands.send(Command::Changes { relation, changes }).await.map_err(|_| stopped())
+    /// Enqueues the changes of `relation` that change-log entry `seq` holds (committed with
+    /// the table write). Waits while the dataflow is behind. The checkpoint that absorbs them
+    /// deletes the entry.
+    pub async fn send_changes(&self, relation: RelationId, changes: ChangeBatch, seq: u64) -> EngineResult<()> {
+        self.commands
+            .send(Command::Changes { relation, changes, position: InputPosition::Log(seq) })
+            .await
+            .map_err(|_| stopped())
     }
 
     /// Enqueues a new view; the returned receiver completes once the view holds the current
@@ -194,10 +228,11 @@ impl Dataflow {
         Ok(result)
     }
 
-    /// Stops a view, stops its source readers and deletes its state.
-    pub async fn drop_view(&self, id: RelationId) -> EngineResult<()> {
+    /// Stops a view, stops its source readers and deletes its state, committing `catalog`
+    /// (the removal of its catalog entry) in the same epoch.
+    pub async fn drop_view(&self, id: RelationId, catalog: WriteBatch) -> EngineResult<()> {
         let (done, result) = oneshot::channel();
-        self.commands.send(Command::DropView { id, done }).await.map_err(|_| stopped())?;
+        self.commands.send(Command::DropView { id, catalog, done }).await.map_err(|_| stopped())?;
         result.await.map_err(|_| stopped())?
     }
 
@@ -249,6 +284,15 @@ struct Worker {
     commands: mpsc::Sender<Command>,
     barriers: u64,
     parallelism: usize,
+    /// Change-log entries absorbed since the last checkpoint.
+    absorbed_log: Vec<u64>,
+    /// Source readers' offsets reached since the last checkpoint.
+    offsets: HashMap<RelationId, u64>,
+    /// Views that failed since the last checkpoint, with why.
+    newly_failed: Vec<(RelationId, String)>,
+    /// Why a checkpoint could not be written, after which nothing more is absorbed or
+    /// committed (a restart recovers from the last checkpoint).
+    halted: Option<String>,
 }
 
 fn physical(expr: &Expr, input: &DFSchema) -> EngineResult<Arc<dyn PhysicalExpr>> {
@@ -425,10 +469,40 @@ impl RunningView {
 impl Worker {
     fn run(&mut self, mut receiver: mpsc::Receiver<Command>) {
         while let Some(command) = receiver.blocking_recv() {
+            if let Some(reason) = &self.halted {
+                let error = || EngineError::Invalid(reason.clone());
+                match command {
+                    Command::Barrier { done: Some(done) } => {
+                        let _ = done.send(Err(error()));
+                    }
+                    Command::CreateView { done, .. } => {
+                        let _ = done.send(Err(error()));
+                    }
+                    Command::DropView { id, catalog, done } => {
+                        let _ = done.send(self.drop_view(id, catalog));
+                    }
+                    Command::Shutdown => break,
+                    _ => {}
+                }
+                continue;
+            }
             match command {
-                Command::Changes { relation, changes } => self.deliver(relation, changes, None),
+                Command::Changes { relation, changes, position } => {
+                    self.deliver(relation, changes, None);
+                    match position {
+                        InputPosition::Log(seq) => self.absorbed_log.push(seq),
+                        InputPosition::Source(offset) => {
+                            // A dropped view's reader may have queued rows before it stopped.
+                            if self.views.iter().any(|v| v.scans.iter().any(|(r, _)| *r == relation)) {
+                                self.offsets.insert(relation, offset);
+                            }
+                        }
+                    }
+                }
                 Command::Barrier { done } => {
-                    let result = self.barrier();
+                    // Every checkpoint makes the table writes before it power-safe, even with
+                    // nothing of its own to write.
+                    let result = self.barrier(WriteBatch::new(), true);
                     if let Err(e) = &result {
                         tracing::error!(error = %e, "barrier failed");
                     }
@@ -440,8 +514,8 @@ impl Worker {
                     let result = self.create_view(*view);
                     let _ = done.send(result);
                 }
-                Command::DropView { id, done } => {
-                    let _ = done.send(self.drop_view(id));
+                Command::DropView { id, catalog, done } => {
+                    let _ = done.send(self.drop_view(id, catalog));
                 }
                 Command::ReaderFailed { relation, error } => {
                     if let Some(at) = self.views.iter().position(|v| v.scans.iter().any(|(r, _)| *r == relation)) {
@@ -468,6 +542,7 @@ impl Worker {
             tracing::error!(view = %view.name, %reason, "materialized view stopped");
             view.failed = true;
             failures.insert(view.id, reason.clone());
+            self.newly_failed.push((view.id, reason.clone()));
             let id = view.id;
             let name = view.name.clone();
             for (i, other) in self.views.iter().enumerate() {
@@ -505,7 +580,17 @@ impl Worker {
         }
     }
 
-    fn barrier(&mut self) -> EngineResult<Epoch> {
+    /// Ends an epoch: every view's dirty state, what the inputs have been absorbed up to,
+    /// newly failed views and `extra` commit as one durable epoch. With `force`, commits even
+    /// when there is nothing to write, so that earlier table writes become power-safe.
+    fn barrier(&mut self, extra: WriteBatch, force: bool) -> EngineResult<Epoch> {
+        let mut write = self.checkpoint_batch();
+        write.append(extra);
+        self.commit_checkpoint(write, force)
+    }
+
+    /// Runs a barrier through every view and collects what the checkpoint writes.
+    fn checkpoint_batch(&mut self) -> WriteBatch {
         self.barriers += 1;
         let epoch = self.barriers;
         let mut write = WriteBatch::new();
@@ -523,7 +608,47 @@ impl Worker {
                 Err(e) => self.fail(at, e.to_string()),
             }
         }
-        Ok(self.committer.commit(write)?)
+        for seq in self.absorbed_log.drain(..) {
+            write.delete(system_tables::CHANGE_LOG, log_key(seq).to_vec());
+        }
+        for (reader, offset) in self.offsets.drain() {
+            write.put(system_tables::SOURCE_OFFSETS, reader.to_be_bytes().to_vec(), offset.to_be_bytes().to_vec());
+        }
+        for (view, reason) in self.newly_failed.drain(..) {
+            write.put(system_tables::FAILED_VIEWS, view.to_be_bytes().to_vec(), reason.into_bytes());
+        }
+        write
+    }
+
+    fn commit_checkpoint(&mut self, mut write: WriteBatch, force: bool) -> EngineResult<Epoch> {
+        write.set_durable();
+        match self.committer.commit_checkpoint(write, force) {
+            Ok(epoch) => Ok(epoch),
+            Err(e) => {
+                self.halt(&e.to_string());
+                Err(e.into())
+            }
+        }
+    }
+
+    /// A checkpoint could not be written (a full or failing disk): the epoch's state is lost
+    /// from memory, so no view may go on from it. Every view stops until a restart recovers
+    /// them from the last committed checkpoint; nothing of this is recorded as a view
+    /// failure, since the views themselves are sound.
+    fn halt(&mut self, reason: &str) {
+        let message = format!("a checkpoint could not be written ({reason}); restart the server to recover the views from the last checkpoint");
+        tracing::error!(%message, "dataflow halted");
+        self.halted = Some(message.clone());
+        self.absorbed_log.clear();
+        self.offsets.clear();
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        for view in &mut self.views {
+            if !view.failed {
+                view.failed = true;
+                failures.insert(view.id, message.clone());
+            }
+        }
+        self.newly_failed.clear();
     }
 
     fn create_view(&mut self, view: ViewDefinition) -> EngineResult<()> {
@@ -543,9 +668,7 @@ impl Worker {
         let materialized = crate::operator::view_state_table(view.id, &view.schema)?;
         let mut state_tables = view.plan.state_tables();
         state_tables.push(view.id);
-        // Settle every running view first, so that views this one reads are committed.
-        self.barrier()?;
-        self.views.push(RunningView {
+        let running = RunningView {
             id: view.id,
             name: view.name.clone(),
             schema: Arc::clone(&view.schema),
@@ -555,10 +678,32 @@ impl Worker {
             materialized,
             state_tables,
             failed: false,
-        });
+        };
+        let (backfill, catalog) = match view.start {
+            ViewStart::Restore => {
+                let snapshot = self.committer.store().snapshot();
+                self.views.push(running);
+                if let Some(reason) = recorded_failure(snapshot.as_ref(), view.id)? {
+                    let at = self.views.len() - 1;
+                    self.views[at].failed = true;
+                    self.failures.lock().unwrap_or_else(|p| p.into_inner()).insert(view.id, reason);
+                    return Ok(());
+                }
+                for reader in view.readers {
+                    let from = source_offset(snapshot.as_ref(), reader.relation)?;
+                    self.start_reader(reader, from);
+                }
+                tracing::info!(view = %view.name, "materialized view restored");
+                return Ok(());
+            }
+            ViewStart::New { backfill, catalog } => (backfill, catalog),
+        };
+        // Settle every running view first, so that views this one reads are committed.
+        self.barrier(WriteBatch::new(), false)?;
+        self.views.push(running);
         let at = self.views.len() - 1;
         let snapshot = self.committer.store().snapshot();
-        for backfill in &view.backfill {
+        for backfill in &backfill {
             let (relation, batches) = match backfill {
                 Backfill::Table { relation, state, columns, snapshot } => {
                     let batches = state.scan_all(snapshot.as_ref())?;
@@ -586,13 +731,18 @@ impl Worker {
                 }
             }
         }
-        self.barrier()?;
+        // The view's first state and its catalog entry commit together, or (if it failed
+        // over the current rows) the view is removed and its catalog entry never written.
+        let mut write = self.checkpoint_batch();
         if self.views[at].failed {
+            self.commit_checkpoint(write, false)?;
             let reason = self.failure(view.id);
             return self.abandon(at, reason);
         }
+        write.append(catalog);
+        self.commit_checkpoint(write, true)?;
         for reader in view.readers {
-            self.start_reader(reader);
+            self.start_reader(reader, 0);
         }
         tracing::info!(view = %view.name, "materialized view created");
         Ok(())
@@ -605,32 +755,43 @@ impl Worker {
     /// Removes the view being created at `at` and its state; returns the error for it.
     fn abandon(&mut self, at: usize, reason: String) -> EngineResult<()> {
         let view = self.views.remove(at);
-        self.discard(&view)?;
+        self.discard(&view, WriteBatch::new())?;
         Err(EngineError::Invalid(reason))
     }
 
-    /// Deletes a removed view's state and forgets its failure.
-    fn discard(&mut self, view: &RunningView) -> EngineResult<()> {
+    /// Deletes a removed view's state, reader offsets and failure, with `extra` (its catalog
+    /// removal) in the same durable epoch.
+    fn discard(&mut self, view: &RunningView, extra: WriteBatch) -> EngineResult<()> {
         let mut write = WriteBatch::new();
         for table in &view.state_tables {
             write.drop_table(*table);
         }
+        for (relation, _) in &view.scans {
+            write.delete(system_tables::SOURCE_OFFSETS, relation.to_be_bytes().to_vec());
+            self.offsets.remove(relation);
+        }
+        write.delete(system_tables::FAILED_VIEWS, view.id.to_be_bytes().to_vec());
+        self.newly_failed.retain(|(id, _)| *id != view.id);
         self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&view.id);
+        write.append(extra);
+        write.set_durable();
         self.committer.commit(write)?;
         Ok(())
     }
 
-    fn start_reader(&mut self, reader: SourceReader) {
+    fn start_reader(&mut self, reader: SourceReader, from: u64) {
         let commands = self.commands.clone();
         let relation = reader.relation;
         let handle = self.runtime.spawn(async move {
             let sender = commands.clone();
             let result = reader
                 .spec
-                .run(0, |batch, _offset| {
+                .run(from, |batch, offset| {
                     let sender = sender.clone();
                     async move {
-                        sender.send(Command::Changes { relation, changes: ChangeBatch::inserts(batch) }).await.is_ok()
+                        let changes = ChangeBatch::inserts(batch);
+                        let position = InputPosition::Source(offset);
+                        sender.send(Command::Changes { relation, changes, position }).await.is_ok()
                     }
                 })
                 .await;
@@ -641,7 +802,7 @@ impl Worker {
         self.readers.insert(relation, handle);
     }
 
-    fn drop_view(&mut self, id: RelationId) -> EngineResult<()> {
+    fn drop_view(&mut self, id: RelationId, catalog: WriteBatch) -> EngineResult<()> {
         let Some(at) = self.views.iter().position(|v| v.id == id) else {
             return Err(EngineError::Invalid(format!("no running view {id}")));
         };
@@ -651,6 +812,6 @@ impl Worker {
                 reader.abort();
             }
         }
-        self.discard(&view)
+        self.discard(&view, catalog)
     }
 }

@@ -25,6 +25,7 @@ mod error;
 pub mod exchange;
 pub mod operator;
 pub mod plan;
+pub mod recovery;
 pub mod source;
 mod state_table;
 

@@ -18,7 +18,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use futures::TryStreamExt;
 use sluice_engine::ChangeBatch;
 use sluice_sql::{parse_statements, Database, DataflowConfig, Session, SqlError, StatementOutput};
-use sluice_storage::MemoryStateStore;
+use sluice_storage::{MemoryStateStore, RocksOptions, RocksStateStore, StateStore};
 
 /// The benchmark queries, named as in BENCHMARKS.md.
 pub const QUERIES: &[(&str, &str)] = &[
@@ -49,6 +49,24 @@ pub struct BenchOptions {
     pub chunk: u64,
     /// Instances per stateful operator.
     pub parallelism: usize,
+    /// Where state lives: `memory` or `rocksdb` (in a scratch directory, removed afterwards).
+    pub store: String,
+    /// The RocksDB memory limit.
+    pub memory_limit: usize,
+}
+
+/// The store of one benchmark query, and the scratch directory to remove after it.
+fn open_store(options: &BenchOptions, query: &str) -> Result<(Arc<dyn StateStore>, Option<std::path::PathBuf>), SqlError> {
+    match options.store.as_str() {
+        "memory" => Ok((Arc::new(MemoryStateStore::new()), None)),
+        "rocksdb" => {
+            let dir = std::env::temp_dir().join(format!("sluice-bench-{}-{query}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let store = RocksStateStore::open(&dir, &RocksOptions { memory_limit: options.memory_limit })?;
+            Ok((Arc::new(store), Some(dir)))
+        }
+        other => Err(SqlError::InvalidParameterValue(format!("unknown store '{other}': use memory or rocksdb"))),
+    }
 }
 
 const BATCH_ROWS: u64 = 8192;
@@ -139,14 +157,15 @@ async fn execute(session: &mut Session, sql: &str) -> Result<(), SqlError> {
 pub async fn run(options: BenchOptions) -> Result<(), SqlError> {
     let schema = bids_schema();
     println!(
-        "sluice bench: {} events per query, {} auctions, {} instance(s) per stateful operator; \
+        "sluice bench: {} events per query, {} auctions, {} instance(s) per stateful operator, {} state store; \
          cpu = the dataflow's threads (the generator runs beside them)",
-        options.events, options.auctions, options.parallelism
+        options.events, options.auctions, options.parallelism, options.store
     );
     for (name, query) in QUERIES.iter().filter(|(n, _)| options.queries.iter().any(|q| q == n)) {
         // A fresh database per query, so that no other view shares the dataflow.
         let config = DataflowConfig { parallelism: options.parallelism.max(1), ..DataflowConfig::default() };
-        let db = Database::with_dataflow(Arc::new(MemoryStateStore::new()), config)?;
+        let (store, scratch) = open_store(&options, name)?;
+        let db = Database::with_dataflow(store, config)?;
         let mut session = db.session("sluice", "bench", 0);
         execute(&mut session, "CREATE TABLE bids (auction BIGINT, bidder BIGINT, price BIGINT, date_time TIMESTAMP)").await?;
         execute(&mut session, &format!("CREATE MATERIALIZED VIEW {name} AS {query}")).await?;
@@ -160,7 +179,9 @@ pub async fn run(options: BenchOptions) -> Result<(), SqlError> {
         let mut chunk_from = 0;
         while sent < options.events {
             let n = BATCH_ROWS.min(options.events - sent);
-            dataflow.send_changes(table, ChangeBatch::inserts(bids(&schema, sent, n, options.auctions)?)).await?;
+            // As if each batch were a logged table write (its log entry number is `seq`).
+            let seq = sent / BATCH_ROWS + 1;
+            dataflow.send_changes(table, ChangeBatch::inserts(bids(&schema, sent, n, options.auctions)?), seq).await?;
             sent += n;
             if options.chunk > 0 && (sent - chunk_from >= options.chunk || sent == options.events) {
                 dataflow.flush().await?;
@@ -193,6 +214,11 @@ pub async fn run(options: BenchOptions) -> Result<(), SqlError> {
         println!("VERIFY sluice {name} {}", query_text(&mut session, &verify).await?);
         db.dataflow().shutdown().await;
         tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(session);
+        drop(db);
+        if let Some(dir) = scratch {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
     Ok(())
 }

@@ -53,6 +53,12 @@ enum Command {
         /// Instances per stateful operator (default: one per core).
         #[arg(long)]
         parallelism: Option<usize>,
+        /// Where operator state lives: rocksdb (as `serve` keeps it) or memory.
+        #[arg(long, default_value = "rocksdb")]
+        store: String,
+        /// The RocksDB memory limit (e.g. 512MB).
+        #[arg(long, default_value = "512MB", value_parser = parse_bytes)]
+        memory_limit: usize,
     },
 }
 
@@ -73,6 +79,29 @@ struct ServeArgs {
     /// Instances per stateful operator, each on its own thread (default: one per core).
     #[arg(long)]
     parallelism: Option<usize>,
+    /// Memory the state store may use for cached state and write buffers (e.g. `512MB`,
+    /// `2GiB`); state beyond it stays on disk.
+    #[arg(long, default_value = "512MB", value_parser = parse_bytes)]
+    memory_limit: usize,
+}
+
+/// A size written `<n>`, `<n>KB`, `<n>MB`, `<n>GB` (or KiB, MiB, GiB; all powers of 1024).
+fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: usize = digits.parse().map_err(|_| format!("'{text}' is not a size like 512MB or 2GB"))?;
+    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown unit '{other}' in '{text}' (use KB, MB or GB)")),
+    };
+    let bytes = n.checked_mul(scale).ok_or_else(|| format!("'{text}' is too large"))?;
+    if bytes < 16 << 20 {
+        return Err(format!("a memory limit of '{text}' is too small: give at least 16MB"));
+    }
+    Ok(bytes)
 }
 
 /// A duration written `<n>ms`, `<n>s` or `<n>m`.
@@ -100,6 +129,7 @@ impl ServeArgs {
             http_addr: self.http_addr,
             checkpoint_interval: self.checkpoint_interval,
             parallelism: self.parallelism,
+            memory_limit: self.memory_limit,
         }
     }
 }
@@ -130,9 +160,10 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args.config(), shutdown_signal()).await.map_err(|e| e.to_string()),
-            Command::Bench { events, auctions, queries, chunk, parallelism } => {
+            Command::Bench { events, auctions, queries, chunk, parallelism, store, memory_limit } => {
                 let parallelism = parallelism.unwrap_or_else(|| sluice_sql::DataflowConfig::default().parallelism);
-                let options = bench::BenchOptions { events, auctions: auctions.max(1), queries, chunk, parallelism };
+                let options =
+                    bench::BenchOptions { events, auctions: auctions.max(1), queries, chunk, parallelism, store, memory_limit };
                 bench::run(options).await.map_err(|e| e.to_string())
             }
             Command::Demo { server, rate, rows, once } => {

@@ -121,8 +121,13 @@ async fn render(session: &mut Session, server: &RunningServer) -> Result<String,
 pub async fn run(config: ServerConfig, options: DemoOptions, until: impl std::future::Future<Output = ()>) -> Result<(), DemoError> {
     let server = RunningServer::start(config).await?;
     let mut session = server.db.session("sluice", "sluice", 0);
-    println!("Creating source page_views (datagen) and four materialized views ...");
-    run_sql(&mut session, &setup_sql(options.rate, options.rows)).await?;
+    if server.db.source_names().iter().any(|s| s == "page_views") {
+        // The data directory keeps the pipeline: it resumes where the last run stopped.
+        println!("Resuming the demo pipeline kept in the data directory ...");
+    } else {
+        println!("Creating source page_views (datagen) and four materialized views ...");
+        run_sql(&mut session, &setup_sql(options.rate, options.rows)).await?;
+    }
     if options.once {
         let target = options.rows.unwrap_or(1);
         loop {

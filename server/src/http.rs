@@ -21,7 +21,7 @@ pub fn router(db: Arc<Database>, metrics: Arc<Metrics>) -> Router {
         .route("/health", get(|| async { "ok\n" }))
         .route(
             "/metrics",
-            get(|State(s): State<HttpState>| async move { s.metrics.render(s.db.table_names().len()) }),
+            get(|State(s): State<HttpState>| async move { s.metrics.render(s.db.table_names().len(), s.db.state_bytes()) }),
         )
         .with_state(HttpState { db, metrics })
 }

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use sluice_sql::Database;
-use sluice_storage::MemoryStateStore;
+use sluice_storage::{RocksOptions, RocksStateStore, StorageError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -59,6 +59,9 @@ pub enum ServerError {
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
+    /// The state directory cannot be used (not writable, corrupt, another version's).
+    #[error("state directory: {0}")]
+    State(#[from] StorageError),
     /// The database could not start.
     #[error("cannot start the database: {0}")]
     Database(#[from] sluice_sql::SqlError),
@@ -77,6 +80,8 @@ pub struct ServerConfig {
     pub checkpoint_interval: std::time::Duration,
     /// Instances per stateful operator (`None`: one per core).
     pub parallelism: Option<usize>,
+    /// Bytes the state store may keep in memory (cached blocks and write buffers).
+    pub memory_limit: usize,
 }
 
 /// A running server: its database and the addresses it actually listens on (useful when a
@@ -111,16 +116,38 @@ impl RunningServer {
     /// Starts the listeners.
     pub async fn start(config: ServerConfig) -> Result<Self, ServerError> {
         let lock = lock_data_dir(&config.data_dir)?;
-        // The durable RocksDB backend is the durability issue's work; until then state lives in
-        // memory and does not survive a restart.
-        warn!("state is kept in memory: tables do not survive a restart yet");
+        let started = std::time::Instant::now();
+        let state_dir = config.data_dir.join("state");
+        let options = RocksOptions { memory_limit: config.memory_limit };
+        let store = tokio::task::spawn_blocking(move || RocksStateStore::open(state_dir, &options))
+            .await
+            .map_err(|e| StorageError::Backend(format!("opening the state store panicked: {e}")))??;
         let defaults = sluice_sql::DataflowConfig::default();
         let dataflow = sluice_sql::DataflowConfig {
             checkpoint_interval: config.checkpoint_interval,
             parallelism: config.parallelism.unwrap_or(defaults.parallelism).max(1),
             ..defaults
         };
-        let db = Database::with_dataflow(Arc::new(MemoryStateStore::new()), dataflow)?;
+        let (db, recovered) = Database::open(Arc::new(store), dataflow).await?;
+        let took = started.elapsed();
+        info!(
+            epoch = recovered.epoch,
+            tables = recovered.tables,
+            sources = recovered.sources,
+            views = recovered.views,
+            replayed_changes = recovered.replayed_changes,
+            took_ms = took.as_millis() as u64,
+            "recovered the data directory"
+        );
+        println!(
+            "sluice recovered {} tables, {} sources, {} materialized views at epoch {} ({} table changes replayed) in {:.3} s",
+            recovered.tables,
+            recovered.sources,
+            recovered.views,
+            recovered.epoch,
+            recovered.replayed_changes,
+            took.as_secs_f64()
+        );
         let metrics = Arc::new(Metrics::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
 
@@ -146,12 +173,17 @@ impl RunningServer {
         Ok(Self { db, pg_addr, http_addr, shutdown, tasks: vec![pg_task, http_task], _lock: lock })
     }
 
-    /// Stops accepting connections and waits for the listeners to close.
+    /// Stops accepting connections, waits for the listeners to close and takes a last
+    /// checkpoint, so that a clean restart has nothing to replay.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
         }
+        if let Err(e) = self.db.flush().await {
+            warn!(error = %e, "the last checkpoint failed; the next start replays from the one before");
+        }
+        self.db.dataflow().shutdown().await;
         info!("sluice stopped");
     }
 }

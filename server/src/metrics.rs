@@ -30,12 +30,15 @@ impl Metrics {
     }
 
     /// The counters in Prometheus text exposition format.
-    pub fn render(&self, tables: usize) -> String {
+    pub fn render(&self, tables: usize, state_bytes: Option<u64>) -> String {
+        let state = state_bytes
+            .map(|b| format!("# TYPE sluice_state_bytes gauge\nsluice_state_bytes {b}\n"))
+            .unwrap_or_default();
         format!(
             "# TYPE sluice_connections_total counter\nsluice_connections_total {}\n\
              # TYPE sluice_statements_total counter\nsluice_statements_total {}\n\
              # TYPE sluice_statement_errors_total counter\nsluice_statement_errors_total {}\n\
-             # TYPE sluice_tables gauge\nsluice_tables {}\n",
+             # TYPE sluice_tables gauge\nsluice_tables {}\n{state}",
             self.connections.load(Ordering::Relaxed),
             self.statements.load(Ordering::Relaxed),
             self.statement_errors.load(Ordering::Relaxed),

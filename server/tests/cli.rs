@@ -102,3 +102,20 @@ fn demo_runs_its_pipeline_and_shows_the_views() {
     assert!(text.contains("| 5000 "), "{text}");
     assert!(text.contains("psql -h 127.0.0.1 -p"), "{text}");
 }
+
+#[test]
+fn an_unusable_state_directory_stops_the_start_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // Where the state store should be, a file: RocksDB cannot create its directory there.
+    std::fs::write(data.join("state"), b"not a directory").unwrap();
+    let out = sluice()
+        .args(["serve", "--pg-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("state directory") && stderr.contains("state"), "{stderr}");
+}

@@ -14,10 +14,12 @@ use datafusion::common::TableReference;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::logical_expr::LogicalPlan;
 use sluice_engine::plan::StreamPlan;
+use sluice_engine::dataflow::ViewStart;
 use sluice_engine::{Backfill, Dataflow, DataflowConfig, EpochCommitter, SourceReader, ViewDefinition};
 use sluice_storage::{StateStore, TableId, WriteBatch};
 
 use crate::catalog::{ColumnDef, TableDef};
+use crate::persist::{self, CatalogRecord};
 use datafusion::execution::FunctionRegistry;
 
 use crate::error::{SqlError, SqlResult};
@@ -76,14 +78,15 @@ impl RelationKind {
 }
 
 impl Database {
-    /// A database over `store`, with the default dataflow settings. Must be called inside a
-    /// tokio runtime.
+    /// A database over a new, empty `store`, with the default dataflow settings. Must be
+    /// called inside a tokio runtime. (A store that may hold a catalog is opened with
+    /// [`Database::open`].)
     pub fn new(store: Arc<dyn StateStore>) -> SqlResult<Arc<Self>> {
         Self::with_dataflow(store, DataflowConfig::default())
     }
 
-    /// A database over `store` whose views run with `config`. Must be called inside a tokio
-    /// runtime.
+    /// A database over a new, empty `store` whose views run with `config`. Must be called
+    /// inside a tokio runtime.
     pub fn with_dataflow(store: Arc<dyn StateStore>, config: DataflowConfig) -> SqlResult<Arc<Self>> {
         let mut config_options = SessionConfig::new()
             .with_information_schema(true)
@@ -116,6 +119,84 @@ impl Database {
         }))
     }
 
+    /// Opens the database kept in `store`: rebuilds every table, source and view its catalog
+    /// holds, resumes the views over their last checkpoint and replays the table changes they
+    /// had not absorbed, and resumes source readers at their committed offsets.
+    ///
+    /// Fails, rather than starting empty, if the catalog cannot be read or a view cannot be
+    /// rebuilt exactly as it was planned.
+    pub async fn open(store: Arc<dyn StateStore>, config: DataflowConfig) -> SqlResult<(Arc<Self>, RecoverySummary)> {
+        let db = Self::with_dataflow(store, config)?;
+        let summary = db.restore().await?;
+        Ok((db, summary))
+    }
+
+    async fn restore(self: &Arc<Self>) -> SqlResult<RecoverySummary> {
+        let _ddl = self.ddl.lock().await;
+        let snapshot = self.store().snapshot();
+        let records = persist::load(snapshot.as_ref())?;
+        let mut summary = RecoverySummary { epoch: snapshot.epoch(), ..RecoverySummary::default() };
+        let highest = records
+            .iter()
+            .flat_map(|r| match r {
+                CatalogRecord::View { id, plan_ids, .. } => plan_ids.iter().copied().chain([*id]).collect::<Vec<_>>(),
+                other => vec![other.id()],
+            })
+            .max()
+            .unwrap_or(0);
+        let next_id = persist::counter(snapshot.as_ref(), persist::NEXT_OBJECT_ID)?.unwrap_or(1).max(u64::from(highest) + 1);
+        self.next_table_id.store(u32::try_from(next_id).unwrap_or(u32::MAX), Ordering::Relaxed);
+        let pending = sluice_engine::recovery::pending_changes(snapshot.as_ref())?;
+        let next_row_id = persist::counter(snapshot.as_ref(), persist::NEXT_ROW_ID)?.unwrap_or(1);
+        let next_log_seq = pending.last().map(|(seq, _, _)| seq + 1).unwrap_or(1);
+        self.writer.resume(i64::try_from(next_row_id).unwrap_or(i64::MAX), next_log_seq);
+        let session = self.session(CATALOG_NAME, "sluice", 0);
+        for record in records {
+            match record {
+                CatalogRecord::Table(def) => {
+                    self.register_table(def)?;
+                    summary.tables += 1;
+                }
+                CatalogRecord::Source { id, name, columns, options, created_at_micros } => {
+                    self.register_source(id, name, columns, &options, created_at_micros)?;
+                    summary.sources += 1;
+                }
+                CatalogRecord::View { id, name, definition, plan_ids, explain } => {
+                    let cannot = |why: String| {
+                        SqlError::Internal(format!("materialized view \"{name}\" cannot be restored: {why}"))
+                    };
+                    let statements = crate::parse_statements(&definition).map_err(|e| cannot(e.to_string()))?;
+                    let create = match statements.as_slice() {
+                        [crate::statement::ParsedStatement::Sql(ast::Statement::CreateView(create))] => create,
+                        _ => return Err(cannot(format!("its definition is not one CREATE MATERIALIZED VIEW: {definition}"))),
+                    };
+                    let (_, plan, names) = session.plan_view_query(create).await.map_err(|e| cannot(e.to_string()))?;
+                    let restored = RestoredView { id, plan_ids, explain };
+                    self.start_view(&name, &definition, &plan, &names, Some(restored)).await?;
+                    summary.views += 1;
+                }
+            }
+        }
+        summary.replayed_changes = pending.len();
+        for (seq, relation, changes) in pending {
+            self.dataflow.send_changes(relation, changes, seq).await?;
+        }
+        Ok(summary)
+    }
+
+    /// Queues the id counter into a DDL's batch, so that ids are never handed out twice.
+    fn persist_next_id(&self, batch: &mut WriteBatch) {
+        persist::put_counter(batch, persist::NEXT_OBJECT_ID, u64::from(self.next_table_id.load(Ordering::Relaxed)));
+    }
+
+    /// Commits a DDL's catalog change durably.
+    fn commit_ddl(&self, mut batch: WriteBatch) -> SqlResult<()> {
+        self.persist_next_id(&mut batch);
+        batch.set_durable();
+        self.writer.committer().commit(batch)?;
+        Ok(())
+    }
+
     /// A new client session.
     pub fn session(self: &Arc<Self>, database: &str, user: &str, backend_pid: i32) -> Session {
         Session::new(Arc::clone(self), database, user, backend_pid)
@@ -127,6 +208,11 @@ impl Database {
 
     pub(crate) fn store(&self) -> &Arc<dyn StateStore> {
         self.writer.store()
+    }
+
+    /// Approximate bytes of state in the store (see `StateStore::approximate_bytes`).
+    pub fn state_bytes(&self) -> Option<u64> {
+        self.store().approximate_bytes()
     }
 
     /// The dataflow running the views.
@@ -217,10 +303,22 @@ impl Database {
             return Err(SqlError::DuplicateTable(name));
         }
         let def = table_def(create, name.clone(), self.allocate_id())?;
-        let provider = Arc::new(StoredTable::try_new(Arc::new(def), Arc::clone(&self.writer))?);
+        let provider = Arc::new(StoredTable::try_new(Arc::new(def.clone()), Arc::clone(&self.writer))?);
+        let mut batch = WriteBatch::new();
+        CatalogRecord::Table(def).put(&mut batch)?;
+        self.commit_ddl(batch)?;
         self.ctx.register_table(TableReference::bare(name.clone()), provider.clone())?;
         tables.insert(name, provider);
         Ok(true)
+    }
+
+    /// Registers a table read back from the catalog.
+    fn register_table(&self, def: TableDef) -> SqlResult<()> {
+        let name = def.name.clone();
+        let provider = Arc::new(StoredTable::try_new(Arc::new(def), Arc::clone(&self.writer))?);
+        self.ctx.register_table(TableReference::bare(name.clone()), provider.clone())?;
+        self.tables_write().insert(name, provider);
+        Ok(())
     }
 
     /// Executes `CREATE SOURCE`. Returns false if it existed and `IF NOT EXISTS` was given.
@@ -250,20 +348,53 @@ impl Database {
         if columns.is_empty() {
             return Err(SqlError::InvalidDefinition(format!("source \"{name}\" must have at least one column")));
         }
-        let schema = Arc::new(Schema::new(columns.iter().map(|c| c.sql_type.field(&c.name)).collect::<Vec<_>>()));
         let created_at = chrono::Utc::now().timestamp_micros();
-        let datagen = crate::datagen::spec_from_options(&name, &schema, &create.options, created_at)?;
-        let entry = Arc::new(SourceEntry { name: name.clone(), schema, datagen });
+        let id = self.allocate_id();
+        let record = CatalogRecord::Source {
+            id,
+            name: name.clone(),
+            columns: columns.clone(),
+            options: create.options.clone(),
+            created_at_micros: created_at,
+        };
+        // Checked before anything is written: bad options leave no trace.
+        let entry = source_entry(id, name, columns, &create.options, created_at)?;
+        let mut batch = WriteBatch::new();
+        record.put(&mut batch)?;
+        self.commit_ddl(batch)?;
+        self.add_source(entry)?;
+        Ok(true)
+    }
+
+    /// Registers a source read back from the catalog.
+    fn register_source(
+        &self,
+        id: TableId,
+        name: String,
+        columns: Vec<ColumnDef>,
+        options: &std::collections::BTreeMap<String, String>,
+        created_at: i64,
+    ) -> SqlResult<()> {
+        self.add_source(source_entry(id, name, columns, options, created_at)?)
+    }
+
+    fn add_source(&self, entry: SourceEntry) -> SqlResult<()> {
+        let entry = Arc::new(entry);
+        let name = entry.name.clone();
         self.ctx.register_table(TableReference::bare(name.clone()), Arc::new(SourceTable::new(Arc::clone(&entry))))?;
         self.sources_write().insert(name, entry);
-        Ok(true)
+        Ok(())
     }
 
     /// Plans the stream of a materialized view over `plan` (DataFusion's optimized plan of its
     /// query); `names` are its column names.
-    fn plan_view(&self, plan: &LogicalPlan, names: &[String]) -> SqlResult<(StreamPlan, Vec<(String, ReadRelation)>, SchemaRef)> {
-        let allocate = || self.allocate_id();
-        let (stream, reads) = StreamPlanner::new(&allocate).build(plan)?;
+    fn plan_view(
+        &self,
+        plan: &LogicalPlan,
+        names: &[String],
+        allocate: &dyn Fn() -> TableId,
+    ) -> SqlResult<(StreamPlan, Vec<(String, ReadRelation)>, SchemaRef)> {
+        let (stream, reads) = StreamPlanner::new(allocate).build(plan)?;
         let fields: Vec<Field> = plan
             .schema()
             .fields()
@@ -285,7 +416,7 @@ impl Database {
 
     /// `EXPLAIN CREATE MATERIALIZED VIEW`: the operator graph, one operator per line.
     pub(crate) fn explain_view(&self, name: &str, plan: &LogicalPlan, names: &[String]) -> SqlResult<String> {
-        let (stream, _, _) = self.plan_view(plan, names)?;
+        let (stream, _, _) = self.plan_view(plan, names, &|| self.allocate_id())?;
         Ok(stream.explain(name))
     }
 
@@ -307,8 +438,49 @@ impl Database {
             }
             return Err(SqlError::DuplicateTable(name.to_string()));
         }
-        let (stream, reads, schema) = self.plan_view(plan, names)?;
-        let id = self.allocate_id();
+        self.start_view(name, definition, plan, names, None).await?;
+        Ok(true)
+    }
+
+    /// Plans view `name` and starts it: a new view (`restored` is `None`) over the current
+    /// contents of what it reads, committed with its catalog entry; or a view of the catalog
+    /// over its committed state, with the state-table ids it was first planned with.
+    async fn start_view(
+        &self,
+        name: &str,
+        definition: &str,
+        plan: &LogicalPlan,
+        names: &[String],
+        restored: Option<RestoredView>,
+    ) -> SqlResult<()> {
+        let allocated = std::sync::Mutex::new(Vec::new());
+        let replay = std::sync::Mutex::new(restored.as_ref().map(|r| r.plan_ids.iter().copied().collect::<std::collections::VecDeque<_>>()));
+        let allocate = || {
+            let mut replay = replay.lock().unwrap_or_else(|p| p.into_inner());
+            let id = match replay.as_mut() {
+                // Past the recorded ids: a fresh id, which the check below reports.
+                Some(ids) => ids.pop_front().unwrap_or_else(|| self.allocate_id()),
+                None => self.allocate_id(),
+            };
+            allocated.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+            id
+        };
+        let (stream, reads, schema) = self.plan_view(plan, names, &allocate)?;
+        let plan_ids = allocated.into_inner().unwrap_or_else(|p| p.into_inner());
+        let explain = stream.explain(name);
+        if let Some(restored) = &restored {
+            if plan_ids != restored.plan_ids || explain != restored.explain {
+                return Err(SqlError::Internal(format!(
+                    "materialized view \"{name}\" cannot be restored: this version of Sluice plans it differently \
+                     (state tables {plan_ids:?}, was {:?}; plan:\n{explain}\nwas:\n{})",
+                    restored.plan_ids, restored.explain
+                )));
+            }
+        }
+        let id = match &restored {
+            Some(restored) => restored.id,
+            None => self.allocate_id(),
+        };
         let mut tables = Vec::new();
         let mut backfill = Vec::new();
         let mut readers = Vec::new();
@@ -339,14 +511,23 @@ impl Database {
                     ReadRelation::Source { reader, spec } => readers.push(SourceReader { relation: reader, spec }),
                 }
             }
-            let definition = ViewDefinition {
-                id,
-                name: name.to_string(),
-                plan: stream.clone(),
-                schema: Arc::clone(&schema),
-                backfill,
-                readers,
+            let start = match &restored {
+                Some(_) => ViewStart::Restore,
+                None => {
+                    let mut catalog = WriteBatch::new();
+                    CatalogRecord::View {
+                        id,
+                        name: name.to_string(),
+                        definition: definition.to_string(),
+                        plan_ids: plan_ids.clone(),
+                        explain: explain.clone(),
+                    }
+                    .put(&mut catalog)?;
+                    self.persist_next_id(&mut catalog);
+                    ViewStart::New { backfill, catalog }
+                }
             };
+            let definition = ViewDefinition { id, name: name.to_string(), plan: stream.clone(), schema: Arc::clone(&schema), start, readers };
             let waiting = self.dataflow.create_view(definition).await?;
             for table in &tables {
                 feeds.add(*table);
@@ -378,7 +559,7 @@ impl Database {
         let provider = ViewTable::new(Arc::clone(&entry), Arc::clone(self.store()), self.dataflow.clone());
         self.ctx.register_table(TableReference::bare(name.to_string()), Arc::new(provider))?;
         self.views_write().insert(name.to_string(), entry);
-        Ok(true)
+        Ok(())
     }
 
     /// The views that read `name`, directly or through other views, newest first (the order
@@ -450,6 +631,11 @@ impl Database {
                 }
             }
             RelationKind::Source => {
+                if let Some(source) = self.sources_read().get(&name).cloned() {
+                    let mut batch = WriteBatch::new();
+                    persist::delete(&mut batch, source.id);
+                    self.commit_ddl(batch)?;
+                }
                 self.ctx.deregister_table(TableReference::bare(name.clone()))?;
                 self.sources_write().remove(&name);
             }
@@ -466,7 +652,9 @@ impl Database {
                 feeds.remove(*table);
             }
         }
-        self.dataflow.drop_view(view.id).await?;
+        let mut catalog = WriteBatch::new();
+        persist::delete(&mut catalog, view.id);
+        self.dataflow.drop_view(view.id, catalog).await?;
         Ok(())
     }
 
@@ -478,10 +666,14 @@ impl Database {
             table
         };
         let state = Arc::clone(removed.state());
+        let id = removed.def().id;
         self.writer
             .write(|_, _| {
                 let mut batch = WriteBatch::new();
                 state.clear(&mut batch);
+                persist::delete(&mut batch, id);
+                self.persist_next_id(&mut batch);
+                batch.set_durable();
                 Ok((batch, vec![], ()))
             })
             .await?;
@@ -493,6 +685,41 @@ impl Database {
         self.dataflow.flush().await?;
         Ok(())
     }
+}
+
+/// What [`Database::open`] rebuilt.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoverySummary {
+    /// The last committed epoch of the store.
+    pub epoch: u64,
+    /// Tables restored.
+    pub tables: usize,
+    /// Sources restored.
+    pub sources: usize,
+    /// Materialized views restored.
+    pub views: usize,
+    /// Table changes committed after the last checkpoint, replayed into the views.
+    pub replayed_changes: usize,
+}
+
+/// A view of the catalog being restarted.
+struct RestoredView {
+    id: TableId,
+    plan_ids: Vec<TableId>,
+    explain: String,
+}
+
+/// A source's entry: its columns and its generator (which `created_at` anchors).
+fn source_entry(
+    id: TableId,
+    name: String,
+    columns: Vec<ColumnDef>,
+    options: &std::collections::BTreeMap<String, String>,
+    created_at: i64,
+) -> SqlResult<SourceEntry> {
+    let schema = Arc::new(Schema::new(columns.iter().map(|c| c.sql_type.field(&c.name)).collect::<Vec<_>>()));
+    let datagen = crate::datagen::spec_from_options(&name, &schema, options, created_at)?;
+    Ok(SourceEntry { id, name, schema, datagen })
 }
 
 /// Normalizes an identifier as PostgreSQL does: unquoted names fold to lower case.

@@ -19,6 +19,7 @@ mod error;
 mod functions;
 mod naming;
 mod params;
+mod persist;
 mod pg_semantics;
 pub mod pgtext;
 mod provider;
@@ -30,7 +31,7 @@ mod types;
 mod window;
 
 pub use catalog::{ColumnDef, TableDef, ROW_ID_COLUMN};
-pub use database::{normalize_ident, Database, RelationKind, CATALOG_NAME, SCHEMA_NAME};
+pub use database::{normalize_ident, Database, RecoverySummary, RelationKind, CATALOG_NAME, SCHEMA_NAME};
 pub use statement::{CreateSource, ObjectKind, ParsedStatement};
 pub use sluice_engine::DataflowConfig;
 pub use error::{DataErrorKind, SqlError, SqlResult};

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -30,6 +30,7 @@ use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPu
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 use sluice_engine::plan::RelationId;
+use sluice_engine::recovery::{encode_log_entry, log_key, system_tables};
 use sluice_engine::{ChangeBatch, Dataflow, EpochCommitter, StateTable};
 use sluice_storage::{StateSnapshot, StateStore, WriteBatch};
 use tokio::sync::Mutex;
@@ -101,12 +102,27 @@ pub struct TableWriter {
     dataflow: Dataflow,
     lock: Mutex<Feeds>,
     next_row_id: AtomicI64,
+    /// Sequence number of the next change-log entry (see `sluice_engine::recovery`).
+    next_log_seq: AtomicU64,
 }
 
 impl TableWriter {
     /// A writer committing through `committer` and feeding `dataflow`.
     pub fn new(committer: Arc<EpochCommitter>, dataflow: Dataflow) -> Self {
-        Self { committer, dataflow, lock: Mutex::new(Feeds::default()), next_row_id: AtomicI64::new(1) }
+        Self {
+            committer,
+            dataflow,
+            lock: Mutex::new(Feeds::default()),
+            next_row_id: AtomicI64::new(1),
+            next_log_seq: AtomicU64::new(1),
+        }
+    }
+
+    /// Continues numbering after a restart: hidden row ids from `next_row_id`, change-log
+    /// entries from `next_log_seq`.
+    pub fn resume(&self, next_row_id: i64, next_log_seq: u64) {
+        self.next_row_id.store(next_row_id, Ordering::Relaxed);
+        self.next_log_seq.store(next_log_seq, Ordering::Relaxed);
     }
 
     /// The underlying store.
@@ -133,12 +149,24 @@ impl TableWriter {
     ) -> SqlResult<T> {
         let feeds = self.lock.lock().await;
         let snapshot = self.committer.store().snapshot();
-        let (batch, changes, out) = f(snapshot.as_ref(), &feeds)?;
-        self.committer.commit(batch)?;
+        let (mut batch, changes, out) = f(snapshot.as_ref(), &feeds)?;
+        // Changes views read are logged in the same epoch as the rows: until a checkpoint
+        // absorbs them, the log is what a restart replays into the views.
+        let mut logged = Vec::with_capacity(changes.len());
         for (relation, changes) in changes {
-            if feeds.feeds(relation) {
-                self.dataflow.send_changes(relation, changes).await?;
+            if feeds.feeds(relation) && changes.num_rows() > 0 {
+                let seq = self.next_log_seq.fetch_add(1, Ordering::Relaxed);
+                batch.put(system_tables::CHANGE_LOG, log_key(seq).to_vec(), encode_log_entry(relation, &changes)?);
+                logged.push((seq, relation, changes));
             }
+        }
+        if !batch.is_empty() {
+            let next_row_id = self.next_row_id.load(Ordering::Relaxed);
+            crate::persist::put_counter(&mut batch, crate::persist::NEXT_ROW_ID, next_row_id as u64);
+        }
+        self.committer.commit(batch)?;
+        for (seq, relation, changes) in logged {
+            self.dataflow.send_changes(relation, changes, seq).await?;
         }
         Ok(out)
     }

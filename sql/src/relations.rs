@@ -64,6 +64,8 @@ impl ViewEntry {
 /// A source as the catalog knows it.
 #[derive(Debug)]
 pub struct SourceEntry {
+    /// Its catalog id (creation order).
+    pub id: sluice_storage::TableId,
     /// Its name.
     pub name: String,
     /// Its columns.

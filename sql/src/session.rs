@@ -406,7 +406,7 @@ impl Session {
 
     /// The query of a materialized view planned by DataFusion (optimized) and its column
     /// names: the view's column list, else PostgreSQL's output names.
-    async fn plan_view_query(&self, create: &ast::CreateView) -> SqlResult<(String, LogicalPlan, Vec<String>)> {
+    pub(crate) async fn plan_view_query(&self, create: &ast::CreateView) -> SqlResult<(String, LogicalPlan, Vec<String>)> {
         if create.or_replace || create.or_alter {
             return Err(SqlError::unsupported("CREATE OR REPLACE MATERIALIZED VIEW"));
         }

@@ -11,6 +11,7 @@
 //! against a real PostgreSQL started for the test, so dialect drift shows as a failure.
 
 mod client;
+pub mod crash;
 mod processes;
 
 pub use client::{Protocol, WireClient, WireError};

@@ -7,21 +7,35 @@ use std::process::{Child, Command, Stdio};
 
 use tempfile::TempDir;
 
-/// A `sluice serve` child process on loopback with a fresh data directory, killed on drop.
+/// A `sluice serve` child process on loopback, killed on drop.
 pub struct SluiceServer {
     child: Child,
     /// The pgwire port it listens on.
     pub port: u16,
-    _dir: TempDir,
+    /// The HTTP port it listens on.
+    pub http_port: u16,
+    /// The line it printed after recovering its data directory.
+    pub recovery: String,
+    _dir: Option<TempDir>,
 }
 
 impl SluiceServer {
-    /// Starts `bin serve` on free ports and waits until it says it is ready.
+    /// Starts `bin serve` on free ports over a fresh data directory and waits until it says it
+    /// is ready.
     pub fn start(bin: &Path) -> std::io::Result<Self> {
         let dir = tempfile::tempdir()?;
+        let mut server = Self::start_in(bin, &dir.path().join("data"), &[])?;
+        server._dir = Some(dir);
+        Ok(server)
+    }
+
+    /// Starts `bin serve` over data directory `data` (created if missing, recovered if not),
+    /// with `extra` arguments, and waits until it says it is ready.
+    pub fn start_in(bin: &Path, data: &Path, extra: &[&str]) -> std::io::Result<Self> {
         let mut child = Command::new(bin)
             .args(["serve", "--pg-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
+            .arg(data)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -29,24 +43,51 @@ impl SluiceServer {
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot start {}: {e}", bin.display())))?;
         let stdout = child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout"))?;
         let mut lines = BufReader::new(stdout).lines();
-        let port = loop {
+        let mut recovery = String::new();
+        let (port, http_port) = loop {
             let Some(line) = lines.next() else {
                 let _ = child.kill();
+                let _ = child.wait();
                 return Err(std::io::Error::other("sluice exited before it was ready"));
             };
             let line = line?;
+            if line.starts_with("sluice recovered ") {
+                recovery = line.clone();
+            }
+            // "sluice serving pgwire on 127.0.0.1:P and HTTP on 127.0.0.1:Q  (connect: ...)"
             if let Some(rest) = line.strip_prefix("sluice serving pgwire on ") {
-                let addr = rest.split_whitespace().next().unwrap_or_default();
-                let port = addr.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
-                match port {
-                    Some(p) => break p,
-                    None => return Err(std::io::Error::other(format!("cannot read the port from {line:?}"))),
+                let words: Vec<&str> = rest.split_whitespace().collect();
+                let port_of = |w: Option<&&str>| w.and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse::<u16>().ok());
+                match (port_of(words.first()), port_of(words.get(4))) {
+                    (Some(p), Some(h)) => break (p, h),
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(std::io::Error::other(format!("cannot read the ports from {line:?}")));
+                    }
                 }
             }
         };
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Ok(Self { child, port, _dir: dir })
+        Ok(Self { child, port, http_port, recovery, _dir: None })
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the server with SIGKILL (no chance to checkpoint or flush) and reaps it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops the server with SIGTERM (a clean shutdown) and waits for it to exit.
+    pub fn stop(mut self) -> std::io::Result<std::process::ExitStatus> {
+        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status()?;
+        self.child.wait()
     }
 }
 

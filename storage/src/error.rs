@@ -17,6 +17,12 @@ pub enum StorageError {
     /// The backend failed to read or write.
     #[error("state store I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The backend failed (RocksDB could not open, read or write its files).
+    #[error("state store error: {0}")]
+    Backend(String),
+    /// The state directory was written by an incompatible version or another program.
+    #[error("incompatible state directory: {0}")]
+    Incompatible(String),
     /// Stored bytes could not be decoded.
     #[error("corrupt state: {0}")]
     Corrupt(String),

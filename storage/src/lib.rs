@@ -11,7 +11,7 @@
 //!                          ▼
 //!                    StateStore ──► snapshot() ──► StateSnapshot (reads as of one committed epoch)
 //!                     │       │
-//!              MemoryStateStore   (RocksDB backend: the durability issue)
+//!              MemoryStateStore   RocksStateStore (durable: one RocksDB write batch per epoch)
 //! ```
 //!
 //! The signatures carry no backend types (TiKV's `engine_traits` rule), so the in-memory backend
@@ -20,6 +20,7 @@
 
 mod error;
 mod memory;
+mod rocks;
 
 pub mod conformance;
 
@@ -30,6 +31,7 @@ use bytes::Bytes;
 
 pub use error::StorageError;
 pub use memory::MemoryStateStore;
+pub use rocks::{RocksOptions, RocksStateStore, FORMAT_VERSION};
 
 /// Identifies one state table (one ordered key space) inside a [`StateStore`].
 ///
@@ -132,6 +134,7 @@ pub enum WriteOp {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteBatch {
     ops: Vec<WriteOp>,
+    durable: bool,
 }
 
 impl WriteBatch {
@@ -159,6 +162,19 @@ impl WriteBatch {
     /// each fill a batch; the epoch commits them as one).
     pub fn append(&mut self, mut other: WriteBatch) {
         self.ops.append(&mut other.ops);
+        self.durable |= other.durable;
+    }
+
+    /// Asks the store to make this batch power-safe before `commit` returns (an fsync on a
+    /// durable backend). Checkpoints and DDL ask for it; a DML statement does not, because it
+    /// becomes power-safe with the next checkpoint, which writes after it in the same log.
+    pub fn set_durable(&mut self) {
+        self.durable = true;
+    }
+
+    /// Whether [`WriteBatch::set_durable`] was called.
+    pub fn is_durable(&self) -> bool {
+        self.durable
     }
 
     /// The queued operations, in order.
@@ -217,4 +233,10 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// A consistent view of the last committed epoch.
     fn snapshot(&self) -> Arc<dyn StateSnapshot>;
+
+    /// Approximate bytes the state takes where the backend keeps it (disk for a durable one),
+    /// for metrics and for checking that state outgrew memory; `None` if not tracked.
+    fn approximate_bytes(&self) -> Option<u64> {
+        None
+    }
 }

@@ -29,7 +29,8 @@ impl Server {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = lines.next().unwrap().unwrap();
+        // The recovery summary comes first, then the line with the addresses.
+        let line = lines.by_ref().map(|l| l.unwrap()).find(|l| l.starts_with("sluice serving")).unwrap();
         // "sluice serving pgwire on 127.0.0.1:P and HTTP on 127.0.0.1:Q  (connect: ...)"
         let words: Vec<&str> = line.split_whitespace().collect();
         let pg_port = port_of(words[4]);

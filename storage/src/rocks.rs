@@ -1,0 +1,446 @@
+//! The durable backend: every state table in one RocksDB database.
+//!
+//! Layout: the default column family holds every table's pairs under a 4-byte big-endian
+//! table-id prefix (so one table is one contiguous, ordered key range, and dropping it is one
+//! range tombstone); the `meta` column family holds the committed epoch and the format
+//! version. One [`WriteBatch`] becomes one RocksDB write batch that also sets the epoch, so an
+//! epoch's state and its number land together or not at all.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions,
+    SnapshotWithThreadMode, WriteBufferManager, WriteOptions, DB,
+};
+
+use crate::{
+    Epoch, KeyRange, KeyValue, StateSnapshot, StateStore, StorageError, StorageResult, TableId, WriteBatch,
+    WriteOp,
+};
+
+/// The on-disk format this build reads and writes. Bump it whenever the layout or the value
+/// encodings above the store change in a way old data cannot be read with.
+pub const FORMAT_VERSION: u32 = 1;
+
+const META_CF: &str = "meta";
+const EPOCH_KEY: &[u8] = b"epoch";
+const FORMAT_KEY: &[u8] = b"format";
+/// Pairs read from RocksDB per step of a scan (each step re-seeks after the last key).
+const SCAN_CHUNK: usize = 1024;
+
+/// Settings of a [`RocksStateStore`].
+#[derive(Debug, Clone)]
+pub struct RocksOptions {
+    /// Bytes of memory RocksDB may use for cached blocks and memtables together; state beyond
+    /// it stays on disk and is read back on demand.
+    pub memory_limit: usize,
+}
+
+impl Default for RocksOptions {
+    fn default() -> Self {
+        Self { memory_limit: 512 << 20 }
+    }
+}
+
+fn backend(path: &Path, e: rocksdb::Error) -> StorageError {
+    StorageError::Backend(format!("{}: {}", path.display(), e.into_string()))
+}
+
+fn table_prefix(table: TableId) -> [u8; 4] {
+    table.to_be_bytes()
+}
+
+fn stored_key(table: TableId, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + key.len());
+    k.extend_from_slice(&table_prefix(table));
+    k.extend_from_slice(key);
+    k
+}
+
+/// A [`StateStore`] on RocksDB: state larger than memory, and commits that survive a crash.
+///
+/// Why RocksDB: operator state is many small keyed rows updated in batches at every
+/// checkpoint, read back by key or by range — an LSM tree's sweet spot; it brings atomic write
+/// batches, a write-ahead log, snapshots and a bounded block cache, which are exactly the
+/// durable store's invariants.
+///
+/// Durability: a batch marked [`WriteBatch::set_durable`] is fsynced before `commit` returns
+/// (checkpoints are); other batches reach the write-ahead log in the operating system's cache,
+/// so they survive the process being killed, and become power-safe with the next durable
+/// commit, since the log is written in order.
+pub struct RocksStateStore {
+    db: Arc<DB>,
+    path: PathBuf,
+    /// Held while committing, so that the epoch read and the write form one step and a
+    /// snapshot never pairs one epoch's number with another epoch's data.
+    commit_lock: Mutex<Epoch>,
+}
+
+impl std::fmt::Debug for RocksStateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksStateStore").field("path", &self.path).finish()
+    }
+}
+
+impl RocksStateStore {
+    /// Opens (or creates) the store in directory `path`.
+    ///
+    /// Fails with [`StorageError::Incompatible`] if the directory holds a store of another
+    /// format version, and with [`StorageError::Backend`] if it cannot be opened (not writable,
+    /// locked, corrupt) — never by starting empty over data it could not read.
+    pub fn open(path: impl AsRef<Path>, options: &RocksOptions) -> StorageResult<Self> {
+        let path = path.as_ref().to_path_buf();
+        std::fs::create_dir_all(&path).map_err(|e| StorageError::Backend(format!("{}: {e}", path.display())))?;
+        let existed = path.join("CURRENT").exists();
+        let limit = options.memory_limit.max(16 << 20);
+        let cache = Cache::new_lru_cache(limit);
+        // Memtables are charged to the same cache, so blocks and memtables share one budget.
+        let buffers = WriteBufferManager::new_write_buffer_manager_with_cache(limit / 2, true, cache.clone());
+        let mut table_options = BlockBasedOptions::default();
+        table_options.set_block_cache(&cache);
+        table_options.set_bloom_filter(10.0, false);
+        table_options.set_cache_index_and_filter_blocks(true);
+        let mut db_options = Options::default();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        db_options.set_write_buffer_manager(&buffers);
+        db_options.set_max_background_jobs(2);
+        db_options.set_keep_log_file_num(4);
+        let mut data_options = Options::default();
+        data_options.set_block_based_table_factory(&table_options);
+        data_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        data_options.set_write_buffer_size((limit / 8).clamp(4 << 20, 128 << 20));
+        let families = vec![
+            ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, data_options),
+            ColumnFamilyDescriptor::new(META_CF, Options::default()),
+        ];
+        let db = DB::open_cf_descriptors(&db_options, &path, families).map_err(|e| backend(&path, e))?;
+        let meta = db.cf_handle(META_CF).ok_or_else(|| StorageError::Corrupt("no meta column family".into()))?;
+        let format = db.get_cf(meta, FORMAT_KEY).map_err(|e| backend(&path, e))?;
+        let epoch = match format {
+            Some(bytes) => {
+                let version = u32::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
+                    StorageError::Corrupt(format!("{}: unreadable format version", path.display()))
+                })?);
+                if version != FORMAT_VERSION {
+                    return Err(StorageError::Incompatible(format!(
+                        "{} holds state of format version {version}; this build reads version {FORMAT_VERSION}",
+                        path.display()
+                    )));
+                }
+                let epoch = db.get_cf(meta, EPOCH_KEY).map_err(|e| backend(&path, e))?;
+                match epoch {
+                    Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
+                        StorageError::Corrupt(format!("{}: unreadable committed epoch", path.display()))
+                    })?),
+                    None => 0,
+                }
+            }
+            None if existed => {
+                return Err(StorageError::Incompatible(format!(
+                    "{} is a RocksDB database that Sluice did not write (it has no format version)",
+                    path.display()
+                )))
+            }
+            None => {
+                let mut write = rocksdb::WriteBatch::default();
+                write.put_cf(meta, FORMAT_KEY, FORMAT_VERSION.to_be_bytes());
+                write.put_cf(meta, EPOCH_KEY, 0u64.to_be_bytes());
+                let mut sync = WriteOptions::default();
+                sync.set_sync(true);
+                db.write_opt(write, &sync).map_err(|e| backend(&path, e))?;
+                0
+            }
+        };
+        Ok(Self { db: Arc::new(db), path, commit_lock: Mutex::new(epoch) })
+    }
+
+    /// The directory the store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Epoch> {
+        self.commit_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl StateStore for RocksStateStore {
+    fn committed_epoch(&self) -> Epoch {
+        *self.lock()
+    }
+
+    fn commit(&self, epoch: Epoch, batch: WriteBatch) -> StorageResult<()> {
+        let mut committed = self.lock();
+        if epoch <= *committed {
+            return Err(StorageError::EpochOutOfOrder { committed: *committed, attempted: epoch });
+        }
+        let meta = self.db.cf_handle(META_CF).ok_or_else(|| StorageError::Corrupt("no meta column family".into()))?;
+        let mut write = rocksdb::WriteBatch::default();
+        for op in batch.ops() {
+            match op {
+                WriteOp::Put { table, key, value } => write.put(stored_key(*table, key), value),
+                WriteOp::Delete { table, key } => write.delete(stored_key(*table, key)),
+                WriteOp::DropTable { table } => match table.checked_add(1) {
+                    Some(next) => write.delete_range(table_prefix(*table), table_prefix(next)),
+                    None => {
+                        // The last table id has no successor prefix: delete its keys one by one.
+                        let start = table_prefix(*table);
+                        for item in self.db.iterator(IteratorMode::From(&start, Direction::Forward)) {
+                            let (key, _) = item.map_err(|e| backend(&self.path, e))?;
+                            write.delete(key);
+                        }
+                    }
+                },
+            }
+        }
+        write.put_cf(meta, EPOCH_KEY, epoch.to_be_bytes());
+        let mut options = WriteOptions::default();
+        options.set_sync(batch.is_durable());
+        self.db.write_opt(write, &options).map_err(|e| backend(&self.path, e))?;
+        *committed = epoch;
+        Ok(())
+    }
+
+    fn approximate_bytes(&self) -> Option<u64> {
+        let property = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        Some(property("rocksdb.total-sst-files-size") + property("rocksdb.cur-size-all-mem-tables"))
+    }
+
+    fn snapshot(&self) -> Arc<dyn StateSnapshot> {
+        let committed = self.lock();
+        let cell = SnapshotCell::new(Arc::clone(&self.db), |db| db.snapshot());
+        Arc::new(RocksSnapshot { cell, epoch: *committed, path: self.path.clone() })
+    }
+}
+
+type DbSnapshot<'a> = SnapshotWithThreadMode<'a, DB>;
+
+self_cell::self_cell!(
+    /// A RocksDB snapshot kept together with the database it reads, so that it can outlive
+    /// the call that took it (a SELECT holds one across its whole execution).
+    struct SnapshotCell {
+        owner: Arc<DB>,
+        #[covariant]
+        dependent: DbSnapshot,
+    }
+);
+
+struct RocksSnapshot {
+    cell: SnapshotCell,
+    epoch: Epoch,
+    path: PathBuf,
+}
+
+impl RocksSnapshot {
+    /// Up to [`SCAN_CHUNK`] pairs of `table` from `start` (inclusive) below `end`.
+    fn chunk(&self, table: TableId, start: &[u8], end: &Option<Vec<u8>>) -> StorageResult<Vec<KeyValue>> {
+        self.cell.with_dependent(|_, snapshot| {
+            let mut options = ReadOptions::default();
+            let upper = match end {
+                Some(end) => stored_key(table, end),
+                None => match table.checked_add(1) {
+                    Some(next) => table_prefix(next).to_vec(),
+                    None => vec![0xff; 5],
+                },
+            };
+            options.set_iterate_upper_bound(upper);
+            let from = stored_key(table, start);
+            let mut out = Vec::new();
+            for item in snapshot.iterator_opt(IteratorMode::From(&from, Direction::Forward), options) {
+                let (key, value) = item.map_err(|e| backend(&self.path, e))?;
+                if key.len() < 4 || key[..4] != table_prefix(table) {
+                    break;
+                }
+                out.push((Bytes::copy_from_slice(&key[4..]), Bytes::from(value.into_vec())));
+                if out.len() == SCAN_CHUNK {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+impl StateSnapshot for RocksSnapshot {
+    fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    fn get(&self, table: TableId, key: &[u8]) -> StorageResult<Option<Bytes>> {
+        self.cell.with_dependent(|_, snapshot| {
+            snapshot
+                .get_pinned(stored_key(table, key))
+                .map(|v| v.map(|v| Bytes::copy_from_slice(&v)))
+                .map_err(|e| backend(&self.path, e))
+        })
+    }
+
+    fn scan(
+        &self,
+        table: TableId,
+        range: KeyRange,
+    ) -> StorageResult<Box<dyn Iterator<Item = StorageResult<KeyValue>> + Send + '_>> {
+        use std::ops::Bound;
+        let start = match &range.start {
+            Bound::Included(s) => s.clone(),
+            // The smallest key above `s` is `s` followed by a zero byte.
+            Bound::Excluded(s) => {
+                let mut next = s.clone();
+                next.push(0);
+                next
+            }
+            Bound::Unbounded => Vec::new(),
+        };
+        Ok(Box::new(ChunkedScan { snapshot: self, table, range, next: Some(start), buffer: Vec::new().into_iter() }))
+    }
+}
+
+/// A scan that reads the snapshot a chunk at a time, so that a table larger than memory
+/// streams and no RocksDB iterator outlives one call.
+struct ChunkedScan<'a> {
+    snapshot: &'a RocksSnapshot,
+    table: TableId,
+    range: KeyRange,
+    next: Option<Vec<u8>>,
+    buffer: std::vec::IntoIter<KeyValue>,
+}
+
+impl Iterator for ChunkedScan<'_> {
+    type Item = StorageResult<KeyValue>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::ops::Bound;
+        loop {
+            if let Some((key, value)) = self.buffer.next() {
+                if !self.range.contains(&key) {
+                    self.next = None;
+                    self.buffer = Vec::new().into_iter();
+                    return None;
+                }
+                return Some(Ok((key, value)));
+            }
+            let start = self.next.take()?;
+            // An inclusive end bound becomes exclusive at its successor.
+            let end = match &self.range.end {
+                Bound::Included(e) => {
+                    let mut next = e.clone();
+                    next.push(0);
+                    Some(next)
+                }
+                Bound::Excluded(e) => Some(e.clone()),
+                Bound::Unbounded => None,
+            };
+            match self.snapshot.chunk(self.table, &start, &end) {
+                Err(e) => return Some(Err(e)),
+                Ok(chunk) => {
+                    if chunk.len() == SCAN_CHUNK {
+                        if let Some((last, _)) = chunk.last() {
+                            let mut next = last.to_vec();
+                            next.push(0);
+                            self.next = Some(next);
+                        }
+                    }
+                    if chunk.is_empty() {
+                        return None;
+                    }
+                    self.buffer = chunk.into_iter();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rocksdb_backend_passes_conformance() {
+        let dirs = Mutex::new(Vec::new());
+        crate::conformance::run_all(&|| {
+            let dir = tempfile::tempdir().unwrap();
+            let store = RocksStateStore::open(dir.path(), &RocksOptions::default()).unwrap();
+            dirs.lock().unwrap().push(dir);
+            Box::new(store)
+        });
+    }
+
+    #[test]
+    fn commits_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = RocksStateStore::open(dir.path(), &RocksOptions::default()).unwrap();
+            let mut b = WriteBatch::new();
+            b.put(3, b"k".to_vec(), b"v".to_vec());
+            b.set_durable();
+            store.commit(7, b).unwrap();
+        }
+        let store = RocksStateStore::open(dir.path(), &RocksOptions::default()).unwrap();
+        assert_eq!(store.committed_epoch(), 7);
+        assert_eq!(store.snapshot().get(3, b"k").unwrap().as_deref(), Some(&b"v"[..]));
+        assert_eq!(store.snapshot().epoch(), 7);
+    }
+
+    #[test]
+    fn scans_longer_than_a_chunk_are_complete_and_ordered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStateStore::open(dir.path(), &RocksOptions::default()).unwrap();
+        let mut b = WriteBatch::new();
+        for i in 0..(SCAN_CHUNK as u32 * 3 + 7) {
+            b.put(1, i.to_be_bytes().to_vec(), b"v".to_vec());
+        }
+        b.put(2, b"x".to_vec(), b"other".to_vec());
+        store.commit(1, b).unwrap();
+        let snap = store.snapshot();
+        let keys: Vec<Bytes> = snap.scan(1, KeyRange::all()).unwrap().map(|kv| kv.unwrap().0).collect();
+        assert_eq!(keys.len(), SCAN_CHUNK * 3 + 7);
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        let bounded = KeyRange {
+            start: std::ops::Bound::Excluded(5u32.to_be_bytes().to_vec()),
+            end: std::ops::Bound::Included(2000u32.to_be_bytes().to_vec()),
+        };
+        assert_eq!(snap.scan(1, bounded).unwrap().count(), 1995);
+    }
+
+    #[test]
+    fn another_format_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = RocksStateStore::open(dir.path(), &RocksOptions::default()).unwrap();
+            let meta = store.db.cf_handle(META_CF).unwrap();
+            store.db.put_cf(meta, FORMAT_KEY, 99u32.to_be_bytes()).unwrap();
+        }
+        match RocksStateStore::open(dir.path(), &RocksOptions::default()) {
+            Err(StorageError::Incompatible(message)) => assert!(message.contains("format version 99"), "{message}"),
+            other => panic!("expected an incompatible-version error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_rocksdb_directory_sluice_did_not_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut options = Options::default();
+            options.create_if_missing(true);
+            let db = DB::open(&options, dir.path()).unwrap();
+            db.put(b"someone else's", b"data").unwrap();
+        }
+        match RocksStateStore::open(dir.path(), &RocksOptions::default()) {
+            Err(StorageError::Incompatible(message)) => assert!(message.contains("did not write"), "{message}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unwritable_directory_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(matches!(RocksStateStore::open(&file, &RocksOptions::default()), Err(StorageError::Backend(_))));
+    }
+}
