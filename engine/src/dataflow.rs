@@ -146,7 +146,10 @@ pub struct DataflowConfig {
 impl Default for DataflowConfig {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        Self { checkpoint_interval: Duration::from_secs(1), channel_capacity: 256, parallelism: cores }
+        // A barrier waits behind every queued batch, so the queue must stay short for the
+        // checkpoint interval to hold (and the epoch's dirty state with it) when the views are
+        // slower than their input: 16 batches keep the pipeline busy without that.
+        Self { checkpoint_interval: Duration::from_secs(1), channel_capacity: 16, parallelism: cores }
     }
 }
 

@@ -9,8 +9,8 @@ use sluice_sqllogictest::SluiceServer;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 const LIMIT_MB: u64 = 16;
-const ROWS: u64 = 600_000;
-const GROUPS: u64 = 300_000;
+const ROWS: u64 = 400_000;
+const GROUPS: u64 = 200_000;
 
 async fn connect(port: u16) -> Client {
     let (client, connection) =
