@@ -117,5 +117,7 @@ fn an_unusable_state_directory_stops_the_start_with_the_reason() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("state directory") && stderr.contains("state"), "{stderr}");
+    // The error names the cause and the path, and no listener came up.
+    assert!(stderr.contains("state directory") && stderr.contains(&data.join("state").display().to_string()), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("sluice serving"));
 }

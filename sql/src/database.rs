@@ -144,10 +144,10 @@ impl Database {
             })
             .max()
             .unwrap_or(0);
-        let next_id = persist::counter(snapshot.as_ref(), persist::NEXT_OBJECT_ID)?.unwrap_or(1).max(u64::from(highest) + 1);
+        let next_id = sluice_engine::recovery::read_counter(snapshot.as_ref(), persist::NEXT_OBJECT_ID)?.unwrap_or(1).max(u64::from(highest) + 1);
         self.next_table_id.store(u32::try_from(next_id).unwrap_or(u32::MAX), Ordering::Relaxed);
         let pending = sluice_engine::recovery::pending_changes(snapshot.as_ref())?;
-        let next_row_id = persist::counter(snapshot.as_ref(), persist::NEXT_ROW_ID)?.unwrap_or(1);
+        let next_row_id = sluice_engine::recovery::read_counter(snapshot.as_ref(), persist::NEXT_ROW_ID)?.unwrap_or(1);
         let next_log_seq = pending.last().map(|(seq, _, _)| seq + 1).unwrap_or(1);
         self.writer.resume(i64::try_from(next_row_id).unwrap_or(i64::MAX), next_log_seq);
         let session = self.session(CATALOG_NAME, "sluice", 0);

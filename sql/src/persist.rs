@@ -10,7 +10,9 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use sluice_engine::recovery::{read_counter, system_tables};
+use sluice_engine::recovery::system_tables;
+#[cfg(test)]
+use sluice_engine::recovery::read_counter;
 use sluice_storage::{KeyRange, StateSnapshot, TableId, WriteBatch};
 
 use crate::catalog::{ColumnDef, TableDef};
@@ -96,11 +98,6 @@ pub fn load(snapshot: &dyn StateSnapshot) -> SqlResult<Vec<CatalogRecord>> {
     Ok(records)
 }
 
-/// The value of counter `name`, if it was ever written.
-pub fn counter(snapshot: &dyn StateSnapshot, name: &str) -> SqlResult<Option<u64>> {
-    Ok(read_counter(snapshot, name)?)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -131,7 +128,7 @@ mod tests {
         store.commit(1, batch).unwrap();
         let snapshot = store.snapshot();
         assert_eq!(load(snapshot.as_ref()).unwrap(), vec![table, view]);
-        assert_eq!(counter(snapshot.as_ref(), NEXT_OBJECT_ID).unwrap(), Some(10));
+        assert_eq!(read_counter(snapshot.as_ref(), NEXT_OBJECT_ID).unwrap(), Some(10));
         let mut batch = WriteBatch::new();
         delete(&mut batch, 9);
         store.commit(2, batch).unwrap();

@@ -52,6 +52,14 @@ fn table_prefix(table: TableId) -> [u8; 4] {
     table.to_be_bytes()
 }
 
+/// The smallest key above `key`: `key` followed by a zero byte.
+fn successor(key: &[u8]) -> Vec<u8> {
+    let mut next = Vec::with_capacity(key.len() + 1);
+    next.extend_from_slice(key);
+    next.push(0);
+    next
+}
+
 fn stored_key(table: TableId, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(4 + key.len());
     k.extend_from_slice(&table_prefix(table));
@@ -287,12 +295,7 @@ impl StateSnapshot for RocksSnapshot {
         use std::ops::Bound;
         let start = match &range.start {
             Bound::Included(s) => s.clone(),
-            // The smallest key above `s` is `s` followed by a zero byte.
-            Bound::Excluded(s) => {
-                let mut next = s.clone();
-                next.push(0);
-                next
-            }
+            Bound::Excluded(s) => successor(s),
             Bound::Unbounded => Vec::new(),
         };
         Ok(Box::new(ChunkedScan { snapshot: self, table, range, next: Some(start), buffer: Vec::new().into_iter() }))
@@ -326,11 +329,7 @@ impl Iterator for ChunkedScan<'_> {
             let start = self.next.take()?;
             // An inclusive end bound becomes exclusive at its successor.
             let end = match &self.range.end {
-                Bound::Included(e) => {
-                    let mut next = e.clone();
-                    next.push(0);
-                    Some(next)
-                }
+                Bound::Included(e) => Some(successor(e)),
                 Bound::Excluded(e) => Some(e.clone()),
                 Bound::Unbounded => None,
             };
@@ -339,9 +338,7 @@ impl Iterator for ChunkedScan<'_> {
                 Ok(chunk) => {
                     if chunk.len() == SCAN_CHUNK {
                         if let Some((last, _)) = chunk.last() {
-                            let mut next = last.to_vec();
-                            next.push(0);
-                            self.next = Some(next);
+                            self.next = Some(successor(last));
                         }
                     }
                     if chunk.is_empty() {
