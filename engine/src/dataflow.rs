@@ -43,11 +43,15 @@ use crate::exchange::ShardedOperator;
 use datafusion::physical_expr::expressions::Column;
 use crate::operator::{
     expand_view_rows, AggregateCall, FilterOperator, HashAggregateOperator, MaterializeOperator, ProjectOperator,
-    ScanOperator, UnionOperator, UnnestOperator,
+    ScanOperator, UnionOperator, UnnestOperator, WindowKey,
 };
 use crate::plan::{NodeKind, RelationId, StreamPlan};
-use crate::recovery::{log_key, recorded_failure, source_offset, system_tables};
+use crate::recovery::{
+    late_rows_counter, log_key, read_counter, record_late_rows, recorded_failure, render_row, source_position, system_tables,
+    LateRow, SourcePosition,
+};
 use crate::source::DatagenSpec;
+use crate::watermark::{split_late, Watermark, WatermarkGenerator};
 use crate::{ChangeBatch, EngineError, EngineResult, Operator, StateTable};
 
 /// How a new view gets the current contents of a relation it reads.
@@ -63,6 +67,8 @@ pub enum Backfill {
         columns: usize,
         /// The snapshot.
         snapshot: Arc<dyn StateSnapshot>,
+        /// The table's watermark as of the snapshot, delivered after its rows.
+        watermark: Option<Watermark>,
     },
     /// A view's current contents, read by the dataflow itself.
     View {
@@ -77,6 +83,19 @@ pub struct SourceReader {
     pub relation: RelationId,
     /// What it generates.
     pub spec: DatagenSpec,
+    /// The source's event time, if it declares a watermark.
+    pub watermark: Option<SourceWatermark>,
+}
+
+/// A source's `WATERMARK FOR column AS expr`.
+#[derive(Clone)]
+pub struct SourceWatermark {
+    /// The event-time column.
+    pub time_column: usize,
+    /// The watermark expression, over the source's columns.
+    pub expr: Arc<dyn PhysicalExpr>,
+    /// How long a partition may deliver nothing before it stops holding the watermark back.
+    pub idle_timeout: Duration,
 }
 
 /// How a view starts running.
@@ -118,17 +137,61 @@ pub struct ViewDefinition {
 enum InputPosition {
     /// Change-log entry `seq` of a table write (deleted by the checkpoint that absorbs it).
     Log(u64),
-    /// A source reader's rows up to (not including) this offset.
-    Source(u64),
+    /// A source reader's rows up to (not including) this offset, and its watermark there.
+    Source(SourcePosition),
+}
+
+/// A message between operators: changes, or a promise about the changes to come.
+#[derive(Debug, Clone)]
+enum Message {
+    Changes(ChangeBatch),
+    Watermark(Watermark),
 }
 
 enum Command {
-    Changes { relation: RelationId, changes: ChangeBatch, position: InputPosition },
+    Changes {
+        relation: RelationId,
+        changes: ChangeBatch,
+        position: InputPosition,
+        /// The relation's watermark after these changes.
+        watermark: Option<Watermark>,
+        /// Rows of a source reader dropped as late.
+        late: Vec<LateRow>,
+    },
     CreateView { view: Box<ViewDefinition>, done: oneshot::Sender<EngineResult<()>> },
     DropView { id: RelationId, catalog: WriteBatch, done: oneshot::Sender<EngineResult<()>> },
     Barrier { done: Option<oneshot::Sender<EngineResult<Epoch>>> },
     ReaderFailed { relation: RelationId, error: String },
     Shutdown,
+}
+
+/// A source batch through its watermark: the accepted rows, the watermark after them (about
+/// the event-time column), and the late rows.
+fn apply_source_watermark(
+    batch: &datafusion::arrow::array::RecordBatch,
+    spec: &SourceWatermark,
+    generator: &mut WatermarkGenerator,
+) -> EngineResult<(ChangeBatch, Option<Watermark>, Vec<LateRow>)> {
+    let values = crate::operator::evaluate(&spec.expr, batch)?;
+    let now = std::time::Instant::now();
+    let split = split_late(batch, spec.time_column, values.as_ref(), generator, 0, now)?;
+    let arrived_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default();
+    let late = split
+        .late_times
+        .iter()
+        .enumerate()
+        .map(|(i, (event_time, watermark))| LateRow {
+            event_time: *event_time,
+            watermark: *watermark,
+            arrived_at,
+            row: render_row(&split.late, i),
+        })
+        .collect();
+    let watermark = generator.current().map(|value| Watermark { column: spec.time_column, value });
+    Ok((ChangeBatch::inserts(split.accepted), watermark, late))
 }
 
 /// Settings of the dataflow.
@@ -153,11 +216,23 @@ impl Default for DataflowConfig {
     }
 }
 
+/// Event-time progress the dataflow reports (for `sluice_watermarks`): per relation (a view
+/// or a source reader), the watermark of each column that has one, and per source reader the
+/// rows dropped as late so far.
+#[derive(Debug, Default, Clone)]
+pub struct EventTimeStatus {
+    /// Relation → column → watermark (microseconds).
+    pub watermarks: HashMap<RelationId, std::collections::BTreeMap<usize, i64>>,
+    /// Source reader → late rows counted (committed and not yet committed).
+    pub late_rows: HashMap<RelationId, u64>,
+}
+
 /// Handle to the dataflow thread. Cheap to clone.
 #[derive(Clone)]
 pub struct Dataflow {
     commands: mpsc::Sender<Command>,
     failures: Arc<Mutex<HashMap<RelationId, String>>>,
+    status: Arc<Mutex<EventTimeStatus>>,
 }
 
 impl std::fmt::Debug for Dataflow {
@@ -176,6 +251,7 @@ impl Dataflow {
     pub fn start(committer: Arc<EpochCommitter>, config: DataflowConfig) -> EngineResult<Self> {
         let (commands, receiver) = mpsc::channel(config.channel_capacity.max(1));
         let failures = Arc::new(Mutex::new(HashMap::new()));
+        let status = Arc::new(Mutex::new(EventTimeStatus::default()));
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| EngineError::Invalid("the dataflow must start inside a tokio runtime".into()))?;
         let mut worker = Worker {
@@ -191,6 +267,9 @@ impl Dataflow {
             offsets: HashMap::new(),
             newly_failed: Vec::new(),
             halted: None,
+            status: Arc::clone(&status),
+            late_pending: HashMap::new(),
+            late_counts: HashMap::new(),
         };
         std::thread::Builder::new()
             .name("sluice-dataflow".into())
@@ -210,17 +289,29 @@ impl Dataflow {
                 }
             }
         });
-        Ok(Self { commands, failures })
+        Ok(Self { commands, failures, status })
     }
 
     /// Enqueues the changes of `relation` that change-log entry `seq` holds (committed with
     /// the table write). Waits while the dataflow is behind. The checkpoint that absorbs them
     /// deletes the entry.
-    pub async fn send_changes(&self, relation: RelationId, changes: ChangeBatch, seq: u64) -> EngineResult<()> {
+    /// `watermark` is the table's watermark after the changes, if it declares one.
+    pub async fn send_changes(
+        &self,
+        relation: RelationId,
+        changes: ChangeBatch,
+        seq: u64,
+        watermark: Option<Watermark>,
+    ) -> EngineResult<()> {
         self.commands
-            .send(Command::Changes { relation, changes, position: InputPosition::Log(seq) })
+            .send(Command::Changes { relation, changes, position: InputPosition::Log(seq), watermark, late: Vec::new() })
             .await
             .map_err(|_| stopped())
+    }
+
+    /// Watermarks of views and source readers, and late-row counts of source readers.
+    pub fn event_time_status(&self) -> EventTimeStatus {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Enqueues a new view; the returned receiver completes once the view holds the current
@@ -261,6 +352,7 @@ impl Dataflow {
 /// One operator of a running view and the nodes its output goes to.
 struct RuntimeNode {
     op: Box<dyn Operator>,
+    inputs: Vec<usize>,
     downstream: Vec<usize>,
 }
 
@@ -289,13 +381,18 @@ struct Worker {
     parallelism: usize,
     /// Change-log entries absorbed since the last checkpoint.
     absorbed_log: Vec<u64>,
-    /// Source readers' offsets reached since the last checkpoint.
-    offsets: HashMap<RelationId, u64>,
+    /// Source readers' positions reached since the last checkpoint.
+    offsets: HashMap<RelationId, SourcePosition>,
     /// Views that failed since the last checkpoint, with why.
     newly_failed: Vec<(RelationId, String)>,
     /// Why a checkpoint could not be written, after which nothing more is absorbed or
     /// committed (a restart recovers from the last checkpoint).
     halted: Option<String>,
+    status: Arc<Mutex<EventTimeStatus>>,
+    /// Source readers' late rows since the last checkpoint.
+    late_pending: HashMap<RelationId, Vec<LateRow>>,
+    /// Source readers' late rows recorded up to the last checkpoint (the next sequence number).
+    late_counts: HashMap<RelationId, u64>,
 }
 
 fn physical(expr: &Expr, input: &DFSchema) -> EngineResult<Arc<dyn PhysicalExpr>> {
@@ -347,20 +444,21 @@ fn instantiate(
             }
             NodeKind::Project { exprs } => {
                 let input = input(0)?;
+                let monotone: Vec<Option<usize>> = exprs.iter().map(|e| crate::watermark::monotone_column(e, input)).collect();
                 let exprs = exprs
                     .iter()
                     .zip(schema.fields())
                     .map(|(e, f)| Ok((physical(e, input)?, f.name().clone())))
                     .collect::<EngineResult<Vec<_>>>()?;
-                let op = ProjectOperator::try_new(exprs, input.as_arrow())?;
+                let op = ProjectOperator::try_new(exprs, input.as_arrow())?.with_monotone_columns(monotone)?;
                 check_types("a projection", op.schema(), &schema)?;
                 Box::new(op)
             }
             NodeKind::Unnest { list_column, sources, preserve_nulls } => {
                 Box::new(UnnestOperator::try_new(*list_column, sources.clone(), *preserve_nulls, schema)?)
             }
-            NodeKind::Union => Box::new(UnionOperator::new(schema)),
-            NodeKind::Aggregate { group_by, calls, state_table } => {
+            NodeKind::Union => Box::new(UnionOperator::new(schema, node.inputs.len())),
+            NodeKind::Aggregate { group_by, calls, state_table, window } => {
                 let input = input(0)?;
                 let group_by = group_by
                     .iter()
@@ -388,6 +486,7 @@ fn instantiate(
                         calls.clone(),
                         *state_table,
                         Arc::clone(committer.store()),
+                        window.map(|w| WindowKey { group: w.group, input_column: w.input_column, emit_on_close: w.emit_on_close }),
                     )
                 };
                 let op = build()?;
@@ -407,7 +506,7 @@ fn instantiate(
         for input in &node.inputs {
             nodes[*input].downstream.push(at);
         }
-        nodes.push(RuntimeNode { op, downstream: Vec::new() });
+        nodes.push(RuntimeNode { op, inputs: node.inputs.clone(), downstream: Vec::new() });
     }
     if nodes.is_empty() {
         return Err(EngineError::Invalid("an empty stream plan".into()));
@@ -416,51 +515,72 @@ fn instantiate(
 }
 
 impl RunningView {
-    /// Pushes `changes` into node `at` and everything downstream of it; returns the view's
-    /// own changes (what reached the materialize step).
-    fn push(&mut self, at: usize, changes: ChangeBatch) -> EngineResult<Vec<ChangeBatch>> {
-        let mut queue = VecDeque::from([(at, changes)]);
+    /// Pushes `message` into node `at` (as its input number `input`) and everything downstream
+    /// of it; returns the view's own messages (what reached the materialize step).
+    fn push(&mut self, at: usize, input: usize, message: Message) -> EngineResult<Vec<Message>> {
+        let mut queue = VecDeque::from([(at, input, message)]);
         let mut out = Vec::new();
-        while let Some((at, changes)) = queue.pop_front() {
-            let produced = self.nodes[at].op.process(changes)?;
+        while let Some((at, input, message)) = queue.pop_front() {
+            let produced = self.run_node(at, input, message)?;
             self.route(at, produced, &mut queue, &mut out)?;
         }
         Ok(out)
     }
 
+    fn run_node(&mut self, at: usize, input: usize, message: Message) -> EngineResult<Vec<Message>> {
+        let op = &mut self.nodes[at].op;
+        Ok(match message {
+            Message::Changes(changes) => op.process(changes)?.into_iter().map(Message::Changes).collect(),
+            Message::Watermark(w) => op.on_watermark(input, w)?.into_iter().map(Message::Watermark).collect(),
+        })
+    }
+
     fn route(
         &mut self,
         at: usize,
-        produced: Vec<ChangeBatch>,
-        queue: &mut VecDeque<(usize, ChangeBatch)>,
-        out: &mut Vec<ChangeBatch>,
+        produced: Vec<Message>,
+        queue: &mut VecDeque<(usize, usize, Message)>,
+        out: &mut Vec<Message>,
     ) -> EngineResult<()> {
         let root = self.nodes.len() - 1;
-        for batch in produced {
-            if batch.num_rows() == 0 {
+        for message in produced {
+            if matches!(&message, Message::Changes(c) if c.num_rows() == 0) {
                 continue;
             }
             for d in &self.nodes[at].downstream {
-                queue.push_back((*d, batch.clone()));
+                for (input, from) in self.nodes[*d].inputs.iter().enumerate() {
+                    if *from == at {
+                        queue.push_back((*d, input, message.clone()));
+                    }
+                }
             }
             if at == root {
-                let renamed = batch.with_columns(Arc::clone(&self.schema), batch.data().columns().to_vec())?;
-                out.extend(self.materialize.process(renamed)?);
+                match message {
+                    Message::Changes(batch) => {
+                        let renamed = batch.with_columns(Arc::clone(&self.schema), batch.data().columns().to_vec())?;
+                        out.extend(self.materialize.process(renamed)?.into_iter().map(Message::Changes));
+                    }
+                    Message::Watermark(w) => {
+                        out.extend(self.materialize.on_watermark(0, w)?.into_iter().map(Message::Watermark));
+                    }
+                }
             }
         }
         Ok(())
     }
 
     /// Runs the barrier through the view's operators in plan order; returns the view's
-    /// changes that the barrier released.
-    fn barrier(&mut self, epoch: Epoch, write: &mut WriteBatch) -> EngineResult<Vec<ChangeBatch>> {
+    /// messages that the barrier released (changes, then the promises made after them).
+    fn barrier(&mut self, epoch: Epoch, write: &mut WriteBatch) -> EngineResult<Vec<Message>> {
         let mut out = Vec::new();
         for at in 0..self.nodes.len() {
-            let produced = self.nodes[at].op.on_barrier(epoch, write)?;
+            let mut produced: Vec<Message> =
+                self.nodes[at].op.on_barrier(epoch, write)?.into_iter().map(Message::Changes).collect();
+            produced.extend(self.nodes[at].op.released_watermarks().into_iter().map(Message::Watermark));
             let mut queue = VecDeque::new();
             self.route(at, produced, &mut queue, &mut out)?;
-            while let Some((next, changes)) = queue.pop_front() {
-                let produced = self.nodes[next].op.process(changes)?;
+            while let Some((next, input, message)) = queue.pop_front() {
+                let produced = self.run_node(next, input, message)?;
                 self.route(next, produced, &mut queue, &mut out)?;
             }
         }
@@ -490,14 +610,22 @@ impl Worker {
                 continue;
             }
             match command {
-                Command::Changes { relation, changes, position } => {
-                    self.deliver(relation, changes, None);
+                Command::Changes { relation, changes, position, watermark, late } => {
+                    self.deliver(relation, Message::Changes(changes), None);
+                    if let Some(w) = watermark {
+                        self.deliver(relation, Message::Watermark(w), None);
+                    }
                     match position {
                         InputPosition::Log(seq) => self.absorbed_log.push(seq),
-                        InputPosition::Source(offset) => {
+                        InputPosition::Source(position) => {
                             // A dropped view's reader may have queued rows before it stopped.
                             if self.views.iter().any(|v| v.scans.iter().any(|(r, _)| *r == relation)) {
-                                self.offsets.insert(relation, offset);
+                                self.offsets.insert(relation, position);
+                                if !late.is_empty() {
+                                    let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+                                    *status.late_rows.entry(relation).or_insert(0) += late.len() as u64;
+                                    self.late_pending.entry(relation).or_default().extend(late);
+                                }
                             }
                         }
                     }
@@ -556,11 +684,20 @@ impl Worker {
         }
     }
 
-    /// Delivers changes of `relation` to the views reading it (or only to view `only`), and
-    /// the views' resulting changes to the views reading them.
-    fn deliver(&mut self, relation: RelationId, changes: ChangeBatch, only: Option<usize>) {
-        let mut pending = VecDeque::from([(relation, changes, only)]);
-        while let Some((relation, changes, only)) = pending.pop_front() {
+    /// Delivers a message of `relation` to the views reading it (or only to view `only`), and
+    /// the views' resulting messages to the views reading them.
+    fn deliver(&mut self, relation: RelationId, message: Message, only: Option<usize>) {
+        if matches!(&message, Message::Changes(c) if c.num_rows() == 0) {
+            return;
+        }
+        let mut pending = VecDeque::from([(relation, message, only)]);
+        while let Some((relation, message, only)) = pending.pop_front() {
+            if let Message::Watermark(w) = &message {
+                let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+                let columns = status.watermarks.entry(relation).or_default();
+                let slot = columns.entry(w.column).or_insert(w.value);
+                *slot = (*slot).max(w.value);
+            }
             for at in 0..self.views.len() {
                 if only.is_some_and(|o| o != at) || self.views[at].failed {
                     continue;
@@ -568,10 +705,10 @@ impl Worker {
                 let entries: Vec<usize> =
                     self.views[at].scans.iter().filter(|(r, _)| *r == relation).map(|(_, node)| *node).collect();
                 for node in entries {
-                    match self.views[at].push(node, changes.clone()) {
+                    match self.views[at].push(node, 0, message.clone()) {
                         Ok(out) => {
                             let id = self.views[at].id;
-                            pending.extend(out.into_iter().map(|c| (id, c, None)));
+                            pending.extend(out.into_iter().map(|m| (id, m, None)));
                         }
                         Err(e) => {
                             self.fail(at, e.to_string());
@@ -604,8 +741,8 @@ impl Worker {
             match self.views[at].barrier(epoch, &mut write) {
                 Ok(out) => {
                     let id = self.views[at].id;
-                    for changes in out {
-                        self.deliver(id, changes, None);
+                    for message in out {
+                        self.deliver(id, message, None);
                     }
                 }
                 Err(e) => self.fail(at, e.to_string()),
@@ -614,8 +751,13 @@ impl Worker {
         for seq in self.absorbed_log.drain(..) {
             write.delete(system_tables::CHANGE_LOG, log_key(seq).to_vec());
         }
-        for (reader, offset) in self.offsets.drain() {
-            write.put(system_tables::SOURCE_OFFSETS, reader.to_be_bytes().to_vec(), offset.to_be_bytes().to_vec());
+        for (reader, position) in self.offsets.drain() {
+            write.put(system_tables::SOURCE_OFFSETS, reader.to_be_bytes().to_vec(), position.encode());
+        }
+        for (reader, rows) in self.late_pending.drain() {
+            let first = self.late_counts.get(&reader).copied().unwrap_or(0);
+            let next = record_late_rows(&mut write, reader, first, rows);
+            self.late_counts.insert(reader, next);
         }
         for (view, reason) in self.newly_failed.drain(..) {
             write.put(system_tables::FAILED_VIEWS, view.to_be_bytes().to_vec(), reason.into_bytes());
@@ -644,6 +786,7 @@ impl Worker {
         self.halted = Some(message.clone());
         self.absorbed_log.clear();
         self.offsets.clear();
+        self.late_pending.clear();
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         for view in &mut self.views {
             if !view.failed {
@@ -693,7 +836,10 @@ impl Worker {
                     return Ok(());
                 }
                 for reader in view.readers {
-                    let from = source_offset(snapshot.as_ref(), reader.relation)?;
+                    let from = source_position(snapshot.as_ref(), reader.relation)?;
+                    let late = read_counter(snapshot.as_ref(), &late_rows_counter(reader.relation))?.unwrap_or(0);
+                    self.late_counts.insert(reader.relation, late);
+                    self.status.lock().unwrap_or_else(|p| p.into_inner()).late_rows.insert(reader.relation, late);
                     self.start_reader(reader, from);
                 }
                 tracing::info!(view = %view.name, "materialized view restored");
@@ -707,8 +853,10 @@ impl Worker {
         let at = self.views.len() - 1;
         let snapshot = self.committer.store().snapshot();
         for backfill in &backfill {
+            let mut watermarks = Vec::new();
             let (relation, batches) = match backfill {
-                Backfill::Table { relation, state, columns, snapshot } => {
+                Backfill::Table { relation, state, columns, snapshot, watermark } => {
+                    watermarks.extend(*watermark);
                     let batches = state.scan_all(snapshot.as_ref())?;
                     let batches = batches
                         .into_iter()
@@ -723,6 +871,11 @@ impl Worker {
                     if source.failed {
                         return self.abandon(at, format!("materialized view \"{}\" has failed", source.name));
                     }
+                    let status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(columns) = status.watermarks.get(relation) {
+                        watermarks.extend(columns.iter().map(|(column, value)| Watermark { column: *column, value: *value }));
+                    }
+                    drop(status);
                     let stored = source.materialized.scan_all(snapshot.as_ref())?;
                     let rows = stored.iter().map(|b| expand_view_rows(b, &source.schema)).collect::<EngineResult<Vec<_>>>()?;
                     (*relation, rows)
@@ -730,8 +883,11 @@ impl Worker {
             };
             for batch in batches {
                 if batch.num_rows() > 0 {
-                    self.deliver(relation, ChangeBatch::inserts(batch), Some(at));
+                    self.deliver(relation, Message::Changes(ChangeBatch::inserts(batch)), Some(at));
                 }
+            }
+            for w in watermarks {
+                self.deliver(relation, Message::Watermark(w), Some(at));
             }
         }
         // The view's first state and its catalog entry commit together, or (if it failed
@@ -745,7 +901,8 @@ impl Worker {
         write.append(catalog);
         self.commit_checkpoint(write, true)?;
         for reader in view.readers {
-            self.start_reader(reader, 0);
+            self.late_counts.insert(reader.relation, 0);
+            self.start_reader(reader, SourcePosition::default());
         }
         tracing::info!(view = %view.name, "materialized view created");
         Ok(())
@@ -769,10 +926,24 @@ impl Worker {
         for table in &view.state_tables {
             write.drop_table(*table);
         }
+        let snapshot = self.committer.store().snapshot();
         for (relation, _) in &view.scans {
             write.delete(system_tables::SOURCE_OFFSETS, relation.to_be_bytes().to_vec());
             self.offsets.remove(relation);
+            // A reader's late rows and count go with it.
+            if self.late_counts.remove(relation).is_some() {
+                self.late_pending.remove(relation);
+                for kv in snapshot.scan(system_tables::LATE_ROWS, sluice_storage::KeyRange::prefix(&relation.to_be_bytes()))? {
+                    let (key, _) = kv?;
+                    write.delete(system_tables::LATE_ROWS, key.to_vec());
+                }
+                write.delete(system_tables::COUNTERS, late_rows_counter(*relation).into_bytes());
+            }
+            let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            status.late_rows.remove(relation);
+            status.watermarks.remove(relation);
         }
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).watermarks.remove(&view.id);
         write.delete(system_tables::FAILED_VIEWS, view.id.to_be_bytes().to_vec());
         self.newly_failed.retain(|(id, _)| *id != view.id);
         self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&view.id);
@@ -782,19 +953,37 @@ impl Worker {
         Ok(())
     }
 
-    fn start_reader(&mut self, reader: SourceReader, from: u64) {
+    fn start_reader(&mut self, reader: SourceReader, from: SourcePosition) {
         let commands = self.commands.clone();
         let relation = reader.relation;
+        if let (Some(spec), Some(w)) = (&reader.watermark, from.watermark) {
+            let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            status.watermarks.entry(relation).or_default().insert(spec.time_column, w);
+        }
         let handle = self.runtime.spawn(async move {
             let sender = commands.clone();
+            let event_time = reader.watermark.clone();
+            let mut generator = event_time.as_ref().map(|w| WatermarkGenerator::new(from.watermark, w.idle_timeout));
             let result = reader
                 .spec
-                .run(from, |batch, offset| {
+                .run(from.offset, |batch, offset| {
                     let sender = sender.clone();
+                    let split = match (&event_time, generator.as_mut()) {
+                        (Some(spec), Some(generator)) => Some(apply_source_watermark(&batch, spec, generator)),
+                        _ => None,
+                    };
                     async move {
-                        let changes = ChangeBatch::inserts(batch);
-                        let position = InputPosition::Source(offset);
-                        sender.send(Command::Changes { relation, changes, position }).await.is_ok()
+                        let (changes, watermark, late) = match split {
+                            None => (ChangeBatch::inserts(batch), None, Vec::new()),
+                            Some(Ok(split)) => split,
+                            Some(Err(e)) => {
+                                let error = e.to_string();
+                                let _ = sender.send(Command::ReaderFailed { relation, error }).await;
+                                return false;
+                            }
+                        };
+                        let position = InputPosition::Source(SourcePosition { offset, watermark: watermark.map(|w| w.value) });
+                        sender.send(Command::Changes { relation, changes, position, watermark, late }).await.is_ok()
                     }
                 })
                 .await;

@@ -25,6 +25,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use sluice_storage::{Epoch, WriteBatch};
 
 use crate::operator::evaluate;
+use crate::watermark::Watermark;
 use crate::{ChangeBatch, EngineError, EngineResult, Operator};
 
 /// How many virtual partitions keys are hashed into; instances own whole partitions.
@@ -35,10 +36,12 @@ const QUEUE_DEPTH: usize = 16;
 
 enum ShardCommand {
     Changes(ChangeBatch),
+    Watermark(usize, Watermark),
     Barrier(Epoch),
 }
 
-type BarrierResult = EngineResult<(Vec<ChangeBatch>, WriteBatch)>;
+/// An instance's barrier output: its changes, its writes, and the promises it releases.
+type BarrierResult = EngineResult<(Vec<ChangeBatch>, WriteBatch, Vec<Watermark>)>;
 
 struct Instance {
     commands: SyncSender<ShardCommand>,
@@ -55,6 +58,8 @@ pub struct ShardedOperator {
     passthrough: bool,
     instances: Vec<Instance>,
     hashes: Vec<u64>,
+    /// Promises released by the last barrier (the smallest over the instances, per column).
+    released: Vec<Watermark>,
 }
 
 impl std::fmt::Debug for ShardedOperator {
@@ -78,6 +83,15 @@ fn run_instance(mut op: Box<dyn Operator>, passthrough: bool, commands: Receiver
                     Err(e) => failed = Some(e),
                 }
             }
+            ShardCommand::Watermark(input, watermark) => {
+                if failed.is_some() {
+                    continue;
+                }
+                // A keyed instance releases promises only with its barrier output.
+                if let Err(e) = op.on_watermark(input, watermark) {
+                    failed = Some(e);
+                }
+            }
             ShardCommand::Barrier(epoch) => {
                 let result = match failed.take() {
                     Some(e) => Err(e),
@@ -88,7 +102,7 @@ fn run_instance(mut op: Box<dyn Operator>, passthrough: bool, commands: Receiver
                             if !passthrough {
                                 all.extend(out);
                             }
-                            (all, write)
+                            (all, write, op.released_watermarks())
                         })
                     }
                 };
@@ -123,7 +137,7 @@ impl ShardedOperator {
                 .map_err(|e| EngineError::Invalid(format!("cannot start instance {i} of {name}: {e}")))?;
             running.push(Instance { commands, results, thread: Some(thread) });
         }
-        Ok(Self { name: name.to_string(), key, passthrough, instances: running, hashes: Vec::new() })
+        Ok(Self { name: name.to_string(), key, passthrough, instances: running, hashes: Vec::new(), released: Vec::new() })
     }
 
     fn stopped(&self) -> EngineError {
@@ -179,21 +193,49 @@ impl Operator for ShardedOperator {
         }
         let mut out = Vec::new();
         let mut first_error = None;
+        let mut released: Option<std::collections::BTreeMap<usize, i64>> = None;
         for instance in &self.instances {
             match instance.results.recv().map_err(|_| self.stopped())? {
-                Ok((changes, batch)) => {
+                Ok((changes, batch, watermarks)) => {
                     out.extend(changes);
                     write.append(batch);
+                    // A column's promise holds for the whole operator only if every instance
+                    // makes it; they all saw the same watermarks, so they agree.
+                    let mine: std::collections::BTreeMap<usize, i64> = watermarks.iter().map(|w| (w.column, w.value)).collect();
+                    released = Some(match released {
+                        None => mine,
+                        Some(all) => all
+                            .into_iter()
+                            .filter_map(|(c, v)| mine.get(&c).map(|m| (c, v.min(*m))))
+                            .collect(),
+                    });
                 }
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
             }
         }
+        self.released =
+            released.unwrap_or_default().into_iter().map(|(column, value)| Watermark { column, value }).collect();
         match first_error {
             Some(e) => Err(e),
             None => Ok(out),
         }
+    }
+
+    fn on_watermark(&mut self, input: usize, watermark: Watermark) -> EngineResult<Vec<Watermark>> {
+        if self.passthrough {
+            // The input passes through as it comes, and so do the promises about it.
+            return Ok(vec![watermark]);
+        }
+        for instance in &self.instances {
+            instance.commands.send(ShardCommand::Watermark(input, watermark)).map_err(|_| self.stopped())?;
+        }
+        Ok(Vec::new())
+    }
+
+    fn released_watermarks(&mut self) -> Vec<Watermark> {
+        std::mem::take(&mut self.released)
     }
 }
 

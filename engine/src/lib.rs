@@ -27,6 +27,7 @@ pub mod operator;
 pub mod plan;
 pub mod recovery;
 pub mod source;
+pub mod watermark;
 mod state_table;
 
 pub use changelog::{ChangeBatch, Op};

@@ -14,6 +14,7 @@ use datafusion::logical_expr::Expr;
 use sluice_storage::TableId;
 
 use crate::operator::AggregateKind;
+use crate::watermark::monotone_column;
 
 /// Identifies a relation whose changes flow into views: a table, a view, or one reader of a
 /// source. Relations share the id space of state tables.
@@ -71,7 +72,21 @@ pub enum NodeKind {
         calls: Vec<AggregateSpec>,
         /// The state table of the groups.
         state_table: TableId,
+        /// The group key whose windows close as the watermark passes (set by
+        /// [`StreamPlan::assign_windows`]).
+        window: Option<AggregateWindow>,
     },
+}
+
+/// The window column of an aggregate whose input carries a watermark on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AggregateWindow {
+    /// Which group-by expression (a plain input column).
+    pub group: usize,
+    /// The input column it is.
+    pub input_column: usize,
+    /// EMIT ON WINDOW CLOSE.
+    pub emit_on_close: bool,
 }
 
 /// One aggregate call of an [`NodeKind::Aggregate`].
@@ -106,6 +121,88 @@ impl StreamPlan {
     /// The position of the node producing the view's rows.
     pub fn root(&self) -> Option<usize> {
         self.nodes.len().checked_sub(1)
+    }
+
+    /// Which output columns of each node carry a watermark, given which columns of each
+    /// relation it reads do. Follows the operators' own rules (see each `on_watermark`).
+    pub fn watermark_columns(&self, relation: &dyn Fn(RelationId) -> Vec<usize>) -> Vec<Vec<bool>> {
+        let mut columns: Vec<Vec<bool>> = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let width = node.schema.fields().len();
+            let input = |i: usize| node.inputs.get(i).and_then(|p| columns.get(*p)).cloned().unwrap_or_default();
+            let carries = match &node.kind {
+                NodeKind::Scan { relation: r, columns: kept, .. } => {
+                    let marked = relation(*r);
+                    kept.iter().map(|c| marked.contains(c)).collect()
+                }
+                NodeKind::Filter { .. } => input(0),
+                NodeKind::Project { exprs } => {
+                    let from = input(0);
+                    let schema = node.inputs.first().map(|p| &self.nodes[*p].schema);
+                    exprs
+                        .iter()
+                        .map(|e| {
+                            schema
+                                .and_then(|s| monotone_column(e, s))
+                                .is_some_and(|c| from.get(c).copied().unwrap_or(false))
+                        })
+                        .collect()
+                }
+                NodeKind::Unnest { sources, .. } => {
+                    let from = input(0);
+                    sources.iter().map(|s| from.get(*s).copied().unwrap_or(false)).collect()
+                }
+                NodeKind::Union => {
+                    let inputs: Vec<Vec<bool>> = (0..node.inputs.len()).map(input).collect();
+                    (0..width).map(|c| !inputs.is_empty() && inputs.iter().all(|i| i.get(c).copied().unwrap_or(false))).collect()
+                }
+                NodeKind::Aggregate { window, .. } => {
+                    (0..width).map(|c| window.is_some_and(|w| w.group == c)).collect()
+                }
+            };
+            columns.push(carries);
+        }
+        columns
+    }
+
+    /// Gives every aggregate grouping by a column that carries a watermark its window (the
+    /// first such group key), with `emit_on_close`. Returns which of the view's columns carry
+    /// a watermark. With `emit_on_close`, every aggregate must have a window (else the error
+    /// names the first that has none), and there must be one.
+    pub fn assign_windows(
+        &mut self,
+        relation: &dyn Fn(RelationId) -> Vec<usize>,
+        emit_on_close: bool,
+    ) -> Result<Vec<bool>, String> {
+        let mut aggregates = 0;
+        for at in 0..self.nodes.len() {
+            // Each node's columns depend only on earlier nodes, already settled.
+            let marked = self.watermark_columns(relation);
+            let input_schema = self.nodes[at].inputs.first().map(|p| std::sync::Arc::clone(&self.nodes[*p].schema));
+            let from = self.nodes[at].inputs.first().map(|p| marked[*p].clone()).unwrap_or_default();
+            let NodeKind::Aggregate { group_by, window, .. } = &mut self.nodes[at].kind else { continue };
+            aggregates += 1;
+            let found = input_schema.and_then(|schema| {
+                group_by.iter().enumerate().find_map(|(g, e)| {
+                    let Expr::Column(c) = e else { return None };
+                    let column = schema.index_of_column(c).ok()?;
+                    from.get(column).copied().unwrap_or(false).then_some(AggregateWindow { group: g, input_column: column, emit_on_close })
+                })
+            });
+            if found.is_none() && emit_on_close {
+                let keys = group_by.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");
+                return Err(format!(
+                    "EMIT ON WINDOW CLOSE needs every GROUP BY to include a window column whose watermark is declared (GROUP BY {keys} has none; declare WATERMARK FOR on the time column of the table or source and group by window_start or window_end)",
+                    keys = if keys.is_empty() { "()".to_string() } else { keys }
+                ));
+            }
+            *window = found;
+        }
+        if emit_on_close && aggregates == 0 {
+            return Err("EMIT ON WINDOW CLOSE needs a GROUP BY over a window (TUMBLE or HOP) of a watermarked time column".into());
+        }
+        let marked = self.watermark_columns(relation);
+        Ok(self.root().map(|r| marked[r].clone()).unwrap_or_default())
     }
 
     /// Every state table the plan's operators keep state in.
@@ -165,13 +262,19 @@ impl fmt::Display for DisplayNode<'_> {
             NodeKind::Project { exprs } => write!(f, "Project [{}]", join(exprs)),
             NodeKind::Unnest { list_column, .. } => write!(f, "Unnest column #{list_column}"),
             NodeKind::Union => write!(f, "Union"),
-            NodeKind::Aggregate { group_by, calls, .. } => {
+            NodeKind::Aggregate { group_by, calls, window, .. } => {
                 let calls = calls.iter().map(|c| match (&c.kind, &c.arg) {
                     (AggregateKind::CountStar, _) => "count(*)".to_string(),
                     (kind, Some(arg)) => format!("{}({arg})", kind.sql_name()),
                     (kind, None) => format!("{}()", kind.sql_name()),
                 });
-                write!(f, "HashAggregate group=[{}] aggregates=[{}]", join(group_by), join(calls))
+                write!(f, "HashAggregate group=[{}] aggregates=[{}]", join(group_by), join(calls))?;
+                if let Some(w) = window {
+                    let key = group_by.get(w.group).map(|e| e.to_string()).unwrap_or_default();
+                    let emit = if w.emit_on_close { "on window close" } else { "on update" };
+                    write!(f, " window=[{key}] emit=[{emit}]")?;
+                }
+                Ok(())
             }
         }
     }

@@ -27,6 +27,7 @@ use sluice_storage::{KeyRange, StateSnapshot, TableId};
 use std::sync::Arc;
 
 use crate::plan::RelationId;
+use crate::watermark::Watermark;
 use crate::{ChangeBatch, EngineError, EngineResult};
 
 /// Reserved state-table ids. User objects (tables, views, operator state) get ids from 1 up;
@@ -42,8 +43,133 @@ pub mod system_tables {
     pub const SOURCE_OFFSETS: TableId = u32::MAX - 2;
     /// Views that stopped on an error, with the reason.
     pub const FAILED_VIEWS: TableId = u32::MAX - 3;
-    /// Counters that must survive a restart (next object id, next hidden row id).
+    /// Counters that must survive a restart (next object id, next hidden row id, late rows
+    /// per relation).
     pub const COUNTERS: TableId = u32::MAX - 4;
+    /// Rows dropped as late, by (relation, sequence number), the last
+    /// [`super::LATE_ROWS_KEPT`] of each relation.
+    pub const LATE_ROWS: TableId = u32::MAX - 5;
+    /// The watermark of every table that declares one, as of its last write.
+    pub const TABLE_WATERMARKS: TableId = u32::MAX - 6;
+}
+
+/// Late rows kept per relation in `sluice_late_rows` (older ones are dropped; the count of
+/// every late row is kept in a counter).
+pub const LATE_ROWS_KEPT: u64 = 10_000;
+
+/// The counter of late rows of `relation` in [`system_tables::COUNTERS`].
+pub fn late_rows_counter(relation: RelationId) -> String {
+    format!("late_rows/{relation}")
+}
+
+/// A row dropped because its event time was behind the watermark when it arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LateRow {
+    /// Its event time (None: NULL).
+    pub event_time: Option<i64>,
+    /// The watermark it was behind (None: it had no time and no watermark existed yet).
+    pub watermark: Option<i64>,
+    /// When it arrived (microseconds since the Unix epoch).
+    pub arrived_at: i64,
+    /// The row, as `column=value` pairs.
+    pub row: String,
+}
+
+fn optional_time(value: Option<i64>) -> [u8; 9] {
+    let mut out = [0u8; 9];
+    if let Some(v) = value {
+        out[0] = 1;
+        out[1..].copy_from_slice(&v.to_be_bytes());
+    }
+    out
+}
+
+impl LateRow {
+    /// The stored form: event time, watermark (each a presence byte and 8 bytes), arrival
+    /// time, then the row text.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(26 + self.row.len());
+        out.extend_from_slice(&optional_time(self.event_time));
+        out.extend_from_slice(&optional_time(self.watermark));
+        out.extend_from_slice(&self.arrived_at.to_be_bytes());
+        out.extend_from_slice(self.row.as_bytes());
+        out
+    }
+
+    /// Decodes [`LateRow::encode`]'s output.
+    pub fn decode(value: &[u8]) -> EngineResult<Self> {
+        let corrupt = || EngineError::Invalid("corrupt late-row record".into());
+        if value.len() < 26 {
+            return Err(corrupt());
+        }
+        let time = |at: usize| -> EngineResult<Option<i64>> {
+            Ok((value[at] == 1).then(|| i64::from_be_bytes(value[at + 1..at + 9].try_into().unwrap_or_default())))
+        };
+        Ok(Self {
+            event_time: time(0)?,
+            watermark: time(9)?,
+            arrived_at: i64::from_be_bytes(value[18..26].try_into().map_err(|_| corrupt())?),
+            row: String::from_utf8_lossy(&value[26..]).into_owned(),
+        })
+    }
+}
+
+/// The key of late row `seq` of `relation`.
+pub fn late_row_key(relation: RelationId, seq: u64) -> Vec<u8> {
+    let mut key = relation.to_be_bytes().to_vec();
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Writes the late rows `rows` of `relation`, numbered from `first_seq`, and drops those that
+/// fall out of the retention window. Returns the next sequence number (the new count).
+pub fn record_late_rows(write: &mut sluice_storage::WriteBatch, relation: RelationId, first_seq: u64, rows: Vec<LateRow>) -> u64 {
+    let mut seq = first_seq;
+    for row in rows {
+        write.put(system_tables::LATE_ROWS, late_row_key(relation, seq), row.encode());
+        if let Some(old) = seq.checked_sub(LATE_ROWS_KEPT) {
+            write.delete(system_tables::LATE_ROWS, late_row_key(relation, old));
+        }
+        seq += 1;
+    }
+    write.put(system_tables::COUNTERS, late_rows_counter(relation).into_bytes(), seq.to_be_bytes().to_vec());
+    seq
+}
+
+/// Every kept late row, by relation, oldest first.
+pub fn late_rows(snapshot: &dyn StateSnapshot) -> EngineResult<Vec<(RelationId, u64, LateRow)>> {
+    let mut out = Vec::new();
+    for kv in snapshot.scan(system_tables::LATE_ROWS, KeyRange::all())? {
+        let (key, value) = kv?;
+        let corrupt = || EngineError::Invalid("corrupt late-row key".into());
+        let relation = RelationId::from_be_bytes(key.get(..4).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?);
+        let seq = u64::from_be_bytes(key.get(4..12).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?);
+        out.push((relation, seq, LateRow::decode(&value)?));
+    }
+    Ok(out)
+}
+
+/// `column=value` pairs of row `row` of `batch`, for `sluice_late_rows`.
+pub fn render_row(batch: &RecordBatch, row: usize) -> String {
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    let options = FormatOptions::default().with_null("NULL");
+    let schema = batch.schema();
+    let mut parts = Vec::with_capacity(batch.num_columns());
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        let value = ArrayFormatter::try_new(column.as_ref(), &options)
+            .map(|f| f.value(row).to_string())
+            .unwrap_or_else(|_| "?".into());
+        parts.push(format!("{}={value}", field.name()));
+    }
+    parts.join(", ")
+}
+
+/// The watermark of table `table` after its last write, if it has one.
+pub fn table_watermark(snapshot: &dyn StateSnapshot, table: RelationId) -> EngineResult<Option<i64>> {
+    Ok(match snapshot.get(system_tables::TABLE_WATERMARKS, &table.to_be_bytes())? {
+        Some(v) => Some(i64::from_be_bytes(v.as_ref().try_into().map_err(|_| EngineError::Invalid("corrupt table watermark".into()))?)),
+        None => None,
+    })
 }
 
 const OP_COLUMN: &str = "__sluice_op";
@@ -54,14 +180,20 @@ pub fn log_key(seq: u64) -> [u8; 8] {
 }
 
 /// Encodes one change-log entry: the relation, then the changes as an Arrow IPC stream whose
-/// last column is the op.
-pub fn encode_log_entry(relation: RelationId, changes: &ChangeBatch) -> EngineResult<Vec<u8>> {
+/// last column is the op; the watermark the table reached with them, if any, rides in the
+/// stream's schema metadata (so a replay delivers it again).
+pub fn encode_log_entry(relation: RelationId, changes: &ChangeBatch, watermark: Option<Watermark>) -> EngineResult<Vec<u8>> {
     let data = changes.data();
     let mut fields: Vec<Field> = data.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.push(Field::new(OP_COLUMN, DataType::Int8, false));
     let mut columns = data.columns().to_vec();
     columns.push(Arc::new(changes.ops().clone()));
-    let schema = Arc::new(Schema::new(fields));
+    let mut metadata = std::collections::HashMap::new();
+    if let Some(w) = watermark {
+        metadata.insert(WATERMARK_COLUMN_KEY.to_string(), w.column.to_string());
+        metadata.insert(WATERMARK_VALUE_KEY.to_string(), w.value.to_string());
+    }
+    let schema = Arc::new(Schema::new_with_metadata(fields, metadata));
     let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
     let mut out = relation.to_be_bytes().to_vec();
     let mut writer = StreamWriter::try_new(&mut out, &schema)?;
@@ -71,13 +203,24 @@ pub fn encode_log_entry(relation: RelationId, changes: &ChangeBatch) -> EngineRe
     Ok(out)
 }
 
+const WATERMARK_COLUMN_KEY: &str = "sluice.watermark.column";
+const WATERMARK_VALUE_KEY: &str = "sluice.watermark.value";
+
+/// One change-log entry: the relation, its changes, and the watermark after them.
+pub type LogEntry = (RelationId, ChangeBatch, Option<Watermark>);
+
 /// Decodes a change-log entry written by [`encode_log_entry`].
-pub fn decode_log_entry(value: &[u8]) -> EngineResult<(RelationId, ChangeBatch)> {
+pub fn decode_log_entry(value: &[u8]) -> EngineResult<LogEntry> {
     let corrupt = || EngineError::Invalid("corrupt change-log entry".into());
     let (relation, ipc) = value.split_at_checked(4).ok_or_else(corrupt)?;
     let relation = RelationId::from_be_bytes(relation.try_into().map_err(|_| corrupt())?);
     let reader = StreamReader::try_new(Cursor::new(ipc), None)?;
     let schema = reader.schema();
+    let metadata = schema.metadata();
+    let watermark = match (metadata.get(WATERMARK_COLUMN_KEY), metadata.get(WATERMARK_VALUE_KEY)) {
+        (Some(c), Some(v)) => Some(Watermark { column: c.parse().map_err(|_| corrupt())?, value: v.parse().map_err(|_| corrupt())? }),
+        _ => None,
+    };
     let mut batches = Vec::new();
     for batch in reader {
         batches.push(batch?);
@@ -90,26 +233,54 @@ pub fn decode_log_entry(value: &[u8]) -> EngineResult<(RelationId, ChangeBatch)>
     let width = batch.num_columns().checked_sub(1).ok_or_else(corrupt)?;
     let ops = batch.column(width).as_any().downcast_ref::<Int8Array>().ok_or_else(corrupt)?.clone();
     let data = batch.project(&(0..width).collect::<Vec<_>>())?;
-    Ok((relation, ChangeBatch::try_new(data, ops)?))
+    let data = RecordBatch::try_new(Arc::new(Schema::new(data.schema().fields().clone())), data.columns().to_vec())?;
+    Ok((relation, ChangeBatch::try_new(data, ops)?, watermark))
 }
 
 /// Every change-log entry of `snapshot`, in commit order.
-pub fn pending_changes(snapshot: &dyn StateSnapshot) -> EngineResult<Vec<(u64, RelationId, ChangeBatch)>> {
+pub fn pending_changes(snapshot: &dyn StateSnapshot) -> EngineResult<Vec<(u64, LogEntry)>> {
     let mut out = Vec::new();
     for kv in snapshot.scan(system_tables::CHANGE_LOG, KeyRange::all())? {
         let (key, value) = kv?;
         let seq = u64::from_be_bytes(key.as_ref().try_into().map_err(|_| EngineError::Invalid("corrupt change-log key".into()))?);
-        let (relation, changes) = decode_log_entry(&value)?;
-        out.push((seq, relation, changes));
+        out.push((seq, decode_log_entry(&value)?));
     }
     Ok(out)
 }
 
-/// The committed offset of source reader `reader` (0 if it never checkpointed).
-pub fn source_offset(snapshot: &dyn StateSnapshot, reader: RelationId) -> EngineResult<u64> {
+/// Where a source reader stood at a checkpoint: the next offset and its watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SourcePosition {
+    /// The offset of the next row to read.
+    pub offset: u64,
+    /// The source's watermark, if it declares one and it was set.
+    pub watermark: Option<i64>,
+}
+
+impl SourcePosition {
+    /// The stored form: the offset, then the watermark if any (8 bytes each, big-endian).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.offset.to_be_bytes().to_vec();
+        if let Some(w) = self.watermark {
+            out.extend_from_slice(&w.to_be_bytes());
+        }
+        out
+    }
+}
+
+/// The committed position of source reader `reader` (offset 0 if it never checkpointed).
+pub fn source_position(snapshot: &dyn StateSnapshot, reader: RelationId) -> EngineResult<SourcePosition> {
+    let corrupt = || EngineError::Invalid("corrupt source offset".into());
     Ok(match snapshot.get(system_tables::SOURCE_OFFSETS, &reader.to_be_bytes())? {
-        Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| EngineError::Invalid("corrupt source offset".into()))?),
-        None => 0,
+        Some(v) => {
+            let offset = u64::from_be_bytes(v.get(..8).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?);
+            let watermark = match v.get(8..16) {
+                Some(w) => Some(i64::from_be_bytes(w.try_into().map_err(|_| corrupt())?)),
+                None => None,
+            };
+            SourcePosition { offset, watermark }
+        }
+        None => SourcePosition::default(),
     })
 }
 
@@ -145,10 +316,14 @@ mod tests {
             ",
         )
         .unwrap();
-        let encoded = encode_log_entry(42, &changes).unwrap();
-        let (relation, decoded) = decode_log_entry(&encoded).unwrap();
+        let encoded = encode_log_entry(42, &changes, None).unwrap();
+        let (relation, decoded, watermark) = decode_log_entry(&encoded).unwrap();
         assert_eq!(relation, 42);
         assert_eq!(decoded, changes);
+        assert_eq!(watermark, None);
+        let marked = Watermark { column: 1, value: -5 };
+        let encoded = encode_log_entry(42, &changes, Some(marked)).unwrap();
+        assert_eq!(decode_log_entry(&encoded).unwrap().2, Some(marked));
         assert!(decode_log_entry(&encoded[..6]).is_err());
     }
 }

@@ -7,6 +7,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::{evaluate, Operator};
+use crate::watermark::Watermark;
 use crate::{ChangeBatch, EngineError, EngineResult};
 
 /// `WHERE predicate` over a changelog.
@@ -34,6 +35,11 @@ impl FilterOperator {
 impl Operator for FilterOperator {
     fn name(&self) -> &str {
         "Filter"
+    }
+
+    /// A filter keeps some rows and changes none: every promise holds for its output.
+    fn on_watermark(&mut self, _input: usize, watermark: Watermark) -> EngineResult<Vec<Watermark>> {
+        Ok(vec![watermark])
     }
 
     fn process(&mut self, changes: ChangeBatch) -> EngineResult<Vec<ChangeBatch>> {

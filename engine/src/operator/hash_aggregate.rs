@@ -12,7 +12,20 @@ use datafusion::physical_expr::PhysicalExpr;
 use sluice_storage::{Epoch, StateStore, TableId, WriteBatch};
 
 use super::{evaluate, FastHash, Operator};
+use crate::watermark::Watermark;
 use crate::{ChangeBatch, EngineError, EngineResult, Op, StateTable};
+
+/// The group key of a windowed aggregate that carries a watermark, and how windows are emitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowKey {
+    /// Which group-by expression (by position) is the window column.
+    pub group: usize,
+    /// The input column that expression reads (watermarks arrive about input columns).
+    pub input_column: usize,
+    /// EMIT ON WINDOW CLOSE: a window's row is emitted once, when the watermark passes it,
+    /// instead of being updated as rows arrive.
+    pub emit_on_close: bool,
+}
 
 /// The aggregate functions the operator maintains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +155,13 @@ struct ValueMultiset {
 /// State: one row per group in a [`StateTable`] keyed by the group columns (row count and each
 /// accumulator), read on first touch in an epoch and written back at the barrier into the
 /// epoch's write batch; the store is the truth, memory holds only the current epoch's groups.
+///
+/// Windows ([`WindowKey`]): when a watermark promises that no more rows come for windows below
+/// `W`, the barrier evicts those groups from state (their rows in the view are final), so a
+/// windowed view's state stays bounded. The window column leads the state key, so the closed
+/// groups are one key range. With EMIT ON WINDOW CLOSE the operator emits nothing while a
+/// window is open and one insert per group when it closes: an append-only output. After the
+/// barrier's output the operator promises `window ≥ W` downstream.
 pub struct HashAggregateOperator {
     group_by: Vec<(Arc<dyn PhysicalExpr>, String)>,
     calls: Vec<AggregateCall>,
@@ -157,6 +177,15 @@ pub struct HashAggregateOperator {
     /// For a global aggregate: whether its one row has been emitted (it is, at the first
     /// barrier, even over empty input, as PostgreSQL answers one row for `SELECT count(*)`).
     global_started: bool,
+    /// The group columns in state-key order (the window column first).
+    key_order: Vec<usize>,
+    window: Option<WindowKey>,
+    /// The latest watermark on the window column, applied at the next barrier.
+    pending_watermark: Option<i64>,
+    /// Windows below this were evicted (and, with EMIT ON WINDOW CLOSE, emitted).
+    closed_below: Option<i64>,
+    /// Promises to make after the barrier's output.
+    release: Vec<Watermark>,
 }
 
 impl std::fmt::Debug for HashAggregateOperator {
@@ -173,7 +202,18 @@ impl HashAggregateOperator {
         calls: Vec<AggregateCall>,
         table: TableId,
         store: Arc<dyn StateStore>,
+        window: Option<WindowKey>,
     ) -> EngineResult<Self> {
+        if let Some(w) = window {
+            if w.group >= group_by.len() {
+                return Err(EngineError::Invalid(format!("window key {} of {} group columns", w.group, group_by.len())));
+            }
+        }
+        let mut key_order: Vec<usize> = (0..group_by.len()).collect();
+        if let Some(w) = window {
+            key_order.retain(|g| *g != w.group);
+            key_order.insert(0, w.group);
+        }
         let mut key_types = Vec::with_capacity(group_by.len());
         let mut output_fields = Vec::new();
         let mut state_fields = Vec::new();
@@ -215,8 +255,10 @@ impl HashAggregateOperator {
         if key_types.is_empty() {
             // A global aggregate hashes every row to one constant key.
             key_types.push(SortField::new(DataType::Int64));
+        } else {
+            key_types = key_order.iter().map(|g| key_types[*g].clone()).collect();
         }
-        let key_indices = (0..group_by.len()).collect::<Vec<_>>();
+        let key_indices = key_order.clone();
         // A global aggregate has no key columns: its one state row gets a constant key column.
         let (state_schema, key_indices) = if key_indices.is_empty() {
             let mut fields = vec![Field::new("__global", DataType::Int64, false)];
@@ -238,11 +280,12 @@ impl HashAggregateOperator {
             let mut fields: Vec<Field> = output_fields[..group_by.len()].to_vec();
             fields.push(Field::new("__value", arg.data_type(input)?, false));
             fields.push(Field::new("__count", DataType::Int64, false));
-            let key: Vec<usize> = (0..=group_by.len()).collect();
+            let mut key: Vec<usize> = key_order.clone();
+            key.push(group_by.len());
             let group_codec = if group_by.is_empty() {
                 None
             } else {
-                Some(RowConverter::new(fields[..group_by.len()].iter().map(|f| SortField::new(f.data_type().clone())).collect())?)
+                Some(RowConverter::new(key_order.iter().map(|g| SortField::new(fields[*g].data_type().clone())).collect())?)
             };
             multisets.push(Some(ValueMultiset { state: StateTable::try_new(values_table, Arc::new(Schema::new(fields)), key)?, group_codec }));
         }
@@ -260,7 +303,105 @@ impl HashAggregateOperator {
             multisets,
             dirty: HashMap::default(),
             global_started: false,
+            key_order,
+            window,
+            pending_watermark: None,
+            closed_below: None,
+            release: Vec::new(),
         })
+    }
+
+    /// Group columns (one-row or full arrays, in group-by order) in state-key order.
+    fn in_key_order(&self, columns: &[ArrayRef]) -> Vec<ArrayRef> {
+        self.key_order.iter().map(|g| Arc::clone(&columns[*g])).collect()
+    }
+
+    /// The window value of a group (NULL windows sort, and close, first).
+    fn window_value(&self, group: &Group) -> Option<i64> {
+        let w = self.window?;
+        let column = group.key.get(w.group)?;
+        if column.is_null(0) || !crate::watermark::is_event_time_type(column.data_type()) {
+            return None;
+        }
+        Some(column.as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>().value(0))
+    }
+
+    /// The state-key prefix of windows starting at `value` (keys of smaller windows sort
+    /// before it: the window column leads the key).
+    fn window_prefix(&self, value: i64) -> EngineResult<Vec<u8>> {
+        let Some(w) = self.window else { return Err(EngineError::Invalid("no window key".into())) };
+        let t = self.output.field(w.group).data_type().clone();
+        let DataType::Timestamp(_, tz) = &t else {
+            return Err(EngineError::Invalid(format!("window column of type {t}")));
+        };
+        let array: ArrayRef =
+            Arc::new(datafusion::arrow::array::TimestampMicrosecondArray::from(vec![value]).with_timezone_opt(tz.clone()));
+        let codec = RowConverter::new(vec![SortField::new(t)])?;
+        Ok(codec.convert_columns(&[array])?.row(0).data().to_vec())
+    }
+
+    /// Closes the windows below the pending watermark: deletes their groups (and value
+    /// multisets) from state and returns, with EMIT ON WINDOW CLOSE, the final rows of the
+    /// closed groups that were not touched this epoch (`closed_dirty` holds those that were,
+    /// by state key, and the multiset keys they wrote).
+    fn close_windows(
+        &mut self,
+        write: &mut WriteBatch,
+        closed_dirty: &[(Vec<u8>, Vec<(usize, Vec<u8>)>)],
+    ) -> EngineResult<Vec<Group>> {
+        let Some(watermark) = self.pending_watermark else { return Ok(Vec::new()) };
+        let Some(window) = self.window else { return Ok(Vec::new()) };
+        if self.closed_below.is_some_and(|c| c >= watermark) {
+            return Ok(Vec::new());
+        }
+        let start = match self.closed_below {
+            Some(c) => std::ops::Bound::Included(self.window_prefix(c)?),
+            None => std::ops::Bound::Unbounded,
+        };
+        let range = sluice_storage::KeyRange { start, end: std::ops::Bound::Excluded(self.window_prefix(watermark)?) };
+        let snapshot = self.store.snapshot();
+        let dirty_keys: std::collections::HashSet<&[u8]> = closed_dirty.iter().map(|(k, _)| k.as_slice()).collect();
+        let mut emitted = Vec::new();
+        let mut keys = Vec::new();
+        let mut values = Vec::new();
+        for kv in snapshot.scan(self.state.id(), range.clone())? {
+            let (k, v) = kv?;
+            keys.push(k.to_vec());
+            values.push(v);
+        }
+        if !keys.is_empty() {
+            let rows = self.state.decode_values(values.iter().map(|v| v.as_ref()))?;
+            for (i, key) in keys.iter().enumerate() {
+                write.delete(self.state.id(), key.clone());
+                if !window.emit_on_close || dirty_keys.contains(key.as_slice()) {
+                    continue;
+                }
+                let key_values: Vec<ArrayRef> = (0..self.group_by.len()).map(|g| rows.column(g).slice(i, 1)).collect();
+                let (group, _) = self.load(snapshot.as_ref(), key, &key_values)?;
+                if let Some(group) = group.filter(|g| g.rows > 0) {
+                    emitted.push(group);
+                }
+            }
+        }
+        for (dirty_key, _) in closed_dirty {
+            write.delete(self.state.id(), dirty_key.clone());
+        }
+        for multiset in self.multisets.iter().flatten() {
+            for kv in snapshot.scan(multiset.state.id(), range.clone())? {
+                let (k, _) = kv?;
+                write.delete(multiset.state.id(), k.to_vec());
+            }
+        }
+        for (_, written) in closed_dirty {
+            for (call, key) in written {
+                if let Some(Some(multiset)) = self.multisets.get(*call) {
+                    write.delete(multiset.state.id(), key.clone());
+                }
+            }
+        }
+        self.closed_below = Some(watermark);
+        self.release.push(Watermark { column: window.group, value: watermark });
+        Ok(emitted)
     }
 
     /// The schema of the output rows: group columns, then one column per aggregate.
@@ -338,7 +479,7 @@ impl HashAggregateOperator {
     fn stored_values(&self, call: usize, key: &[ArrayRef]) -> EngineResult<ValueCounts> {
         let Some(Some(multiset)) = self.multisets.get(call) else { return Ok(BTreeMap::new()) };
         let range = match &multiset.group_codec {
-            Some(codec) => sluice_storage::KeyRange::prefix(codec.convert_columns(key)?.row(0).data()),
+            Some(codec) => sluice_storage::KeyRange::prefix(codec.convert_columns(&self.in_key_order(key))?.row(0).data()),
             None => sluice_storage::KeyRange::all(),
         };
         let snapshot = self.store.snapshot();
@@ -615,7 +756,7 @@ impl Operator for HashAggregateOperator {
             .collect::<EngineResult<_>>()?;
         let arg_types: Vec<Option<DataType>> = args.iter().map(|a| a.as_ref().map(|a| a.data_type().clone())).collect();
         let hashed: Vec<ArrayRef> =
-            if keys.is_empty() { vec![Arc::new(Int64Array::from(vec![0; rows]))] } else { keys.clone() };
+            if keys.is_empty() { vec![Arc::new(Int64Array::from(vec![0; rows]))] } else { self.in_key_order(&keys) };
         let encoded = self.key_codec.convert_columns(&hashed)?;
         // Multiset keys (group columns, value) of every row, encoded once per batch.
         let multiset_keys = self
@@ -624,7 +765,7 @@ impl Operator for HashAggregateOperator {
             .zip(&args)
             .map(|(multiset, arg)| match (multiset, arg) {
                 (Some(multiset), Some(arg)) => {
-                    let mut columns = keys.clone();
+                    let mut columns = self.in_key_order(&keys);
                     columns.push(Arc::clone(arg));
                     multiset.state.encode_key_columns(&columns).map(Some)
                 }
@@ -692,36 +833,99 @@ impl Operator for HashAggregateOperator {
             }
         }
         self.global_started = true;
-        let mut drained: Vec<Dirty> = self.dirty.drain().map(|(_, d)| d).collect();
-        for dirty in &mut drained {
+        let mut drained: Vec<(OwnedRow, Dirty)> = self.dirty.drain().collect();
+        for (_, dirty) in &mut drained {
             self.settle_values(dirty, write)?;
             if dirty.group.rows < 0 {
                 return Err(EngineError::Invalid("a group received more deletes than inserts".into()));
             }
         }
+        // Windows the pending watermark closes (NULL windows close with the first one).
+        let closing = self.pending_watermark.filter(|w| self.closed_below.is_none_or(|c| c < *w));
+        let closed: Vec<bool> = drained
+            .iter()
+            .map(|(_, d)| closing.is_some_and(|w| self.window_value(&d.group).is_none_or(|v| v < w)))
+            .collect();
+        let emit_on_close = self.window.is_some_and(|w| w.emit_on_close);
         // A global aggregate keeps its row (and its state row) when its input empties.
         let global = self.is_global();
-        let exists: Vec<bool> = drained.iter().map(|d| d.group.rows > 0 || global).collect();
-        let kept: Vec<&Group> = drained.iter().zip(&exists).filter(|(_, e)| **e).map(|(d, _)| &d.group).collect();
-        let gone: Vec<&Group> = drained.iter().zip(&exists).filter(|(_, e)| !**e).map(|(d, _)| &d.group).collect();
+        let exists: Vec<bool> = drained.iter().map(|(_, d)| d.group.rows > 0 || global).collect();
+        let kept: Vec<&Group> = drained.iter().zip(&exists).filter(|(_, e)| **e).map(|((_, d), _)| &d.group).collect();
+        let gone: Vec<&Group> = drained.iter().zip(&exists).filter(|(_, e)| !**e).map(|((_, d), _)| &d.group).collect();
         if !kept.is_empty() {
             self.state.write_rows(&self.state_batch(&kept)?, write)?;
         }
         if !gone.is_empty() {
             self.state.delete_rows(&self.state_batch(&gone)?, write)?;
         }
-        // Output: the delete of each group's previous row and the insert of its new one,
-        // except where the two are equal.
-        let befores: Vec<&Group> = drained.iter().filter_map(|d| d.emitted_before.as_ref()).collect();
+        let mut out = Vec::new();
+        if emit_on_close {
+            // Open windows emit nothing; a closing window emits its final row once.
+            let finished: Vec<&Group> = drained
+                .iter()
+                .zip(&exists)
+                .zip(&closed)
+                .filter(|((_, e), c)| **e && **c)
+                .map(|(((_, d), _), _)| &d.group)
+                .collect();
+            if !finished.is_empty() {
+                out.push(ChangeBatch::inserts(self.output_batch(&finished)?));
+            }
+        } else {
+            out = self.changed_rows(&drained, &exists, &kept)?;
+        }
+        if closing.is_some() {
+            let closed_dirty: Vec<(Vec<u8>, Vec<(usize, Vec<u8>)>)> = drained
+                .iter()
+                .zip(&closed)
+                .filter(|(_, c)| **c)
+                .map(|((key, d), _)| {
+                    let written = d
+                        .value_deltas
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(call, deltas)| deltas.keys().map(move |k| (call, k.clone())))
+                        .collect();
+                    (key.as_ref().as_ref().to_vec(), written)
+                })
+                .collect();
+            let finished = self.close_windows(write, &closed_dirty)?;
+            if !finished.is_empty() {
+                let finished: Vec<&Group> = finished.iter().collect();
+                out.push(ChangeBatch::inserts(self.output_batch(&finished)?));
+            }
+        }
+        Ok(out)
+    }
+
+    fn on_watermark(&mut self, _input: usize, watermark: Watermark) -> EngineResult<Vec<Watermark>> {
+        if let Some(w) = self.window {
+            if w.input_column == watermark.column {
+                self.pending_watermark = Some(self.pending_watermark.map_or(watermark.value, |p| p.max(watermark.value)));
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    fn released_watermarks(&mut self) -> Vec<Watermark> {
+        std::mem::take(&mut self.release)
+    }
+}
+
+impl HashAggregateOperator {
+    /// The default emit mode's output for this epoch's groups: the delete of each group's
+    /// previous row and the insert of its new one, except where the two are equal.
+    fn changed_rows(&self, drained: &[(OwnedRow, Dirty)], exists: &[bool], kept: &[&Group]) -> EngineResult<Vec<ChangeBatch>> {
+        let befores: Vec<&Group> = drained.iter().filter_map(|(_, d)| d.emitted_before.as_ref()).collect();
         let before_batch = if befores.is_empty() { None } else { Some(self.output_batch(&befores)?) };
-        let after_batch = if kept.is_empty() { None } else { Some(self.output_batch(&kept)?) };
+        let after_batch = if kept.is_empty() { None } else { Some(self.output_batch(kept)?) };
         let mut keep_before = vec![true; befores.len()];
         let mut keep_after = vec![true; kept.len()];
         if let (Some(before), Some(after)) = (&before_batch, &after_batch) {
             let before_rows = self.output_codec.convert_columns(before.columns())?;
             let after_rows = self.output_codec.convert_columns(after.columns())?;
             let (mut b, mut a) = (0, 0);
-            for (dirty, exists) in drained.iter().zip(&exists) {
+            for ((_, dirty), exists) in drained.iter().zip(exists) {
                 match (dirty.emitted_before.is_some(), *exists) {
                     (true, true) => {
                         if before_rows.row(b) == after_rows.row(a) {
@@ -802,6 +1006,7 @@ mod tests {
             ],
             9,
             Arc::clone(store),
+            None,
         )
         .unwrap()
     }
@@ -920,11 +1125,85 @@ mod tests {
         let store: Arc<dyn StateStore> = Arc::new(MemoryStateStore::new());
         let sum_text =
             AggregateCall { kind: AggregateKind::Sum, arg: Some(col("c1", &schema).unwrap()), name: "s".into(), values_table: None, separator: None };
-        assert!(HashAggregateOperator::try_new(&schema, vec![], vec![sum_text], 1, Arc::clone(&store)).is_err());
+        assert!(HashAggregateOperator::try_new(&schema, vec![], vec![sum_text], 1, Arc::clone(&store), None).is_err());
         let count_nothing = AggregateCall { kind: AggregateKind::Count, arg: None, name: "n".into(), values_table: None, separator: None };
-        assert!(HashAggregateOperator::try_new(&schema, vec![], vec![count_nothing], 1, Arc::clone(&store)).is_err());
+        assert!(HashAggregateOperator::try_new(&schema, vec![], vec![count_nothing], 1, Arc::clone(&store), None).is_err());
         let min_without_table =
             AggregateCall { kind: AggregateKind::Min, arg: Some(col("c1", &schema).unwrap()), name: "m".into(), values_table: None, separator: None };
-        assert!(HashAggregateOperator::try_new(&schema, vec![], vec![min_without_table], 1, store).is_err());
+        assert!(HashAggregateOperator::try_new(&schema, vec![], vec![min_without_table], 1, store, None).is_err());
+    }
+
+    /// group by window (c0), sum(c1), max(c1); the window column carries watermarks.
+    fn windowed(store: &Arc<dyn StateStore>, emit_on_close: bool) -> HashAggregateOperator {
+        let schema = ChangeBatch::from_pretty("S I").unwrap().schema();
+        let call = |kind, name: &str, values_table| AggregateCall {
+            kind,
+            arg: Some(col("c1", &schema).unwrap()),
+            name: name.into(),
+            values_table,
+            separator: None,
+        };
+        HashAggregateOperator::try_new(
+            &schema,
+            vec![(col("c0", &schema).unwrap(), "w".to_string())],
+            vec![call(AggregateKind::Sum, "s", None), call(AggregateKind::Max, "hi", Some(21))],
+            20,
+            Arc::clone(store),
+            Some(WindowKey { group: 0, input_column: 0, emit_on_close }),
+        )
+        .unwrap()
+    }
+
+    fn state_rows(store: &Arc<dyn StateStore>, table: TableId) -> usize {
+        store.snapshot().scan(table, sluice_storage::KeyRange::all()).unwrap().count()
+    }
+
+    fn step(op: &mut HashAggregateOperator, store: &Arc<dyn StateStore>, epoch: u64) -> (String, Vec<Watermark>) {
+        let mut write = WriteBatch::new();
+        let out = op.on_barrier(epoch, &mut write).unwrap();
+        store.commit(epoch, write).unwrap();
+        let mut lines: Vec<String> = out.iter().flat_map(|b| b.to_pretty().lines().map(str::to_string).collect::<Vec<_>>()).collect();
+        lines.sort();
+        (lines.join("\n"), op.released_watermarks())
+    }
+
+    #[test]
+    fn emit_on_window_close_emits_each_window_once_when_the_watermark_passes_it_and_forgets_it() {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStateStore::new());
+        let mut op = windowed(&store, true);
+        op.process(ChangeBatch::from_pretty("S I\n+ 0 1\n+ 0 2\n+ 60 5\n+ 120 7").unwrap()).unwrap();
+        assert_eq!(step(&mut op, &store, 1), (String::new(), vec![]), "open windows emit nothing");
+        assert_eq!(state_rows(&store, 20), 3);
+        op.on_watermark(0, Watermark { column: 0, value: 60 }).unwrap();
+        // Window 60 changes in the same epoch; only window 0 closes.
+        op.process(ChangeBatch::from_pretty("S I\n+ 60 9\n- 60 5").unwrap()).unwrap();
+        let (out, released) = step(&mut op, &store, 2);
+        assert_eq!(out, "+ 0 3 2");
+        assert_eq!(released, vec![Watermark { column: 0, value: 60 }]);
+        assert_eq!(state_rows(&store, 20), 2);
+        assert_eq!(state_rows(&store, 21), 2, "window 0's values are gone");
+        op.on_watermark(0, Watermark { column: 0, value: 1000 }).unwrap();
+        let (out, _) = step(&mut op, &store, 3);
+        assert_eq!(out, "+ 120 7 7\n+ 60 9 9");
+        assert_eq!(state_rows(&store, 20), 0);
+        assert_eq!(state_rows(&store, 21), 0);
+        // An older watermark closes nothing more.
+        op.on_watermark(0, Watermark { column: 0, value: 500 }).unwrap();
+        assert_eq!(step(&mut op, &store, 4), (String::new(), vec![]));
+    }
+
+    #[test]
+    fn the_default_mode_updates_windows_and_evicts_the_closed_ones_without_output() {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStateStore::new());
+        let mut op = windowed(&store, false);
+        op.process(ChangeBatch::from_pretty("S I\n+ 0 1\n+ 60 5").unwrap()).unwrap();
+        assert_eq!(step(&mut op, &store, 1).0, "+ 0 1 1\n+ 60 5 5");
+        op.process(ChangeBatch::from_pretty("S I\n+ 0 2").unwrap()).unwrap();
+        op.on_watermark(0, Watermark { column: 0, value: 60 }).unwrap();
+        let (out, released) = step(&mut op, &store, 2);
+        assert_eq!(out, "+ 0 3 2\n- 0 1 1", "the closing window's last update still goes out");
+        assert_eq!(released, vec![Watermark { column: 0, value: 60 }]);
+        assert_eq!(state_rows(&store, 20), 1);
+        assert_eq!(state_rows(&store, 21), 1);
     }
 }

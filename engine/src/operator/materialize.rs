@@ -82,6 +82,11 @@ impl Operator for MaterializeOperator {
         "Materialize"
     }
 
+    /// The view's rows are its input's rows: the promises hold for the view.
+    fn on_watermark(&mut self, _input: usize, watermark: crate::watermark::Watermark) -> EngineResult<Vec<crate::watermark::Watermark>> {
+        Ok(vec![watermark])
+    }
+
     fn process(&mut self, changes: ChangeBatch) -> EngineResult<Vec<ChangeBatch>> {
         let keys = self.state.encode_key_columns(changes.data().columns())?;
         let batch = self.pending.len();

@@ -2,7 +2,9 @@
 //!
 //! An operator consumes changes and emits changes. Only [`Operator::process`] is required;
 //! stateful operators also flush their dirty state into the epoch's write batch when a barrier
-//! passes ([`Operator::on_barrier`]).
+//! passes ([`Operator::on_barrier`]). Watermarks ([`crate::watermark`]) reach operators through
+//! [`Operator::on_watermark`]; an operator that releases them only with its barrier output (an
+//! aggregate) hands them over in [`Operator::released_watermarks`].
 
 mod filter;
 mod hash_aggregate;
@@ -13,7 +15,7 @@ mod union;
 mod unnest;
 
 pub use filter::FilterOperator;
-pub use hash_aggregate::{AggregateCall, AggregateKind, HashAggregateOperator};
+pub use hash_aggregate::{AggregateCall, AggregateKind, HashAggregateOperator, WindowKey};
 pub use materialize::{expand_view_rows, view_state_table, MaterializeOperator, COUNT_COLUMN};
 pub use project::ProjectOperator;
 pub use scan::ScanOperator;
@@ -26,6 +28,7 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::physical_expr::PhysicalExpr;
 use sluice_storage::{Epoch, WriteBatch};
 
+use crate::watermark::Watermark;
 use crate::{ChangeBatch, EngineResult};
 
 /// The hasher of operators' in-memory maps: keys are encoded rows, not attacker-chosen
@@ -52,5 +55,20 @@ pub trait Operator: Send {
     /// the default.
     fn on_barrier(&mut self, _epoch: Epoch, _write: &mut WriteBatch) -> EngineResult<Vec<ChangeBatch>> {
         Ok(Vec::new())
+    }
+
+    /// Input `input` (position among the operator's inputs) promises `watermark`: no later
+    /// change has a smaller value in that column. Returns the promises the operator's output
+    /// can make at once, about its own columns. The default forgets it: an operator that does
+    /// not know how its output relates to its input promises nothing.
+    fn on_watermark(&mut self, _input: usize, _watermark: Watermark) -> EngineResult<Vec<Watermark>> {
+        Ok(Vec::new())
+    }
+
+    /// Promises the operator can make only after the output of the barrier just run (an
+    /// aggregate emits the closed windows' rows at the barrier, and only then promises that
+    /// nothing below them follows).
+    fn released_watermarks(&mut self) -> Vec<Watermark> {
+        Vec::new()
     }
 }

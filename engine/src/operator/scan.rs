@@ -6,6 +6,7 @@ use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::datatypes::SchemaRef;
 
 use super::Operator;
+use crate::watermark::Watermark;
 use crate::{ChangeBatch, EngineError, EngineResult};
 
 /// Reads a relation's changes, keeping the columns the view uses (projection pushed into the
@@ -37,6 +38,17 @@ impl ScanOperator {
 impl Operator for ScanOperator {
     fn name(&self) -> &str {
         "Scan"
+    }
+
+    /// A promise about relation column `c` holds for every output column kept from it.
+    fn on_watermark(&mut self, _input: usize, watermark: Watermark) -> EngineResult<Vec<Watermark>> {
+        Ok(self
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c == watermark.column)
+            .map(|(i, _)| Watermark { column: i, value: watermark.value })
+            .collect())
     }
 
     fn process(&mut self, changes: ChangeBatch) -> EngineResult<Vec<ChangeBatch>> {

@@ -7,6 +7,7 @@ use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 
 use super::Operator;
+use crate::watermark::Watermark;
 use crate::{ChangeBatch, EngineError, EngineResult};
 
 /// `unnest(list)`: each input row becomes one row per element of its list, the other columns
@@ -36,6 +37,18 @@ impl UnnestOperator {
 impl Operator for UnnestOperator {
     fn name(&self) -> &str {
         "Unnest"
+    }
+
+    /// Output columns copy input columns (the element column copies the list's elements, and
+    /// a promise about a list column bounds all its elements), so promises follow the copies.
+    fn on_watermark(&mut self, _input: usize, watermark: Watermark) -> EngineResult<Vec<Watermark>> {
+        Ok(self
+            .sources
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s == watermark.column)
+            .map(|(j, _)| Watermark { column: j, value: watermark.value })
+            .collect())
     }
 
     fn process(&mut self, changes: ChangeBatch) -> EngineResult<Vec<ChangeBatch>> {
