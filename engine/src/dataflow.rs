@@ -88,7 +88,7 @@ pub struct SourceReader {
 }
 
 /// A source's `WATERMARK FOR column AS expr`.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct SourceWatermark {
     /// The event-time column.
     pub time_column: usize,

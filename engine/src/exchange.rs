@@ -114,6 +114,17 @@ fn run_instance(mut op: Box<dyn Operator>, passthrough: bool, commands: Receiver
     }
 }
 
+/// The instance (of `instances`) owning each row of `keys` (one array per key column).
+pub(crate) fn owners(keys: &[ArrayRef], instances: usize, hashes: &mut Vec<u64>) -> EngineResult<Vec<usize>> {
+    let rows = keys.first().map_or(0, |k| k.len());
+    hashes.clear();
+    hashes.resize(rows, 0);
+    if !keys.is_empty() {
+        create_hashes(keys, &RandomState::with_seed(0), hashes)?;
+    }
+    Ok(hashes.iter().map(|h| ((h % VIRTUAL_PARTITIONS) % instances as u64) as usize).collect())
+}
+
 impl ShardedOperator {
     /// Runs `instances` (at least one) as parallel instances keyed by `key`, expressions over
     /// the input rows. `passthrough` as for materialize (see the field).
@@ -127,7 +138,9 @@ impl ShardedOperator {
             return Err(EngineError::Invalid("a sharded operator needs an instance".into()));
         }
         let mut running = Vec::with_capacity(instances.len());
-        for (i, op) in instances.into_iter().enumerate() {
+        let count = instances.len();
+        for (i, mut op) in instances.into_iter().enumerate() {
+            op.set_shard(i, count);
             let (commands, command_rx) = sync_channel(QUEUE_DEPTH);
             let (result_tx, results) = sync_channel(1);
             let thread = std::thread::Builder::new()
@@ -159,17 +172,11 @@ impl Operator for ShardedOperator {
         }
         let rows = changes.num_rows();
         let keys: Vec<ArrayRef> = self.key.iter().map(|e| evaluate(e, changes.data())).collect::<EngineResult<_>>()?;
-        self.hashes.clear();
-        self.hashes.resize(rows, 0);
-        if keys.is_empty() {
-            // No key (a global aggregate): everything belongs to partition 0.
-        } else {
-            create_hashes(&keys, &RandomState::with_seed(0), &mut self.hashes)?;
-        }
+        // No key (a global aggregate): everything belongs to instance 0.
+        let owners = if keys.is_empty() { vec![0; rows] } else { owners(&keys, n, &mut self.hashes)? };
         let mut selected: Vec<Vec<u32>> = vec![Vec::new(); n];
-        for (row, hash) in self.hashes.iter().enumerate() {
-            let partition = hash % VIRTUAL_PARTITIONS;
-            selected[(partition % n as u64) as usize].push(row as u32);
+        for (row, owner) in owners.into_iter().enumerate() {
+            selected[owner].push(row as u32);
         }
         for (instance, rows) in self.instances.iter().zip(selected) {
             if rows.is_empty() {

@@ -152,7 +152,10 @@ pub fn late_rows(snapshot: &dyn StateSnapshot) -> EngineResult<Vec<(RelationId, 
 /// `column=value` pairs of row `row` of `batch`, for `sluice_late_rows`.
 pub fn render_row(batch: &RecordBatch, row: usize) -> String {
     use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-    let options = FormatOptions::default().with_null("NULL");
+    let options = FormatOptions::default()
+        .with_null("NULL")
+        .with_timestamp_format(Some("%Y-%m-%d %H:%M:%S%.f"))
+        .with_timestamp_tz_format(Some("%Y-%m-%d %H:%M:%S%.f%:z"));
     let schema = batch.schema();
     let mut parts = Vec::with_capacity(batch.num_columns());
     for (field, column) in schema.fields().iter().zip(batch.columns()) {

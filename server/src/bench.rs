@@ -181,7 +181,7 @@ pub async fn run(options: BenchOptions) -> Result<(), SqlError> {
             let n = BATCH_ROWS.min(options.events - sent);
             // As if each batch were a logged table write (its log entry number is `seq`).
             let seq = sent / BATCH_ROWS + 1;
-            dataflow.send_changes(table, ChangeBatch::inserts(bids(&schema, sent, n, options.auctions)?), seq).await?;
+            dataflow.send_changes(table, ChangeBatch::inserts(bids(&schema, sent, n, options.auctions)?), seq, None).await?;
             sent += n;
             if options.chunk > 0 && (sent - chunk_from >= options.chunk || sent == options.events) {
                 dataflow.flush().await?;

@@ -34,6 +34,7 @@ pub fn sqlstate(e: &SqlError) -> &'static str {
         SqlError::InvalidParameterValue(_) => "22023",
         SqlError::DependentObjects(_) => "2BP01",
         SqlError::WrongObjectType(_) => "42809",
+        SqlError::Windowing(_) => "42P20",
         SqlError::ViewFailed(_) => "55000",
         SqlError::ResourcesExhausted(_) => "53000",
         SqlError::Storage(_) => "58030",

@@ -37,6 +37,23 @@ pub struct TableDef {
     pub columns: Vec<ColumnDef>,
     /// Positions of the primary-key columns; empty means a hidden row id.
     pub primary_key: Vec<usize>,
+    /// `APPEND ONLY`: rows are only inserted (UPDATE and DELETE are refused), which is what
+    /// lets a watermark promise that old windows never change.
+    #[serde(default)]
+    pub append_only: bool,
+    /// `WATERMARK FOR column AS expr`, if declared.
+    #[serde(default)]
+    pub watermark: Option<WatermarkDef>,
+}
+
+/// A declared watermark: the event-time column and the expression, as SQL text (parsed again
+/// against the columns when the table or source is loaded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatermarkDef {
+    /// The event-time column's position.
+    pub column: usize,
+    /// The watermark expression.
+    pub expr: String,
 }
 
 impl TableDef {

@@ -15,18 +15,20 @@ use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::logical_expr::LogicalPlan;
 use sluice_engine::plan::StreamPlan;
 use sluice_engine::dataflow::ViewStart;
+use sluice_engine::dataflow::SourceWatermark;
 use sluice_engine::{Backfill, Dataflow, DataflowConfig, EpochCommitter, SourceReader, ViewDefinition};
 use sluice_storage::{StateStore, TableId, WriteBatch};
 
-use crate::catalog::{ColumnDef, TableDef};
+use crate::catalog::{ColumnDef, TableDef, WatermarkDef};
 use crate::persist::{self, CatalogRecord};
 use datafusion::execution::FunctionRegistry;
 
 use crate::error::{SqlError, SqlResult};
+use crate::event_time::{LateRowEntry, SystemTable, SystemTableKind, WatermarkRow};
 use crate::pg_semantics::{CheckedBigintSums, PostgresSemantics};
 use crate::provider::{StoredTable, TableWriter};
 use crate::relations::{SourceEntry, SourceTable, ViewEntry, ViewTable};
-use crate::statement::CreateSource;
+use crate::statement::{CreateSource, WatermarkClause};
 use crate::stream_planner::{ReadRelation, StreamPlanner};
 use crate::window::WindowRelationPlanner;
 use crate::session::Session;
@@ -107,7 +109,7 @@ impl Database {
         let ctx = SessionContext::new_with_state(state);
         let committer = Arc::new(EpochCommitter::new(store));
         let dataflow = Dataflow::start(Arc::clone(&committer), config)?;
-        Ok(Arc::new(Self {
+        let db = Arc::new(Self {
             ctx,
             writer: Arc::new(TableWriter::new(committer, dataflow.clone())),
             dataflow,
@@ -116,7 +118,80 @@ impl Database {
             sources: RwLock::new(BTreeMap::new()),
             next_table_id: AtomicU32::new(1),
             ddl: tokio::sync::Mutex::new(()),
-        }))
+        });
+        for kind in [SystemTableKind::Watermarks, SystemTableKind::LateRows] {
+            let table = SystemTable::new(kind, Arc::downgrade(&db));
+            db.ctx.register_table(TableReference::bare(kind.name()), Arc::new(table))?;
+        }
+        Ok(db)
+    }
+
+    /// The rows of `sluice_watermarks`: every table and source reader with a watermark, and
+    /// every view column that carries one.
+    pub(crate) fn watermark_rows(&self, snapshot: &dyn sluice_storage::StateSnapshot) -> SqlResult<Vec<WatermarkRow>> {
+        use sluice_engine::recovery::{late_rows_counter, read_counter, table_watermark};
+        let status = self.dataflow.event_time_status();
+        let mut rows = Vec::new();
+        for table in self.tables_read().values() {
+            let def = table.def();
+            let Some(watermark) = &def.watermark else { continue };
+            rows.push(WatermarkRow {
+                object: def.name.clone(),
+                kind: "table",
+                view: None,
+                column: def.columns[watermark.column].name.clone(),
+                watermark: table_watermark(snapshot, def.id)?,
+                late_rows: Some(read_counter(snapshot, &late_rows_counter(def.id))?.unwrap_or(0)),
+            });
+        }
+        let sources = self.sources_read();
+        for view in self.views_read().values() {
+            for (reader, source) in &view.readers {
+                let Some(entry) = sources.get(source) else { continue };
+                let Some(watermark) = &entry.watermark else { continue };
+                rows.push(WatermarkRow {
+                    object: source.clone(),
+                    kind: "source",
+                    view: Some(view.name.clone()),
+                    column: entry.schema.field(watermark.time_column).name().clone(),
+                    watermark: status.watermarks.get(reader).and_then(|c| c.get(&watermark.time_column)).copied(),
+                    late_rows: Some(status.late_rows.get(reader).copied().unwrap_or(0)),
+                });
+            }
+            for column in &view.watermark_columns {
+                rows.push(WatermarkRow {
+                    object: view.name.clone(),
+                    kind: "materialized view",
+                    view: None,
+                    column: view.schema.field(*column).name().clone(),
+                    watermark: status.watermarks.get(&view.id).and_then(|c| c.get(column)).copied(),
+                    late_rows: None,
+                });
+            }
+        }
+        rows.sort_by(|a, b| (&a.object, &a.view, &a.column).cmp(&(&b.object, &b.view, &b.column)));
+        Ok(rows)
+    }
+
+    /// The rows of `sluice_late_rows`, by table or source reader, oldest first.
+    pub(crate) fn late_row_entries(&self, snapshot: &dyn sluice_storage::StateSnapshot) -> SqlResult<Vec<LateRowEntry>> {
+        let mut owners: std::collections::HashMap<TableId, (String, &'static str, Option<String>)> =
+            std::collections::HashMap::new();
+        for table in self.tables_read().values() {
+            owners.insert(table.def().id, (table.def().name.clone(), "table", None));
+        }
+        for view in self.views_read().values() {
+            for (reader, source) in &view.readers {
+                owners.insert(*reader, (source.clone(), "source", Some(view.name.clone())));
+            }
+        }
+        let mut entries = Vec::new();
+        for (relation, seq, row) in sluice_engine::recovery::late_rows(snapshot)? {
+            let Some((object, kind, view)) = owners.get(&relation) else { continue };
+            entries.push(LateRowEntry { object: object.clone(), kind, view: view.clone(), seq, row });
+        }
+        entries.sort_by(|a, b| (&a.object, &a.view, a.seq).cmp(&(&b.object, &b.view, b.seq)));
+        Ok(entries)
     }
 
     /// Opens the database kept in `store`: rebuilds every table, source and view its catalog
@@ -148,7 +223,7 @@ impl Database {
         self.next_table_id.store(u32::try_from(next_id).unwrap_or(u32::MAX), Ordering::Relaxed);
         let pending = sluice_engine::recovery::pending_changes(snapshot.as_ref())?;
         let next_row_id = sluice_engine::recovery::read_counter(snapshot.as_ref(), persist::NEXT_ROW_ID)?.unwrap_or(1);
-        let next_log_seq = pending.last().map(|(seq, _, _)| seq + 1).unwrap_or(1);
+        let next_log_seq = pending.last().map(|(seq, _)| seq + 1).unwrap_or(1);
         self.writer.resume(i64::try_from(next_row_id).unwrap_or(i64::MAX), next_log_seq);
         let session = self.session(CATALOG_NAME, "sluice", 0);
         for record in records {
@@ -157,8 +232,8 @@ impl Database {
                     self.register_table(def)?;
                     summary.tables += 1;
                 }
-                CatalogRecord::Source { id, name, columns, options, created_at_micros } => {
-                    self.register_source(id, name, columns, &options, created_at_micros)?;
+                CatalogRecord::Source { id, name, columns, options, created_at_micros, watermark } => {
+                    self.register_source(id, name, columns, &options, created_at_micros, watermark)?;
                     summary.sources += 1;
                 }
                 CatalogRecord::View { id, name, definition, plan_ids, explain } => {
@@ -170,16 +245,17 @@ impl Database {
                         [crate::statement::ParsedStatement::Sql(ast::Statement::CreateView(create))] => create,
                         _ => return Err(cannot(format!("its definition is not one CREATE MATERIALIZED VIEW: {definition}"))),
                     };
-                    let (_, plan, names) = session.plan_view_query(create).await.map_err(|e| cannot(e.to_string()))?;
+                    let (_, plan, names, emit_on_close) =
+                        session.plan_view_query(create).await.map_err(|e| cannot(e.to_string()))?;
                     let restored = RestoredView { id, plan_ids, explain };
-                    self.start_view(&name, &definition, &plan, &names, Some(restored)).await?;
+                    self.start_view(&name, &definition, &plan, &names, Some(restored), emit_on_close).await?;
                     summary.views += 1;
                 }
             }
         }
         summary.replayed_changes = pending.len();
-        for (seq, relation, changes) in pending {
-            self.dataflow.send_changes(relation, changes, seq).await?;
+        for (seq, (relation, changes, watermark)) in pending {
+            self.dataflow.send_changes(relation, changes, seq, watermark).await?;
         }
         Ok(summary)
     }
@@ -292,7 +368,12 @@ impl Database {
     }
 
     /// Executes `CREATE TABLE`. Returns false if the table existed and `IF NOT EXISTS` was given.
-    pub(crate) fn create_table(&self, create: &CreateTable) -> SqlResult<bool> {
+    pub(crate) fn create_table(
+        &self,
+        create: &CreateTable,
+        watermark: Option<&WatermarkClause>,
+        append_only: bool,
+    ) -> SqlResult<bool> {
         reject_create_options(create)?;
         let name = table_name(&create.name)?;
         let mut tables = self.tables_write();
@@ -302,7 +383,21 @@ impl Database {
             }
             return Err(SqlError::DuplicateTable(name));
         }
-        let def = table_def(create, name.clone(), self.allocate_id())?;
+        let mut def = table_def(create, name.clone(), self.allocate_id())?;
+        if append_only && !def.primary_key.is_empty() {
+            return Err(SqlError::InvalidDefinition(format!(
+                "APPEND ONLY table \"{name}\" cannot have a primary key (an insert of an existing key would replace a row)"
+            )));
+        }
+        def.append_only = append_only;
+        if let Some(clause) = watermark {
+            if !append_only {
+                return Err(SqlError::InvalidDefinition(format!(
+                    "table \"{name}\" declares a WATERMARK and must be APPEND ONLY: updates and deletes could change windows the watermark has closed"
+                )));
+            }
+            def.watermark = Some(crate::event_time::watermark_def(clause, &def.user_schema(), &name)?);
+        }
         let provider = Arc::new(StoredTable::try_new(Arc::new(def.clone()), Arc::clone(&self.writer))?);
         let mut batch = WriteBatch::new();
         CatalogRecord::Table(def).put(&mut batch)?;
@@ -349,6 +444,11 @@ impl Database {
             return Err(SqlError::InvalidDefinition(format!("source \"{name}\" must have at least one column")));
         }
         let created_at = chrono::Utc::now().timestamp_micros();
+        let schema = Arc::new(Schema::new(columns.iter().map(|c| c.sql_type.field(&c.name)).collect::<Vec<_>>()));
+        let watermark = match &create.watermark {
+            Some(clause) => Some(crate::event_time::watermark_def(clause, &schema, &name)?),
+            None => None,
+        };
         let id = self.allocate_id();
         let record = CatalogRecord::Source {
             id,
@@ -356,9 +456,10 @@ impl Database {
             columns: columns.clone(),
             options: create.options.clone(),
             created_at_micros: created_at,
+            watermark: watermark.clone(),
         };
         // Checked before anything is written: bad options leave no trace.
-        let entry = source_entry(id, name, columns, &create.options, created_at)?;
+        let entry = source_entry(id, name, columns, &create.options, created_at, watermark)?;
         let mut batch = WriteBatch::new();
         record.put(&mut batch)?;
         self.commit_ddl(batch)?;
@@ -374,8 +475,9 @@ impl Database {
         columns: Vec<ColumnDef>,
         options: &std::collections::BTreeMap<String, String>,
         created_at: i64,
+        watermark: Option<WatermarkDef>,
     ) -> SqlResult<()> {
-        self.add_source(source_entry(id, name, columns, options, created_at)?)
+        self.add_source(source_entry(id, name, columns, options, created_at, watermark)?)
     }
 
     fn add_source(&self, entry: SourceEntry) -> SqlResult<()> {
@@ -393,8 +495,30 @@ impl Database {
         plan: &LogicalPlan,
         names: &[String],
         allocate: &dyn Fn() -> TableId,
-    ) -> SqlResult<(StreamPlan, Vec<(String, ReadRelation)>, SchemaRef)> {
-        let (stream, reads) = StreamPlanner::new(allocate).build(plan)?;
+        emit_on_close: bool,
+    ) -> SqlResult<(StreamPlan, Vec<(String, ReadRelation)>, SchemaRef, Vec<usize>)> {
+        let (mut stream, reads) = StreamPlanner::new(allocate).build(plan)?;
+        // Which columns of each relation read carry a watermark.
+        let mut marked: std::collections::HashMap<TableId, Vec<usize>> = std::collections::HashMap::new();
+        for (_, read) in &reads {
+            match read {
+                ReadRelation::Table(table) => {
+                    marked.insert(table.def().id, table.def().watermark.iter().map(|w| w.column).collect());
+                }
+                ReadRelation::View(id) => {
+                    let columns = self.views_read().values().find(|v| v.id == *id).map(|v| v.watermark_columns.clone());
+                    marked.insert(*id, columns.unwrap_or_default());
+                }
+                ReadRelation::Source { reader, watermark, .. } => {
+                    marked.insert(*reader, watermark.iter().map(|w| w.time_column).collect());
+                }
+            }
+        }
+        let view_watermarks = stream
+            .assign_windows(&|relation| marked.get(&relation).cloned().unwrap_or_default(), emit_on_close)
+            .map_err(SqlError::Windowing)?;
+        let view_watermarks: Vec<usize> =
+            view_watermarks.iter().enumerate().filter(|(_, m)| **m).map(|(i, _)| i).collect();
         let fields: Vec<Field> = plan
             .schema()
             .fields()
@@ -411,12 +535,12 @@ impl Database {
                     reason.trim_start_matches("internal engine error: ")
                 ))
             })?;
-        Ok((stream, reads, schema))
+        Ok((stream, reads, schema, view_watermarks))
     }
 
     /// `EXPLAIN CREATE MATERIALIZED VIEW`: the operator graph, one operator per line.
-    pub(crate) fn explain_view(&self, name: &str, plan: &LogicalPlan, names: &[String]) -> SqlResult<String> {
-        let (stream, _, _) = self.plan_view(plan, names, &|| self.allocate_id())?;
+    pub(crate) fn explain_view(&self, name: &str, plan: &LogicalPlan, names: &[String], emit_on_close: bool) -> SqlResult<String> {
+        let (stream, _, _, _) = self.plan_view(plan, names, &|| self.allocate_id(), emit_on_close)?;
         Ok(stream.explain(name))
     }
 
@@ -430,6 +554,7 @@ impl Database {
         plan: &LogicalPlan,
         names: &[String],
         if_not_exists: bool,
+        emit_on_close: bool,
     ) -> SqlResult<bool> {
         let _ddl = self.ddl.lock().await;
         if self.relation_kind(name).is_some() {
@@ -438,7 +563,7 @@ impl Database {
             }
             return Err(SqlError::DuplicateTable(name.to_string()));
         }
-        self.start_view(name, definition, plan, names, None).await?;
+        self.start_view(name, definition, plan, names, None, emit_on_close).await?;
         Ok(true)
     }
 
@@ -452,6 +577,7 @@ impl Database {
         plan: &LogicalPlan,
         names: &[String],
         restored: Option<RestoredView>,
+        emit_on_close: bool,
     ) -> SqlResult<()> {
         let allocated = std::sync::Mutex::new(Vec::new());
         let replay = std::sync::Mutex::new(restored.as_ref().map(|r| r.plan_ids.iter().copied().collect::<std::collections::VecDeque<_>>()));
@@ -465,7 +591,7 @@ impl Database {
             allocated.lock().unwrap_or_else(|p| p.into_inner()).push(id);
             id
         };
-        let (stream, reads, schema) = self.plan_view(plan, names, &allocate)?;
+        let (stream, reads, schema, watermark_columns) = self.plan_view(plan, names, &allocate, emit_on_close)?;
         let plan_ids = allocated.into_inner().unwrap_or_else(|p| p.into_inner());
         let explain = stream.explain(name);
         if let Some(restored) = &restored {
@@ -484,6 +610,7 @@ impl Database {
         let mut tables = Vec::new();
         let mut backfill = Vec::new();
         let mut readers = Vec::new();
+        let mut reader_names = Vec::new();
         let mut depends_on = Vec::new();
         let waiting = {
             // Under the write lock: the tables' snapshot and the view's place in the dataflow's
@@ -499,16 +626,25 @@ impl Database {
                         let relation = table.def().id;
                         if !tables.contains(&relation) {
                             tables.push(relation);
+                            let watermark = match &table.def().watermark {
+                                Some(def) => sluice_engine::recovery::table_watermark(snapshot.as_ref(), relation)?
+                                    .map(|value| sluice_engine::watermark::Watermark { column: def.column, value }),
+                                None => None,
+                            };
                             backfill.push(Backfill::Table {
                                 relation,
                                 state: Arc::clone(table.state()),
                                 columns: table.def().columns.len(),
                                 snapshot: Arc::clone(&snapshot),
+                                watermark,
                             });
                         }
                     }
                     ReadRelation::View(relation) => backfill.push(Backfill::View { relation }),
-                    ReadRelation::Source { reader, spec } => readers.push(SourceReader { relation: reader, spec }),
+                    ReadRelation::Source { reader, spec, watermark } => {
+                        reader_names.push((reader, relation_name.clone()));
+                        readers.push(SourceReader { relation: reader, spec, watermark });
+                    }
                 }
             }
             let start = match &restored {
@@ -555,6 +691,8 @@ impl Database {
             depends_on,
             tables,
             stream,
+            watermark_columns,
+            reader_names,
         )?);
         let provider = ViewTable::new(Arc::clone(&entry), Arc::clone(self.store()), self.dataflow.clone());
         self.ctx.register_table(TableReference::bare(name.to_string()), Arc::new(provider))?;
@@ -668,10 +806,18 @@ impl Database {
         let state = Arc::clone(removed.state());
         let id = removed.def().id;
         self.writer
-            .write(|_, _| {
+            .write(|snapshot, _| {
+                use sluice_engine::recovery::{late_rows_counter, system_tables};
                 let mut batch = WriteBatch::new();
                 state.clear(&mut batch);
                 persist::delete(&mut batch, id);
+                // Its watermark and late rows go with it.
+                batch.delete(system_tables::TABLE_WATERMARKS, id.to_be_bytes().to_vec());
+                batch.delete(system_tables::COUNTERS, late_rows_counter(id).into_bytes());
+                for kv in snapshot.scan(system_tables::LATE_ROWS, sluice_storage::KeyRange::prefix(&id.to_be_bytes()))? {
+                    let (key, _) = kv?;
+                    batch.delete(system_tables::LATE_ROWS, key.to_vec());
+                }
                 self.persist_next_id(&mut batch);
                 batch.set_durable();
                 Ok((batch, vec![], ()))
@@ -716,10 +862,26 @@ fn source_entry(
     columns: Vec<ColumnDef>,
     options: &std::collections::BTreeMap<String, String>,
     created_at: i64,
+    watermark: Option<WatermarkDef>,
 ) -> SqlResult<SourceEntry> {
     let schema = Arc::new(Schema::new(columns.iter().map(|c| c.sql_type.field(&c.name)).collect::<Vec<_>>()));
-    let datagen = crate::datagen::spec_from_options(&name, &schema, options, created_at)?;
-    Ok(SourceEntry { id, name, schema, datagen })
+    let mut used: Vec<&str> = Vec::new();
+    let idle_timeout = match options.get("watermark.idle.timeout") {
+        Some(text) => {
+            used.push("watermark.idle.timeout");
+            crate::datagen::parse_duration("watermark.idle.timeout", text)?
+        }
+        None => std::time::Duration::from_secs(60),
+    };
+    let datagen = crate::datagen::spec_from_options(&name, &schema, options, created_at, &used)?;
+    let watermark = match watermark {
+        Some(def) => {
+            let expr = crate::event_time::compile_watermark(&def, &schema)?;
+            Some(SourceWatermark { time_column: def.column, expr, idle_timeout })
+        }
+        None => None,
+    };
+    Ok(SourceEntry { id, name, schema, datagen, watermark })
 }
 
 /// Normalizes an identifier as PostgreSQL does: unquoted names fold to lower case.
@@ -834,5 +996,5 @@ fn table_def(create: &CreateTable, name: String, id: u32) -> SqlResult<TableDef>
             )));
         }
     }
-    Ok(TableDef { id, name, columns, primary_key: primary_key.unwrap_or_default() })
+    Ok(TableDef { id, name, columns, primary_key: primary_key.unwrap_or_default(), append_only: false, watermark: None })
 }

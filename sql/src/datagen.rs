@@ -36,6 +36,7 @@ pub fn spec_from_options(
     schema: &SchemaRef,
     options: &BTreeMap<String, String>,
     created_at_micros: i64,
+    other_options: &[&str],
 ) -> SqlResult<DatagenSpec> {
     match options.get("connector").map(|c| c.to_ascii_lowercase()) {
         Some(c) if c == "datagen" => {}
@@ -48,6 +49,7 @@ pub fn spec_from_options(
     let rows_per_second = number::<u64>(options, "datagen.rows.per.second")?.unwrap_or(10);
     let max_rows = number::<u64>(options, "datagen.max.rows")?;
     let mut used = vec!["connector".to_string(), "datagen.rows.per.second".into(), "datagen.max.rows".into()];
+    used.extend(other_options.iter().map(|o| o.to_string()));
     let mut columns = Vec::with_capacity(schema.fields().len());
     for (i, field) in schema.fields().iter().enumerate() {
         let prefix = format!("fields.{}.", field.name());
@@ -96,4 +98,21 @@ pub fn spec_from_options(
     let spec = DatagenSpec { schema: SchemaRef::clone(schema), columns, rows_per_second, max_rows };
     spec.validate().map_err(|e| invalid(e.to_string().trim_start_matches("internal engine error: ").to_string()))?;
     Ok(spec)
+}
+
+/// A duration option such as `'30 seconds'`, `'5s'`, `'2 minutes'` or `'500ms'`.
+pub fn parse_duration(key: &str, text: &str) -> SqlResult<std::time::Duration> {
+    let bad = || invalid(format!("option {key} = '{text}' is not a duration (like '30 seconds' or '500ms')"));
+    let trimmed = text.trim();
+    let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let millis = match unit.trim().to_ascii_lowercase().as_str() {
+        "ms" | "millisecond" | "milliseconds" => 1,
+        "" | "s" | "second" | "seconds" => 1_000,
+        "m" | "min" | "minute" | "minutes" => 60_000,
+        "h" | "hour" | "hours" => 3_600_000,
+        _ => return Err(bad()),
+    };
+    Ok(std::time::Duration::from_millis(number.checked_mul(millis).ok_or_else(bad)?))
 }

@@ -109,6 +109,10 @@ pub enum SqlError {
     /// A statement for one kind of object naming another kind (DROP TABLE of a view).
     #[error("{0}")]
     WrongObjectType(String),
+    /// A misuse of event-time windows (EMIT ON WINDOW CLOSE without a watermarked window,
+    /// SESSION without a gap).
+    #[error("{0}")]
+    Windowing(String),
     /// A read of a materialized view that stopped on an error.
     #[error("{0}")]
     ViewFailed(String),

@@ -16,6 +16,7 @@ mod catalog;
 mod database;
 mod datagen;
 mod error;
+mod event_time;
 mod functions;
 mod naming;
 mod params;

@@ -40,6 +40,9 @@ pub enum CatalogRecord {
         options: BTreeMap<String, String>,
         /// When it was created: datagen timestamps start there.
         created_at_micros: i64,
+        /// `WATERMARK FOR ...`, if declared.
+        #[serde(default)]
+        watermark: Option<crate::catalog::WatermarkDef>,
     },
     /// `CREATE MATERIALIZED VIEW`: its statement, re-planned at start-up, and the state-table
     /// ids its plan was given, handed out again so that the new plan finds its state.
@@ -120,6 +123,8 @@ mod tests {
             name: "t".into(),
             columns: vec![ColumnDef { name: "a".into(), sql_type: SqlType::BigInt, not_null: false }],
             primary_key: vec![],
+            append_only: false,
+            watermark: None,
         });
         let mut batch = WriteBatch::new();
         view.put(&mut batch).unwrap();

@@ -30,7 +30,11 @@ use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPu
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 use sluice_engine::plan::RelationId;
-use sluice_engine::recovery::{encode_log_entry, log_key, system_tables};
+use sluice_engine::recovery::{
+    encode_log_entry, late_rows_counter, log_key, read_counter, record_late_rows, render_row, system_tables,
+    table_watermark, LateRow,
+};
+use sluice_engine::watermark::{split_late, Watermark, WatermarkGenerator};
 use sluice_engine::{ChangeBatch, Dataflow, EpochCommitter, StateTable};
 use sluice_storage::{StateSnapshot, StateStore, WriteBatch};
 use tokio::sync::Mutex;
@@ -61,8 +65,9 @@ impl fmt::Debug for ReadSnapshot {
     }
 }
 
-/// Changes one statement made, per relation, to hand to the dataflow after the commit.
-pub type StatementChanges = Vec<(RelationId, ChangeBatch)>;
+/// Changes one statement made, per relation, to hand to the dataflow after the commit, each
+/// with the relation's watermark after them (tables that declare one).
+pub type StatementChanges = Vec<(RelationId, ChangeBatch, Option<Watermark>)>;
 
 /// Which tables feed materialized views (and by how many views), guarded by the write lock.
 #[derive(Debug, Default)]
@@ -153,11 +158,11 @@ impl TableWriter {
         // Changes views read are logged in the same epoch as the rows: until a checkpoint
         // absorbs them, the log is what a restart replays into the views.
         let mut logged = Vec::with_capacity(changes.len());
-        for (relation, changes) in changes {
+        for (relation, changes, watermark) in changes {
             if feeds.feeds(relation) && changes.num_rows() > 0 {
                 let seq = self.next_log_seq.fetch_add(1, Ordering::Relaxed);
-                batch.put(system_tables::CHANGE_LOG, log_key(seq).to_vec(), encode_log_entry(relation, &changes)?);
-                logged.push((seq, relation, changes));
+                batch.put(system_tables::CHANGE_LOG, log_key(seq).to_vec(), encode_log_entry(relation, &changes, watermark)?);
+                logged.push((seq, relation, changes, watermark));
             }
         }
         if !batch.is_empty() {
@@ -165,8 +170,8 @@ impl TableWriter {
             crate::persist::put_counter(&mut batch, crate::persist::NEXT_ROW_ID, next_row_id as u64);
         }
         self.committer.commit(batch)?;
-        for (seq, relation, changes) in logged {
-            self.dataflow.send_changes(relation, changes, seq).await?;
+        for (seq, relation, changes, watermark) in logged {
+            self.dataflow.send_changes(relation, changes, seq, watermark).await?;
         }
         Ok(out)
     }
@@ -184,6 +189,8 @@ pub struct StoredTable {
     state: Arc<StateTable>,
     user_schema: SchemaRef,
     writer: Arc<TableWriter>,
+    /// The compiled watermark expression, for a table that declares one.
+    watermark: Option<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
 }
 
 impl fmt::Debug for StoredTable {
@@ -197,7 +204,50 @@ impl StoredTable {
     pub fn try_new(def: Arc<TableDef>, writer: Arc<TableWriter>) -> SqlResult<Self> {
         let state = Arc::new(StateTable::try_new(def.id, def.stored_schema(), def.key_indices())?);
         let user_schema = def.user_schema();
-        Ok(Self { def, state, user_schema, writer })
+        let watermark = match &def.watermark {
+            Some(w) => Some(crate::event_time::compile_watermark(w, &user_schema)?),
+            None => None,
+        };
+        Ok(Self { def, state, user_schema, writer, watermark })
+    }
+
+    /// Refuses UPDATE and DELETE on an APPEND ONLY table.
+    fn check_changeable(&self, what: &str) -> SqlResult<()> {
+        if self.def.append_only {
+            return Err(SqlError::WrongObjectType(format!(
+                "cannot {what} table \"{}\": it is APPEND ONLY (rows can only be inserted)",
+                self.def.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Splits an INSERT's rows (in statement order) by the table's watermark, advancing it
+    /// row by row: the accepted rows, the late rows' records, and the watermark after them.
+    fn split_by_watermark(
+        &self,
+        snapshot: &dyn StateSnapshot,
+        prepared: &[RecordBatch],
+    ) -> SqlResult<(Vec<RecordBatch>, Vec<LateRow>, Option<i64>)> {
+        let (Some(expr), Some(def)) = (&self.watermark, &self.def.watermark) else {
+            return Ok((prepared.to_vec(), Vec::new(), None));
+        };
+        let mut generator = WatermarkGenerator::new(table_watermark(snapshot, self.def.id)?, std::time::Duration::MAX);
+        let arrived_at = chrono::Utc::now().timestamp_micros();
+        let now = std::time::Instant::now();
+        let mut accepted = Vec::with_capacity(prepared.len());
+        let mut late = Vec::new();
+        for batch in prepared {
+            let user = self.user_rows(batch)?;
+            let values = expr.evaluate(&user)?.into_array(user.num_rows())?;
+            let split = split_late(batch, def.column, values.as_ref(), &mut generator, 0, now)?;
+            let late_user = self.user_rows(&split.late)?;
+            for (i, (event_time, watermark)) in split.late_times.iter().enumerate() {
+                late.push(LateRow { event_time: *event_time, watermark: *watermark, arrived_at, row: render_row(&late_user, i) });
+            }
+            accepted.push(split.accepted);
+        }
+        Ok((accepted, late, generator.current()))
     }
 
     /// The table definition.
@@ -510,6 +560,7 @@ impl TableProvider for StoredTable {
     }
 
     async fn delete_from(&self, state: &dyn Session, filters: Vec<Expr>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.check_changeable("DELETE from").map_err(to_datafusion)?;
         let deleted = self
             .writer
             .write(|snapshot, feeds| {
@@ -519,7 +570,7 @@ impl TableProvider for StoredTable {
                 self.state.delete_rows(&doomed, &mut batch)?;
                 let mut changes = Vec::new();
                 if feeds.feeds(self.def.id) && doomed.num_rows() > 0 {
-                    changes.push((self.def.id, ChangeBatch::deletes(self.user_rows(&doomed)?)));
+                    changes.push((self.def.id, ChangeBatch::deletes(self.user_rows(&doomed)?), None));
                 }
                 Ok((batch, changes, doomed.num_rows() as u64))
             })
@@ -534,6 +585,7 @@ impl TableProvider for StoredTable {
         assignments: Vec<(String, Expr)>,
         filters: Vec<Expr>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.check_changeable("UPDATE").map_err(to_datafusion)?;
         let updated = self
             .writer
             .write(|snapshot, feeds| {
@@ -557,8 +609,8 @@ impl TableProvider for StoredTable {
                 self.state.write_rows(&new, &mut batch)?;
                 let mut changes = Vec::new();
                 if feeds.feeds(self.def.id) && old.num_rows() > 0 {
-                    changes.push((self.def.id, ChangeBatch::deletes(self.user_rows(&old)?)));
-                    changes.push((self.def.id, ChangeBatch::inserts(self.user_rows(&new)?)));
+                    changes.push((self.def.id, ChangeBatch::deletes(self.user_rows(&old)?), None));
+                    changes.push((self.def.id, ChangeBatch::inserts(self.user_rows(&new)?), None));
                 }
                 Ok((batch, changes, old.num_rows() as u64))
             })
@@ -576,6 +628,7 @@ impl StoredTable {
             state: Arc::clone(&self.state),
             user_schema: Arc::clone(&self.user_schema),
             writer: Arc::clone(&self.writer),
+            watermark: self.watermark.clone(),
         })
     }
 }
@@ -616,12 +669,26 @@ impl DataSink for TableSink {
             .write(|snapshot, feeds| {
                 let mut write = WriteBatch::new();
                 let mut count = 0u64;
-                for batch in &prepared {
+                // Rows behind the watermark are not inserted: they go to sluice_late_rows.
+                let (accepted, late, watermark) = table.split_by_watermark(snapshot, &prepared)?;
+                for batch in &accepted {
                     table.state.write_rows(batch, &mut write)?;
                     count += batch.num_rows() as u64;
                 }
+                if !late.is_empty() {
+                    let id = table.def.id;
+                    let first = read_counter(snapshot, &late_rows_counter(id))?.unwrap_or(0);
+                    record_late_rows(&mut write, id, first, late);
+                }
+                if let Some(w) = watermark {
+                    write.put(system_tables::TABLE_WATERMARKS, table.def.id.to_be_bytes().to_vec(), w.to_be_bytes().to_vec());
+                }
+                let watermark = match (&table.def.watermark, watermark) {
+                    (Some(def), Some(value)) => Some(Watermark { column: def.column, value }),
+                    _ => None,
+                };
                 let changes = if feeds.feeds(table.def.id) {
-                    vec![(table.def.id, table.insert_changes(snapshot, &prepared)?)]
+                    vec![(table.def.id, table.insert_changes(snapshot, &accepted)?, watermark)]
                 } else {
                     vec![]
                 };

@@ -42,6 +42,10 @@ pub struct ViewEntry {
     pub plan: StreamPlan,
     /// Its rows.
     pub rows: StateTable,
+    /// Its columns that carry a watermark (views reading it can close windows on them).
+    pub watermark_columns: Vec<usize>,
+    /// Its source readers: (reader id, source name).
+    pub readers: Vec<(RelationId, String)>,
 }
 
 impl ViewEntry {
@@ -55,9 +59,11 @@ impl ViewEntry {
         depends_on: Vec<String>,
         tables: Vec<RelationId>,
         plan: StreamPlan,
+        watermark_columns: Vec<usize>,
+        readers: Vec<(RelationId, String)>,
     ) -> SqlResult<Self> {
         let rows = view_state_table(id, &schema)?;
-        Ok(Self { id, name, definition, schema, depends_on, tables, plan, rows })
+        Ok(Self { id, name, definition, schema, depends_on, tables, plan, rows, watermark_columns, readers })
     }
 }
 
@@ -72,6 +78,8 @@ pub struct SourceEntry {
     pub schema: SchemaRef,
     /// What it generates.
     pub datagen: DatagenSpec,
+    /// Its event time, if it declares a watermark.
+    pub watermark: Option<sluice_engine::dataflow::SourceWatermark>,
 }
 
 /// Reads a materialized view's rows as of the statement's snapshot.

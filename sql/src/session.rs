@@ -360,6 +360,7 @@ impl Session {
                     | Statement::CreateView(_)
                     | Statement::Drop { .. }
             ) | ParsedStatement::CreateSource(_)
+                | ParsedStatement::CreateTable(_)
                 | ParsedStatement::DropSource { .. }
         );
         match (&result, self.txn) {
@@ -378,6 +379,13 @@ impl Session {
             ParsedStatement::Flush => {
                 self.db.flush().await?;
                 Ok(StatementOutcome::command("FLUSH", None))
+            }
+            ParsedStatement::CreateTable(table) => {
+                let mut outcome = StatementOutcome::command("CREATE TABLE", None);
+                if !self.db.create_table(&table.create, table.watermark.as_ref(), table.append_only)? {
+                    outcome.notices.push(format!("relation \"{}\" already exists, skipping", table_name(&table.create.name)?));
+                }
+                Ok(outcome)
             }
             ParsedStatement::CreateSource(create) => {
                 let mut outcome = StatementOutcome::command("CREATE SOURCE", None);
@@ -406,10 +414,13 @@ impl Session {
 
     /// The query of a materialized view planned by DataFusion (optimized) and its column
     /// names: the view's column list, else PostgreSQL's output names.
-    pub(crate) async fn plan_view_query(&self, create: &ast::CreateView) -> SqlResult<(String, LogicalPlan, Vec<String>)> {
+    /// Also returns whether the view emits on window close (`EMIT ON WINDOW CLOSE`, stored as
+    /// the option `emit = 'on_window_close'`).
+    pub(crate) async fn plan_view_query(&self, create: &ast::CreateView) -> SqlResult<(String, LogicalPlan, Vec<String>, bool)> {
         if create.or_replace || create.or_alter {
             return Err(SqlError::unsupported("CREATE OR REPLACE MATERIALIZED VIEW"));
         }
+        let emit_on_close = view_emit_option(&create.options)?;
         let name = table_name(&create.name)?;
         let query = Statement::Query(create.query.clone());
         let state = self.statement_state();
@@ -443,7 +454,7 @@ impl Session {
                 return Err(SqlError::DuplicateColumn(name.clone()));
             }
         }
-        Ok((name, plan, names))
+        Ok((name, plan, names, emit_on_close))
     }
 
     /// Executes `stmt` with its `$n` parameters bound to `params`.
@@ -474,15 +485,15 @@ impl Session {
             }
             Statement::Explain { statement, .. } if matches!(statement.as_ref(), Statement::CreateView(c) if c.materialized) => {
                 let Statement::CreateView(create) = statement.as_ref() else { return Err(SqlError::Internal("explain".into())) };
-                let (name, plan, names) = self.plan_view_query(create).await?;
-                let text = self.db.explain_view(&name, &plan, &names)?;
+                let (name, plan, names, emit_on_close) = self.plan_view_query(create).await?;
+                let text = self.db.explain_view(&name, &plan, &names, emit_on_close)?;
                 let lines: Vec<String> = text.lines().map(str::to_string).collect();
                 Ok(StatementOutcome { output: single_column("QUERY PLAN", lines)?, notices: vec![], transaction: TransactionChange::None })
             }
             Statement::CreateView(create) if create.materialized => {
-                let (name, plan, names) = self.plan_view_query(create).await?;
+                let (name, plan, names, emit_on_close) = self.plan_view_query(create).await?;
                 let mut outcome = StatementOutcome::command("CREATE MATERIALIZED VIEW", None);
-                if !self.db.create_view(&name, &stmt.to_string(), &plan, &names, create.if_not_exists).await? {
+                if !self.db.create_view(&name, &stmt.to_string(), &plan, &names, create.if_not_exists, emit_on_close).await? {
                     outcome.notices.push(format!("relation \"{name}\" already exists, skipping"));
                 }
                 Ok(outcome)
@@ -501,7 +512,7 @@ impl Session {
             }
             Statement::CreateTable(create) => {
                 let mut outcome = StatementOutcome::command("CREATE TABLE", None);
-                if !self.db.create_table(create)? {
+                if !self.db.create_table(create, None, false)? {
                     outcome.notices.push(format!("relation \"{}\" already exists, skipping", table_name(&create.name)?));
                 }
                 Ok(outcome)
@@ -930,4 +941,39 @@ fn statement_kind(stmt: &Statement) -> String {
     } else {
         keywords.join(" ")
     }
+}
+
+/// The emit mode a materialized view's `WITH` options ask for: true for
+/// `emit = 'on_window_close'` (what `EMIT ON WINDOW CLOSE` becomes), false for none or
+/// `'on_update'`. Any other option is refused rather than ignored.
+fn view_emit_option(options: &ast::CreateTableOptions) -> SqlResult<bool> {
+    let list: &[ast::SqlOption] = match options {
+        ast::CreateTableOptions::None => return Ok(false),
+        ast::CreateTableOptions::With(list) => list,
+        other => return Err(SqlError::unsupported(format_args!("materialized view options {other}"))),
+    };
+    let mut emit_on_close = false;
+    for option in list {
+        let ast::SqlOption::KeyValue { key, value } = option else {
+            return Err(SqlError::unsupported(format_args!("materialized view option {option}")));
+        };
+        let value_text = match value {
+            ast::Expr::Value(v) => match &v.value {
+                ast::Value::SingleQuotedString(s) => s.to_ascii_lowercase(),
+                other => other.to_string(),
+            },
+            other => other.to_string(),
+        };
+        match (normalize_ident(key).as_str(), value_text.as_str()) {
+            (crate::statement::EMIT_OPTION, crate::statement::EMIT_ON_WINDOW_CLOSE) => emit_on_close = true,
+            (crate::statement::EMIT_OPTION, "on_update") => emit_on_close = false,
+            (crate::statement::EMIT_OPTION, other) => {
+                return Err(SqlError::InvalidParameterValue(format!(
+                    "materialized view option emit = '{other}' (known: 'on_window_close', 'on_update')"
+                )))
+            }
+            (other, _) => return Err(SqlError::unsupported(format_args!("materialized view option {other}"))),
+        }
+    }
+    Ok(emit_on_close)
 }

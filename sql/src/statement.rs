@@ -8,10 +8,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use datafusion::sql::sqlparser::ast::{ColumnDef, ObjectName, Statement, TableConstraint, Value};
+use datafusion::sql::sqlparser::ast::{
+    self, ColumnDef, CreateTableOptions, Ident, ObjectName, SqlOption, Statement, TableConstraint, Value,
+};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
-use datafusion::sql::sqlparser::tokenizer::Token;
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan};
 
 /// One parsed statement.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +27,9 @@ pub enum ParsedStatement {
     CreateSource(CreateSource),
     /// `SHOW SOURCES`, `SHOW MATERIALIZED VIEWS`, `SHOW SINKS`.
     ShowObjects(ObjectKind),
+    /// `CREATE TABLE` with Sluice's event-time clauses (`WATERMARK FOR`, `APPEND ONLY`);
+    /// tables without them are plain [`ParsedStatement::Sql`].
+    CreateTable(Box<CreateEventTable>),
     /// `DROP SOURCE`.
     DropSource {
         /// The sources.
@@ -46,6 +52,32 @@ pub enum ObjectKind {
     Sinks,
 }
 
+/// `WATERMARK FOR column AS expr`: rows whose `column` is below the largest `expr` seen so far
+/// are late.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatermarkClause {
+    /// The event-time column.
+    pub column: Ident,
+    /// The watermark expression (usually `column - INTERVAL '...'`).
+    pub expr: ast::Expr,
+}
+
+/// `CREATE TABLE name (columns, WATERMARK FOR ...) [APPEND ONLY]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateEventTable {
+    /// The table as sqlparser represents it (without the clauses below).
+    pub create: ast::CreateTable,
+    /// The watermark, if declared.
+    pub watermark: Option<WatermarkClause>,
+    /// `APPEND ONLY`: rows are only ever inserted.
+    pub append_only: bool,
+}
+
+/// The `WITH` option of a materialized view that `EMIT ON WINDOW CLOSE` becomes.
+pub const EMIT_OPTION: &str = "emit";
+/// Its value for `EMIT ON WINDOW CLOSE`.
+pub const EMIT_ON_WINDOW_CLOSE: &str = "on_window_close";
+
 /// `CREATE SOURCE name (columns) WITH (options)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreateSource {
@@ -59,6 +91,8 @@ pub struct CreateSource {
     pub constraints: Vec<TableConstraint>,
     /// The `WITH` options, keys lower-cased.
     pub options: BTreeMap<String, String>,
+    /// `WATERMARK FOR ...`, if declared.
+    pub watermark: Option<WatermarkClause>,
 }
 
 impl fmt::Display for ParsedStatement {
@@ -67,6 +101,7 @@ impl fmt::Display for ParsedStatement {
             ParsedStatement::Sql(stmt) => write!(f, "{stmt}"),
             ParsedStatement::Flush => write!(f, "FLUSH"),
             ParsedStatement::CreateSource(source) => write!(f, "CREATE SOURCE {}", source.name),
+            ParsedStatement::CreateTable(table) => write!(f, "CREATE TABLE {}", table.create.name),
             ParsedStatement::ShowObjects(kind) => write!(f, "SHOW {}", kind.plural()),
             ParsedStatement::DropSource { names, .. } => {
                 let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
@@ -101,9 +136,132 @@ fn skip(parser: &mut Parser<'_>, n: usize) {
     }
 }
 
+/// The tokens of the statement at the parser's position (up to a `;` outside parentheses, or
+/// the end), without consuming them.
+fn statement_tokens(parser: &Parser<'_>) -> Vec<TokenWithSpan> {
+    let mut tokens = Vec::new();
+    let mut depth = 0usize;
+    loop {
+        let token = parser.peek_nth_token_ref(tokens.len()).clone();
+        match &token.token {
+            Token::EOF => break,
+            Token::SemiColon if depth == 0 => break,
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        tokens.push(token);
+    }
+    tokens
+}
+
+/// Where the words `words` start in `tokens` at parenthesis depth `at_depth`, if they do.
+fn find_words(tokens: &[TokenWithSpan], words: &[&str], at_depth: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, token) in tokens.iter().enumerate() {
+        match &token.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            _ if depth == at_depth && words.iter().enumerate().all(|(k, w)| tokens.get(i + k).is_some_and(|t| word_is(&t.token, w))) => {
+                return Some(i);
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The column list of CREATE TABLE or SOURCE, which may hold one `WATERMARK FOR col AS expr`.
+fn parse_columns_with_watermark(
+    parser: &mut Parser<'_>,
+) -> Result<(Vec<ColumnDef>, Vec<TableConstraint>, Option<WatermarkClause>), ParserError> {
+    let mut columns = Vec::new();
+    let mut constraints = Vec::new();
+    let mut watermark = None;
+    parser.expect_token(&Token::LParen)?;
+    if parser.consume_token(&Token::RParen) {
+        return Ok((columns, constraints, watermark));
+    }
+    loop {
+        if peek_words(parser, &["WATERMARK", "FOR"]) {
+            skip(parser, 2);
+            let column = parser.parse_identifier()?;
+            parser.expect_keyword(Keyword::AS)?;
+            let expr = parser.parse_expr()?;
+            if watermark.replace(WatermarkClause { column, expr }).is_some() {
+                return Err(ParserError::ParserError("only one WATERMARK FOR clause is allowed".into()));
+            }
+        } else if let Some(constraint) = parser.parse_optional_table_constraint()? {
+            constraints.push(constraint);
+        } else {
+            columns.push(parser.parse_column_def()?);
+        }
+        if parser.consume_token(&Token::Comma) {
+            continue;
+        }
+        parser.expect_token(&Token::RParen)?;
+        return Ok((columns, constraints, watermark));
+    }
+}
+
 /// Parses a Sluice-only statement at the parser's position, or returns `None` (consuming
 /// nothing) if the statement is standard SQL.
 pub(crate) fn parse_sluice_statement(parser: &mut Parser<'_>) -> Result<Option<ParsedStatement>, ParserError> {
+    if peek_words(parser, &["CREATE", "TABLE"]) {
+        let tokens = statement_tokens(parser);
+        let event_time = find_words(&tokens, &["WATERMARK", "FOR"], 1).is_some() || find_words(&tokens, &["APPEND", "ONLY"], 0).is_some();
+        if event_time {
+            skip(parser, 2);
+            let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+            let name = parser.parse_object_name(false)?;
+            let (columns, constraints, watermark) = parse_columns_with_watermark(parser)?;
+            let append_only = peek_words(parser, &["APPEND", "ONLY"]);
+            if append_only {
+                skip(parser, 2);
+            }
+            let create = ast::helpers::stmt_create_table::CreateTableBuilder::new(name)
+                .if_not_exists(if_not_exists)
+                .columns(columns)
+                .constraints(constraints)
+                .build();
+            return Ok(Some(ParsedStatement::CreateTable(Box::new(CreateEventTable { create, watermark, append_only }))));
+        }
+    }
+    if peek_words(parser, &["CREATE", "MATERIALIZED", "VIEW"]) || peek_words(parser, &["EXPLAIN", "CREATE", "MATERIALIZED", "VIEW"]) {
+        let tokens = statement_tokens(parser);
+        if let Some(at) = find_words(&tokens, &["EMIT", "ON", "WINDOW", "CLOSE"], 0) {
+            if at + 4 != tokens.len() {
+                return Err(ParserError::ParserError("EMIT ON WINDOW CLOSE must end the statement".into()));
+            }
+            let dialect = PostgreSqlDialect {};
+            let mut inner = Parser::new(&dialect).with_tokens_with_locations(tokens[..at].to_vec());
+            let mut statement = inner.parse_statement()?;
+            if inner.peek_token().token != Token::EOF {
+                return Err(ParserError::ParserError(format!("expected EMIT ON WINDOW CLOSE, found: {}", inner.peek_token())));
+            }
+            let create = match &mut statement {
+                Statement::CreateView(create) => create,
+                Statement::Explain { statement: inner, .. } => match inner.as_mut() {
+                    Statement::CreateView(create) => create,
+                    _ => return Err(ParserError::ParserError("EMIT ON WINDOW CLOSE ends CREATE MATERIALIZED VIEW only".into())),
+                },
+                _ => return Err(ParserError::ParserError("EMIT ON WINDOW CLOSE ends CREATE MATERIALIZED VIEW only".into())),
+            };
+            let option = SqlOption::KeyValue {
+                key: Ident::new(EMIT_OPTION),
+                value: ast::Expr::Value(Value::SingleQuotedString(EMIT_ON_WINDOW_CLOSE.into()).into()),
+            };
+            create.options = match std::mem::replace(&mut create.options, CreateTableOptions::None) {
+                CreateTableOptions::With(mut options) => {
+                    options.push(option);
+                    CreateTableOptions::With(options)
+                }
+                _ => CreateTableOptions::With(vec![option]),
+            };
+            skip(parser, tokens.len());
+            return Ok(Some(ParsedStatement::Sql(statement)));
+        }
+    }
     if peek_words(parser, &["FLUSH"]) {
         skip(parser, 1);
         return Ok(Some(ParsedStatement::Flush));
@@ -132,7 +290,7 @@ pub(crate) fn parse_sluice_statement(parser: &mut Parser<'_>) -> Result<Option<P
         skip(parser, 2);
         let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
         let name = parser.parse_object_name(false)?;
-        let (columns, constraints) = parser.parse_columns()?;
+        let (columns, constraints, watermark) = parse_columns_with_watermark(parser)?;
         let mut options = BTreeMap::new();
         if parser.parse_keyword(Keyword::WITH) {
             parser.expect_token(&Token::LParen)?;
@@ -158,7 +316,14 @@ pub(crate) fn parse_sluice_statement(parser: &mut Parser<'_>) -> Result<Option<P
                 "FORMAT ... ENCODE ... is not supported yet: the datagen connector needs no format".into(),
             ));
         }
-        return Ok(Some(ParsedStatement::CreateSource(CreateSource { name, if_not_exists, columns, constraints, options })));
+        return Ok(Some(ParsedStatement::CreateSource(CreateSource {
+            name,
+            if_not_exists,
+            columns,
+            constraints,
+            options,
+            watermark,
+        })));
     }
     Ok(None)
 }
@@ -185,6 +350,31 @@ mod tests {
         assert_eq!(source.columns.len(), 2);
         assert_eq!(source.options.get("datagen.rows.per.second").map(String::as_str), Some("10"));
         assert!(matches!(&parsed[4], ParsedStatement::DropSource { if_exists: true, cascade: true, .. }));
+    }
+
+    #[test]
+    fn event_time_clauses_parse() {
+        let parsed = parse_statements(
+            "CREATE TABLE e (id BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '5 seconds') APPEND ONLY; \
+             CREATE TABLE plain (a INT); \
+             CREATE MATERIALIZED VIEW v AS SELECT window_start, count(*) FROM TUMBLE(e, ts, INTERVAL '1 minute') \
+             GROUP BY window_start EMIT ON WINDOW CLOSE; \
+             CREATE SOURCE s (ts TIMESTAMPTZ, WATERMARK FOR ts AS ts) WITH (connector = 'datagen')",
+        )
+        .unwrap();
+        let ParsedStatement::CreateTable(table) = &parsed[0] else { panic!("{:?}", parsed[0]) };
+        assert!(table.append_only);
+        assert_eq!(table.create.columns.len(), 2);
+        assert_eq!(table.watermark.as_ref().map(|w| w.column.value.as_str()), Some("ts"));
+        assert!(matches!(parsed[1], ParsedStatement::Sql(Statement::CreateTable(_))));
+        let ParsedStatement::Sql(view) = &parsed[2] else { panic!("{:?}", parsed[2]) };
+        let text = view.to_string();
+        assert!(text.contains("WITH (emit = 'on_window_close')"), "{text}");
+        // The stored text parses back to the same statement.
+        assert_eq!(parse_statements(&text).unwrap()[0], parsed[2]);
+        let ParsedStatement::CreateSource(source) = &parsed[3] else { panic!("{:?}", parsed[3]) };
+        assert!(source.watermark.is_some());
+        assert!(parse_statements("CREATE MATERIALIZED VIEW v AS SELECT 1 EMIT ON WINDOW CLOSE x").is_err());
     }
 
     #[test]

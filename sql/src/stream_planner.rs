@@ -35,6 +35,8 @@ pub enum ReadRelation {
         reader: RelationId,
         /// What it generates.
         spec: DatagenSpec,
+        /// Its event time, if it declares a watermark.
+        watermark: Option<sluice_engine::dataflow::SourceWatermark>,
     },
 }
 
@@ -129,7 +131,7 @@ impl<'a> StreamPlanner<'a> {
                 }
                 let state_table = (self.allocate)();
                 Ok(self.push(
-                    NodeKind::Aggregate { group_by: a.group_expr.clone(), calls, state_table },
+                    NodeKind::Aggregate { group_by: a.group_expr.clone(), calls, state_table, window: None },
                     vec![input],
                     Arc::clone(&a.schema),
                 ))
@@ -138,7 +140,11 @@ impl<'a> StreamPlanner<'a> {
                 let at = self.walk(input)?;
                 let group_by = input.schema().columns().into_iter().map(Expr::Column).collect();
                 let state_table = (self.allocate)();
-                Ok(self.push(NodeKind::Aggregate { group_by, calls: vec![], state_table }, vec![at], Arc::clone(input.schema())))
+                Ok(self.push(
+                    NodeKind::Aggregate { group_by, calls: vec![], state_table, window: None },
+                    vec![at],
+                    Arc::clone(input.schema()),
+                ))
             }
             LogicalPlan::Distinct(Distinct::On(_)) => Err(unsupported("DISTINCT ON")),
             LogicalPlan::Union(u) => {
@@ -191,7 +197,14 @@ impl<'a> StreamPlanner<'a> {
         } else if let Some(source) = provider.downcast_ref::<SourceTable>() {
             // Each scan of a source gets its own reader: its own copy of the stream.
             let reader = (self.allocate)();
-            self.reads.push((name.to_string(), ReadRelation::Source { reader, spec: source.entry().datagen.clone() }));
+            self.reads.push((
+                name.to_string(),
+                ReadRelation::Source {
+                    reader,
+                    spec: source.entry().datagen.clone(),
+                    watermark: source.entry().watermark.clone(),
+                },
+            ));
             reader
         } else {
             return Err(unsupported(format_args!("reading \"{name}\" (only tables, sources and materialized views)")));

@@ -90,6 +90,11 @@ impl RelationPlanner for WindowRelationPlanner {
         let arity = match function.as_str() {
             "TUMBLE" => 3..=4,
             "HOP" => 4..=4,
+            "SESSION" => {
+                return Err(to_datafusion(SqlError::unsupported(
+                    "SESSION windows (TUMBLE and HOP are supported; SESSION is being built)",
+                )))
+            }
             _ => return Ok(RelationPlanning::Original(Box::new(relation))),
         };
         if !arity.contains(&args.args.len()) {

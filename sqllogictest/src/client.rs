@@ -47,8 +47,9 @@ pub struct WireClient {
     client: Client,
     protocol: Protocol,
     connection: tokio::task::JoinHandle<()>,
-    /// With the view oracle on: the views this connection created and their queries.
-    oracle: Option<Vec<(String, String)>>,
+    /// With the view oracle on: the views this connection created, their queries, and whether
+    /// they emit on window close.
+    oracle: Option<Vec<(String, String, bool)>>,
 }
 
 impl WireClient {
@@ -89,6 +90,25 @@ impl WireClient {
         Ok(rows)
     }
 
+    /// The batch query of an EMIT ON WINDOW CLOSE view: its query over the windows its
+    /// watermark has closed (none, before it has one).
+    async fn closed_windows(&self, view: &str, query: &str) -> Result<String, WireError> {
+        let mut bounds = Vec::new();
+        let sql = format!(
+            "SELECT column_name, CAST(CAST(watermark AS TIMESTAMP) AS VARCHAR) FROM sluice_watermarks \
+             WHERE object = '{view}' AND kind = 'materialized view' AND watermark IS NOT NULL"
+        );
+        for message in self.client.simple_query(&sql).await? {
+            if let SimpleQueryMessage::Row(row) = message {
+                let column = row.get(0).unwrap_or_default().to_string();
+                let watermark = row.get(1).unwrap_or_default().to_string();
+                bounds.push(format!("CAST(q.\"{column}\" AS TIMESTAMP) < CAST('{watermark}' AS TIMESTAMP)"));
+            }
+        }
+        let condition = if bounds.is_empty() { "false".to_string() } else { bounds.join(" AND ") };
+        Ok(format!("SELECT * FROM ({query}) AS q WHERE {condition}"))
+    }
+
     async fn observe(&mut self, sql: &str) -> Result<(), WireError> {
         let Some(views) = self.oracle.as_mut() else { return Ok(()) };
         let Ok(statements) = sluice_sql::parse_statements(sql) else { return Ok(()) };
@@ -99,8 +119,9 @@ impl WireClient {
                     if create.materialized =>
                 {
                     let name = create.name.to_string().to_lowercase();
-                    views.retain(|(n, _)| *n != name);
-                    views.push((name, create.query.to_string()));
+                    let emit_on_close = create.options.to_string().to_lowercase().contains("on_window_close");
+                    views.retain(|(n, _, _)| *n != name);
+                    views.push((name, create.query.to_string(), emit_on_close));
                 }
                 sluice_sql::ParsedStatement::Flush => flushed = true,
                 _ => {}
@@ -115,10 +136,11 @@ impl WireClient {
                 live.push(row.get(0).unwrap_or_default().to_string());
             }
         }
-        let views: Vec<(String, String)> =
-            self.oracle.iter().flatten().filter(|(n, _)| live.contains(n)).cloned().collect();
-        for (name, query) in &views {
-            let Ok(batch) = self.sorted_rows(query).await else { continue };
+        let views: Vec<(String, String, bool)> =
+            self.oracle.iter().flatten().filter(|(n, _, _)| live.contains(n)).cloned().collect();
+        for (name, query, emit_on_close) in &views {
+            let query = if *emit_on_close { self.closed_windows(name, query).await? } else { query.clone() };
+            let Ok(batch) = self.sorted_rows(&query).await else { continue };
             let incremental = self.sorted_rows(&format!("SELECT * FROM {name}")).await?;
             if incremental != batch {
                 return Err(WireError::Oracle(format!(

@@ -186,6 +186,8 @@ pub struct HashAggregateOperator {
     closed_below: Option<i64>,
     /// Promises to make after the barrier's output.
     release: Vec<Watermark>,
+    /// Which instance of how many this is, when the operator runs sharded by group key.
+    shard: Option<(usize, usize)>,
 }
 
 impl std::fmt::Debug for HashAggregateOperator {
@@ -308,6 +310,7 @@ impl HashAggregateOperator {
             pending_watermark: None,
             closed_below: None,
             release: Vec::new(),
+            shard: None,
         })
     }
 
@@ -371,7 +374,18 @@ impl HashAggregateOperator {
         }
         if !keys.is_empty() {
             let rows = self.state.decode_values(values.iter().map(|v| v.as_ref()))?;
+            // Sharded, every instance sees the whole state: each emits only the groups it owns.
+            let owned: Vec<bool> = match self.shard {
+                Some((index, count)) if count > 1 => {
+                    let group_columns: Vec<ArrayRef> = (0..self.group_by.len()).map(|g| Arc::clone(rows.column(g))).collect();
+                    crate::exchange::owners(&group_columns, count, &mut Vec::new())?.into_iter().map(|o| o == index).collect()
+                }
+                _ => vec![true; keys.len()],
+            };
             for (i, key) in keys.iter().enumerate() {
+                if !owned[i] {
+                    continue;
+                }
                 write.delete(self.state.id(), key.clone());
                 if !window.emit_on_close || dirty_keys.contains(key.as_slice()) {
                     continue;
@@ -909,6 +923,10 @@ impl Operator for HashAggregateOperator {
 
     fn released_watermarks(&mut self) -> Vec<Watermark> {
         std::mem::take(&mut self.release)
+    }
+
+    fn set_shard(&mut self, index: usize, count: usize) {
+        self.shard = Some((index, count));
     }
 }
 

@@ -65,6 +65,11 @@ pub trait Operator: Send {
         Ok(Vec::new())
     }
 
+    /// This operator is instance `index` of `count` parallel instances that own disjoint keys
+    /// (see `exchange`); an operator that scans its own state (closing windows) must then
+    /// handle only the keys it owns. The default ignores it.
+    fn set_shard(&mut self, _index: usize, _count: usize) {}
+
     /// Promises the operator can make only after the output of the barrier just run (an
     /// aggregate emits the closed windows' rows at the barrier, and only then promises that
     /// nothing below them follows).

@@ -69,7 +69,9 @@ impl ProjectOperator {
                 columns.push(new_null_array(field.data_type(), 1));
             }
         }
-        let row = RecordBatch::try_new(Arc::clone(&self.input), columns)?;
+        // Every other column is NULL, so the image row's schema lets every column be.
+        let nullable: Vec<Field> = self.input.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+        let row = RecordBatch::try_new(Arc::new(Schema::new(nullable)), columns)?;
         let image = evaluate(&self.exprs[output], &row)?;
         let smallest = |values: &ArrayRef| -> Option<i64> {
             if !is_event_time_type(values.data_type()) {
