@@ -47,12 +47,18 @@ pub enum ColumnGenerator {
         /// Seed.
         seed: u64,
     },
-    /// `start + offset × step` microseconds: timestamps advancing at the row rate.
+    /// `start + offset × step` microseconds: timestamps advancing at the row rate, each moved
+    /// back by up to `disorder_micros` (a pseudo-random amount per row), so that rows arrive
+    /// out of event-time order as real events do.
     Timestamp {
         /// The first row's time, in microseconds since the Unix epoch.
         start_micros: i64,
         /// Microseconds between consecutive rows.
         step_micros: i64,
+        /// How far back a row's time may be (0: in order).
+        disorder_micros: i64,
+        /// Seed of the disorder.
+        seed: u64,
     },
 }
 
@@ -156,9 +162,13 @@ impl DatagenSpec {
                             .collect::<String>()
                     })))
                 }
-                ColumnGenerator::Timestamp { start_micros, step_micros } => Arc::new(Int64Array::from_iter_values(
-                    offsets.clone().map(|o| start_micros.wrapping_add(step_micros.wrapping_mul(o as i64))),
-                )),
+                ColumnGenerator::Timestamp { start_micros, step_micros, disorder_micros, seed } => {
+                    Arc::new(Int64Array::from_iter_values(offsets.clone().map(|o| {
+                        let on_time = start_micros.wrapping_add(step_micros.wrapping_mul(o as i64));
+                        let back = if *disorder_micros > 0 { (random(*seed, i, o) % (*disorder_micros as u64 + 1)) as i64 } else { 0 };
+                        on_time - back
+                    })))
+                }
             };
             let column = if raw.data_type() == t {
                 raw
@@ -224,7 +234,7 @@ mod tests {
                 ColumnGenerator::Sequence { start: 1, end: None },
                 ColumnGenerator::Random { min: 10, max: 12, seed: 7 },
                 ColumnGenerator::OneOf { values: vec!["/a".into(), "/b".into()], seed: 1 },
-                ColumnGenerator::Timestamp { start_micros: 0, step_micros: 1_000 },
+                ColumnGenerator::Timestamp { start_micros: 0, step_micros: 1_000, disorder_micros: 0, seed: 1 },
             ],
             rows_per_second: 0,
             max_rows: Some(10),

@@ -8,6 +8,8 @@
 //! fields.<col>.min / .max / .seed       random bounds (default 0 .. 1000) and seed
 //! fields.<col>.values     = 'a,b,c'     one of the values, uniformly (repeat one to weight it)
 //! fields.<col>.length     = 10          random text length
+//! fields.<col>.disorder   = '5 seconds' timestamps up to this far behind their row's place
+//!                                       (pseudo-random per row: out-of-order events)
 //! ```
 //! Defaults by type: integers and floats random, text random of length 10, booleans random,
 //! timestamps starting when the source was created and advancing by 1 / rate per row.
@@ -54,7 +56,7 @@ pub fn spec_from_options(
     for (i, field) in schema.fields().iter().enumerate() {
         let prefix = format!("fields.{}.", field.name());
         let key = |k: &str| format!("{prefix}{k}");
-        for k in ["kind", "start", "end", "min", "max", "seed", "values", "length"] {
+        for k in ["kind", "start", "end", "min", "max", "seed", "values", "length", "disorder"] {
             used.push(key(k));
         }
         let seed = number::<u64>(options, &key("seed"))?.unwrap_or(i as u64 + 1);
@@ -81,6 +83,11 @@ pub fn spec_from_options(
                 Some("timestamp") | None => ColumnGenerator::Timestamp {
                     start_micros: created_at_micros,
                     step_micros: if rows_per_second == 0 { 1_000 } else { (1_000_000 / rows_per_second).max(1) as i64 },
+                    disorder_micros: match options.get(&key("disorder")) {
+                        Some(text) => i64::try_from(parse_duration(&key("disorder"), text)?.as_micros()).unwrap_or(i64::MAX),
+                        None => 0,
+                    },
+                    seed,
                 },
                 Some(other) => {
                     return Err(invalid(format!(
