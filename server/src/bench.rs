@@ -34,7 +34,42 @@ pub const QUERIES: &[(&str, &str)] = &[
         "SELECT auction, window_start, count(*) AS cnt, sum(price) AS sum_price \
          FROM HOP(bids, date_time, INTERVAL '1 second', INTERVAL '10 seconds') GROUP BY auction, window_start",
     ),
+    (
+        "hop60",
+        "SELECT auction, window_start, count(*) AS cnt, sum(price) AS sum_price \
+         FROM HOP(bids, date_time, INTERVAL '1 second', INTERVAL '60 seconds') GROUP BY auction, window_start",
+    ),
+    // The same windows as q5w, emitted once each when the watermark (1 s behind) passes them,
+    // as Flink's window aggregation does; closed windows leave the state.
+    (
+        "q5w_eowc",
+        "SELECT auction, window_start, count(*) AS cnt, sum(price) AS sum_price \
+         FROM TUMBLE(bids, date_time, INTERVAL '10 seconds') GROUP BY auction, window_start EMIT ON WINDOW CLOSE",
+    ),
+    (
+        "hop60_eowc",
+        "SELECT auction, window_start, count(*) AS cnt, sum(price) AS sum_price \
+         FROM HOP(bids, date_time, INTERVAL '1 second', INTERVAL '60 seconds') GROUP BY auction, window_start \
+         EMIT ON WINDOW CLOSE",
+    ),
 ];
+
+/// Watermark delay of the `_eowc` queries' table, in microseconds.
+const WATERMARK_DELAY_MICROS: i64 = 1_000_000;
+
+/// Rows in the state tables of view `name`'s operators.
+fn state_rows(db: &Database, store: &Arc<dyn StateStore>, name: &str) -> Result<usize, SqlError> {
+    let Some(view) = db.view(name) else { return Ok(0) };
+    let snapshot = store.snapshot();
+    let mut rows = 0;
+    for table in view.plan.state_tables() {
+        for kv in snapshot.scan(table, sluice_storage::KeyRange::all())? {
+            kv?;
+            rows += 1;
+        }
+    }
+    Ok(rows)
+}
 
 /// Settings of one benchmark run.
 #[derive(Debug, Clone)]
@@ -70,6 +105,8 @@ fn open_store(options: &BenchOptions, query: &str) -> Result<(Arc<dyn StateStore
 }
 
 const BATCH_ROWS: u64 = 8192;
+/// Events after which the state is counted once (the "start" figure; the end is the other).
+const STATE_SAMPLE_EVENTS: u64 = 1_000_000;
 const BASE_MICROS: i64 = 1_767_225_600_000_000;
 
 fn bids_schema() -> SchemaRef {
@@ -165,9 +202,16 @@ pub async fn run(options: BenchOptions) -> Result<(), SqlError> {
         // A fresh database per query, so that no other view shares the dataflow.
         let config = DataflowConfig { parallelism: options.parallelism.max(1), ..DataflowConfig::default() };
         let (store, scratch) = open_store(&options, name)?;
-        let db = Database::with_dataflow(store, config)?;
+        let db = Database::with_dataflow(Arc::clone(&store), config)?;
         let mut session = db.session("sluice", "bench", 0);
-        execute(&mut session, "CREATE TABLE bids (auction BIGINT, bidder BIGINT, price BIGINT, date_time TIMESTAMP)").await?;
+        let event_time = name.ends_with("_eowc");
+        let table_ddl = if event_time {
+            "CREATE TABLE bids (auction BIGINT, bidder BIGINT, price BIGINT, date_time TIMESTAMP, \
+             WATERMARK FOR date_time AS date_time - INTERVAL '1 second') APPEND ONLY"
+        } else {
+            "CREATE TABLE bids (auction BIGINT, bidder BIGINT, price BIGINT, date_time TIMESTAMP)"
+        };
+        execute(&mut session, table_ddl).await?;
         execute(&mut session, &format!("CREATE MATERIALIZED VIEW {name} AS {query}")).await?;
         let table = db.table("bids").ok_or_else(|| SqlError::Internal("bids vanished".into()))?.id;
         let dataflow = db.dataflow().clone();
@@ -181,8 +225,17 @@ pub async fn run(options: BenchOptions) -> Result<(), SqlError> {
             let n = BATCH_ROWS.min(options.events - sent);
             // As if each batch were a logged table write (its log entry number is `seq`).
             let seq = sent / BATCH_ROWS + 1;
-            dataflow.send_changes(table, ChangeBatch::inserts(bids(&schema, sent, n, options.auctions)?), seq, None).await?;
+            // Events are in time order: the watermark trails the batch's last one.
+            let watermark = event_time.then(|| sluice_engine::watermark::Watermark {
+                column: 3,
+                value: BASE_MICROS + (sent + n - 1) as i64 * 1000 - WATERMARK_DELAY_MICROS,
+            });
+            dataflow.send_changes(table, ChangeBatch::inserts(bids(&schema, sent, n, options.auctions)?), seq, watermark).await?;
             sent += n;
+            if sent / STATE_SAMPLE_EVENTS != (sent - n) / STATE_SAMPLE_EVENTS && sent / STATE_SAMPLE_EVENTS == 1 {
+                dataflow.flush().await?;
+                println!("STATE query={name} events={sent} state_rows={}", state_rows(&db, &store, name)?);
+            }
             if options.chunk > 0 && (sent - chunk_from >= options.chunk || sent == options.events) {
                 dataflow.flush().await?;
                 let cpu = dataflow_cpu_seconds();
@@ -207,9 +260,10 @@ pub async fn run(options: BenchOptions) -> Result<(), SqlError> {
             options.events as f64 / wall,
             options.events as f64 / cpu.max(0.01)
         );
+        println!("STATE query={name} events={sent} state_rows={}", state_rows(&db, &store, name)?);
         let verify = match *name {
-            "q5w" | "hop10" => format!("SELECT count(*), sum(cnt), sum(sum_price) FROM {name}"),
-            _ => format!("SELECT count(*) FROM {name}"),
+            "q0" | "filter_project" => format!("SELECT count(*) FROM {name}"),
+            _ => format!("SELECT count(*), sum(cnt), sum(sum_price) FROM {name}"),
         };
         println!("VERIFY sluice {name} {}", query_text(&mut session, &verify).await?);
         db.dataflow().shutdown().await;

@@ -44,7 +44,7 @@ enum Command {
         /// Distinct auctions (1000 as in the peers' input).
         #[arg(long, default_value_t = 1000)]
         auctions: u64,
-        /// Queries to run, comma-separated: q0, filter_project, q5w, hop10.
+        /// Queries to run, comma-separated: q0, filter_project, q5w, hop10, hop60, q5w_eowc, hop60_eowc.
         #[arg(long, default_value = "q0,filter_project,q5w,hop10", value_delimiter = ',')]
         queries: Vec<String>,
         /// Also print the rate of every chunk of this many events (0: off).
