@@ -366,6 +366,8 @@ struct RunningView {
     materialize: Box<dyn Operator>,
     materialized: StateTable,
     state_tables: Vec<TableId>,
+    /// Its own source readers (relations no other view reads).
+    readers: Vec<RelationId>,
     failed: bool,
 }
 
@@ -823,6 +825,7 @@ impl Worker {
             materialize,
             materialized,
             state_tables,
+            readers: view.readers.iter().map(|r| r.relation).collect(),
             failed: false,
         };
         let (backfill, catalog) = match view.start {
@@ -927,18 +930,18 @@ impl Worker {
             write.drop_table(*table);
         }
         let snapshot = self.committer.store().snapshot();
-        for (relation, _) in &view.scans {
+        // Only the view's own readers go with it: tables and views it read keep their state.
+        for relation in &view.readers {
             write.delete(system_tables::SOURCE_OFFSETS, relation.to_be_bytes().to_vec());
             self.offsets.remove(relation);
             // A reader's late rows and count go with it.
-            if self.late_counts.remove(relation).is_some() {
-                self.late_pending.remove(relation);
-                for kv in snapshot.scan(system_tables::LATE_ROWS, sluice_storage::KeyRange::prefix(&relation.to_be_bytes()))? {
-                    let (key, _) = kv?;
-                    write.delete(system_tables::LATE_ROWS, key.to_vec());
-                }
-                write.delete(system_tables::COUNTERS, late_rows_counter(*relation).into_bytes());
+            self.late_counts.remove(relation);
+            self.late_pending.remove(relation);
+            for kv in snapshot.scan(system_tables::LATE_ROWS, sluice_storage::KeyRange::prefix(&relation.to_be_bytes()))? {
+                let (key, _) = kv?;
+                write.delete(system_tables::LATE_ROWS, key.to_vec());
             }
+            write.delete(system_tables::COUNTERS, late_rows_counter(*relation).into_bytes());
             let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
             status.late_rows.remove(relation);
             status.watermarks.remove(relation);

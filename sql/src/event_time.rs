@@ -167,7 +167,7 @@ pub fn watermarks_batch(rows: &[WatermarkRow]) -> SqlResult<RecordBatch> {
 /// `sluice_late_rows` as one batch.
 pub fn late_rows_batch(rows: &[LateRowEntry]) -> SqlResult<RecordBatch> {
     let lateness = IntervalMonthDayNanoArray::from_iter(rows.iter().map(|r| match (r.row.watermark, r.row.event_time) {
-        (Some(w), Some(t)) => Some(IntervalMonthDayNano::new(0, 0, (w - t).saturating_mul(1_000))),
+        (Some(w), Some(t)) => w.checked_sub(t).map(|micros| IntervalMonthDayNano::new(0, 0, micros.saturating_mul(1_000))),
         _ => None,
     }));
     Ok(RecordBatch::try_new(

@@ -196,6 +196,8 @@ async fn oracle(seed: u64, parallelism: usize) {
         if step == 75 {
             // A restart without a checkpoint: the views recover from the change log.
             db.dataflow().shutdown().await;
+            // Answered with an error once the dataflow thread has stopped (nothing more commits).
+            let _ = db.dataflow().flush().await;
             drop(session);
             drop(db);
             (db, session) = open(&store, parallelism).await;

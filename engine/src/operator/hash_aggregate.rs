@@ -401,9 +401,28 @@ impl HashAggregateOperator {
             write.delete(self.state.id(), dirty_key.clone());
         }
         for multiset in self.multisets.iter().flatten() {
+            let mut keys = Vec::new();
+            let mut values = Vec::new();
             for kv in snapshot.scan(multiset.state.id(), range.clone())? {
-                let (k, _) = kv?;
-                write.delete(multiset.state.id(), k.to_vec());
+                let (k, v) = kv?;
+                keys.push(k.to_vec());
+                values.push(v);
+            }
+            if keys.is_empty() {
+                continue;
+            }
+            let owned: Vec<bool> = match self.shard {
+                Some((index, count)) if count > 1 => {
+                    let rows = multiset.state.decode_values(values.iter().map(|v| v.as_ref()))?;
+                    let group_columns: Vec<ArrayRef> = (0..self.group_by.len()).map(|g| Arc::clone(rows.column(g))).collect();
+                    crate::exchange::owners(&group_columns, count, &mut Vec::new())?.into_iter().map(|o| o == index).collect()
+                }
+                _ => vec![true; keys.len()],
+            };
+            for (key, owned) in keys.into_iter().zip(owned) {
+                if owned {
+                    write.delete(multiset.state.id(), key);
+                }
             }
         }
         for (_, written) in closed_dirty {
