@@ -91,11 +91,28 @@ fn base_views() -> Vec<(String, String)> {
         ("busy_urls", "SELECT count(*) AS urls, sum(n) AS total FROM per_url WHERE n > 3"),
         ("big_events", "SELECT id, url, bytes FROM events WHERE bytes > 700"),
         ("log_totals", "SELECT user_id, sum(n) AS s, count(*) AS c FROM log GROUP BY user_id"),
+        (
+            "visits_per_minute",
+            "SELECT window_start, count(*) AS n, max(ts) AS last FROM TUMBLE(visits, ts, INTERVAL '1 minute') GROUP BY window_start",
+        ),
     ]
     .into_iter()
     .map(|(n, q)| (n.to_string(), q.to_string()))
     .collect()
 }
+
+/// The EMIT ON WINDOW CLOSE view over `visits`: it holds the windows the watermark closed.
+const VISITS_FINAL: (&str, &str) = (
+    "visits_final",
+    "SELECT window_start, window_end, count(*) AS n, count(DISTINCT user_id) AS users \
+     FROM TUMBLE(visits, ts, INTERVAL '1 minute') GROUP BY window_start, window_end",
+);
+
+/// The watermark delay of `visits`, in seconds.
+const VISITS_DELAY: i64 = 10;
+
+/// `visits` times are seconds after this.
+const VISITS_EPOCH: &str = "TIMESTAMP '2026-01-01 00:00:00'";
 
 /// One statement of the workload and its effect on the model of the tables.
 #[derive(Debug, Clone)]
@@ -106,6 +123,8 @@ enum Step {
     Log(Vec<(i64, i64)>),
     CreateView(String, String),
     DropView(String),
+    /// Rows of the watermarked `visits` table: (id, user_id, seconds or NULL).
+    Visit(Vec<(i64, i64, Option<i64>)>),
 }
 
 impl Step {
@@ -130,6 +149,16 @@ impl Step {
             }
             Step::CreateView(name, query) => format!("CREATE MATERIALIZED VIEW {name} AS {query}"),
             Step::DropView(name) => format!("DROP MATERIALIZED VIEW {name}"),
+            Step::Visit(rows) => {
+                let values: Vec<String> = rows
+                    .iter()
+                    .map(|(id, user, ts)| match ts {
+                        Some(t) => format!("({id}, {user}, {VISITS_EPOCH} + INTERVAL '{t} seconds')"),
+                        None => format!("({id}, {user}, NULL)"),
+                    })
+                    .collect();
+                format!("INSERT INTO visits VALUES {}", values.join(", "))
+            }
         }
     }
 }
@@ -145,6 +174,14 @@ struct Model {
     extra_views: BTreeMap<String, String>,
     next_id: i64,
     next_view: u64,
+    /// visits accepted: id → (user_id, seconds).
+    visits: BTreeMap<i64, (i64, i64)>,
+    /// visits found late (ids), and the table's watermark (seconds).
+    late_visits: Vec<i64>,
+    visits_watermark: Option<i64>,
+    /// The workload's clock for visit times, and the next visit id.
+    visit_clock: i64,
+    next_visit: i64,
 }
 
 impl Model {
@@ -176,6 +213,19 @@ impl Model {
             }
             Step::DropView(name) => {
                 self.extra_views.remove(name);
+            }
+            Step::Visit(rows) => {
+                // Late: behind the watermark of the rows before it, or no time.
+                for (id, user, ts) in rows {
+                    match ts {
+                        Some(t) if self.visits_watermark.is_none_or(|w| *t >= w) => {
+                            self.visits.insert(*id, (*user, *t));
+                            let candidate = t - VISITS_DELAY;
+                            self.visits_watermark = Some(self.visits_watermark.map_or(candidate, |w| w.max(candidate)));
+                        }
+                        _ => self.late_visits.push(*id),
+                    }
+                }
             }
         }
     }
@@ -216,6 +266,22 @@ impl Model {
             let keys: Vec<i64> = self.events.keys().copied().collect();
             return Step::Delete(keys[rng.below(keys.len() as u64) as usize]);
         }
+        if roll < 95 {
+            let n = 1 + rng.below(8) as i64;
+            let rows = (0..n)
+                .map(|i| {
+                    self.visit_clock += rng.below(4) as i64;
+                    let ts = match rng.below(12) {
+                        0 => None,
+                        1 => Some(self.visit_clock - 60 - rng.below(300) as i64),
+                        _ => Some(self.visit_clock - rng.below(20) as i64),
+                    };
+                    (self.next_visit + i, 1 + rng.below(30) as i64, ts)
+                })
+                .collect();
+            self.next_visit += n;
+            return Step::Visit(rows);
+        }
         let n = 1 + rng.below(5);
         Step::Log((0..n).map(|_| (1 + rng.below(20) as i64, rng.below(100) as i64)).collect())
     }
@@ -254,6 +320,10 @@ fn setup_sql(source_rows: u64) -> Vec<String> {
         "CREATE TABLE events (id BIGINT PRIMARY KEY, user_id BIGINT, url VARCHAR, bytes BIGINT, ts TIMESTAMP)".to_string(),
         "CREATE TABLE log (user_id BIGINT, n BIGINT)".to_string(),
         format!(
+            "CREATE TABLE visits (id BIGINT, user_id BIGINT, ts TIMESTAMP, \
+             WATERMARK FOR ts AS ts - INTERVAL '{VISITS_DELAY} seconds') APPEND ONLY"
+        ),
+        format!(
             "CREATE SOURCE clicks (seq BIGINT, k BIGINT, ts TIMESTAMP) WITH (connector = 'datagen', \
              datagen.rows.per.second = '20000', datagen.max.rows = '{source_rows}', fields.seq.kind = 'sequence', \
              fields.seq.start = '1', fields.k.min = '0', fields.k.max = '9', fields.k.seed = '7')"
@@ -262,6 +332,7 @@ fn setup_sql(source_rows: u64) -> Vec<String> {
     for (name, q) in base_views() {
         statements.push(format!("CREATE MATERIALIZED VIEW {name} AS {q}"));
     }
+    statements.push(format!("CREATE MATERIALIZED VIEW {} AS {} EMIT ON WINDOW CLOSE", VISITS_FINAL.0, VISITS_FINAL.1));
     statements.push("CREATE MATERIALIZED VIEW clicks_total AS SELECT count(*) AS n, sum(seq) AS s FROM clicks".into());
     statements.push(
         "CREATE MATERIALIZED VIEW clicks_by_k AS SELECT k, count(*) AS n, sum(seq) AS s, max(seq) AS top FROM clicks GROUP BY k".into(),
@@ -281,6 +352,20 @@ async fn verify(client: &Client, model: &Model, in_flight: Option<&Step>, report
     let events = query(client, "SELECT id, user_id, url, bytes FROM events ORDER BY id").await?;
     let log = query(client, "SELECT user_id, n, count(*) FROM log GROUP BY user_id, n ORDER BY user_id, n").await?;
     let views: Vec<String> = query(client, "SHOW MATERIALIZED VIEWS").await?.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
+    let visits = query(client, "SELECT id, user_id FROM visits ORDER BY id").await?;
+    let mut late_visits: Vec<i64> = query(client, "SELECT row FROM sluice_late_rows WHERE object = 'visits'")
+        .await?
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .filter_map(|row| row.split(',').next().and_then(|id| id.trim_start_matches("id=").parse().ok()))
+        .collect();
+    late_visits.sort();
+    let visits_of = |m: &Model| -> (Rows, Vec<i64>) {
+        let rows = m.visits.iter().map(|(id, (user, _))| vec![Some(id.to_string()), Some(user.to_string())]).collect();
+        let mut late = m.late_visits.clone();
+        late.sort();
+        (rows, late)
+    };
     let render = |m: &Model| -> (Rows, Rows) {
         let events = m
             .events
@@ -301,7 +386,7 @@ async fn verify(client: &Client, model: &Model, in_flight: Option<&Step>, report
         let (e, l) = render(candidate);
         let extra_ok = candidate.extra_views.keys().all(|v| views.contains(v))
             && views.iter().filter(|v| v.starts_with("extra_")).all(|v| candidate.extra_views.contains_key(v));
-        if e == events && l == log && extra_ok {
+        if e == events && l == log && extra_ok && visits_of(candidate) == (visits.clone(), late_visits.clone()) {
             matched = Some(i);
             break;
         }
@@ -309,12 +394,16 @@ async fn verify(client: &Client, model: &Model, in_flight: Option<&Step>, report
     let Some(i) = matched else {
         return Err(format!(
             "after the restart the tables do not match the acknowledged writes (in flight: {:?}); \
-             {} event rows and {} log groups found, {} and {} expected; views: {views:?}",
+             {} event rows, {} log groups, {} visits and {} late visits found, {}, {}, {} and {} expected; views: {views:?}",
             in_flight.map(Step::sql),
             events.len(),
             log.len(),
+            visits.len(),
+            late_visits.len(),
             model.events.len(),
-            model.log.len()
+            model.log.len(),
+            model.visits.len(),
+            model.late_visits.len()
         ));
     };
     if i == 1 {
@@ -333,6 +422,21 @@ async fn verify(client: &Client, model: &Model, in_flight: Option<&Step>, report
                 batch.iter().take(8).collect::<Vec<_>>()
             ));
         }
+    }
+    // The EMIT ON WINDOW CLOSE view: exactly the windows the table's watermark closed, once.
+    let (name, q) = VISITS_FINAL;
+    let closed = match model.visits_watermark {
+        Some(w) => format!("q.window_end <= {VISITS_EPOCH} + INTERVAL '{w} seconds'"),
+        None => "false".into(),
+    };
+    let stored = sorted(query(client, &format!("SELECT * FROM {name}")).await?);
+    let batch = sorted(query(client, &format!("SELECT * FROM ({q}) AS q WHERE {closed}")).await?);
+    if stored != batch {
+        return Err(format!(
+            "materialized view {name} differs from its batch query over the closed windows after recovery:\n  view:  {:?}\n  batch: {:?}",
+            stored.iter().take(8).collect::<Vec<_>>(),
+            batch.iter().take(8).collect::<Vec<_>>()
+        ));
     }
     check_source_views(client).await?;
     Ok(model)
@@ -384,7 +488,7 @@ fn kill_pid(pid: u32) {
 pub async fn run(options: &CrashOptions) -> Result<CrashReport, String> {
     let mut report = CrashReport::default();
     let mut rng = Rng(options.seed);
-    let mut model = Model { next_id: 1, ..Model::default() };
+    let mut model = Model { next_id: 1, next_visit: 1, visit_clock: 100_000, ..Model::default() };
     let (mut server, mut client) = start(options, &mut report).await?;
     for statement in setup_sql(options.source_rows) {
         query(&client, &statement).await?;
@@ -410,6 +514,8 @@ pub async fn run(options: &CrashOptions) -> Result<CrashReport, String> {
             // The step's counters advance whether or not it commits.
             model.next_id = next.next_id;
             model.next_view = next.next_view;
+            model.next_visit = next.next_visit;
+            model.visit_clock = next.visit_clock;
             match client.simple_query(&step.sql()).await {
                 Ok(_) => {
                     model.apply(&step);
