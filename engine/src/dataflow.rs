@@ -418,12 +418,15 @@ pub fn check_plan(plan: &StreamPlan, committer: &EpochCommitter) -> EngineResult
     instantiate(plan, committer, 1).map(|_| ())
 }
 
+/// A plan's operators, and which of them read which relation.
+type Instantiated = (Vec<RuntimeNode>, Vec<(RelationId, usize)>);
+
 /// The operators of `plan`, wired as in the plan.
 fn instantiate(
     plan: &StreamPlan,
     committer: &EpochCommitter,
     parallelism: usize,
-) -> EngineResult<(Vec<RuntimeNode>, Vec<(RelationId, usize)>)> {
+) -> EngineResult<Instantiated> {
     let mut nodes: Vec<RuntimeNode> = Vec::with_capacity(plan.nodes.len());
     let mut scans = Vec::new();
     for (at, node) in plan.nodes.iter().enumerate() {

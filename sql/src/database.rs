@@ -34,6 +34,10 @@ use crate::window::WindowRelationPlanner;
 use crate::session::Session;
 use crate::types::{SqlType, UTC};
 
+/// A view's stream plan, the relations it reads, its columns, and which of them carry a
+/// watermark.
+type PlannedView = (StreamPlan, Vec<(String, ReadRelation)>, SchemaRef, Vec<usize>);
+
 /// The catalog name DataFusion resolves tables in.
 pub const CATALOG_NAME: &str = "sluice";
 /// The only schema, as in a fresh PostgreSQL database.
@@ -496,7 +500,7 @@ impl Database {
         names: &[String],
         allocate: &dyn Fn() -> TableId,
         emit_on_close: bool,
-    ) -> SqlResult<(StreamPlan, Vec<(String, ReadRelation)>, SchemaRef, Vec<usize>)> {
+    ) -> SqlResult<PlannedView> {
         let (mut stream, reads) = StreamPlanner::new(allocate).build(plan)?;
         // Which columns of each relation read carry a watermark.
         let mut marked: std::collections::HashMap<TableId, Vec<usize>> = std::collections::HashMap::new();

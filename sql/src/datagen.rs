@@ -82,7 +82,7 @@ pub fn spec_from_options(
                 }
                 Some("timestamp") | None => ColumnGenerator::Timestamp {
                     start_micros: created_at_micros,
-                    step_micros: if rows_per_second == 0 { 1_000 } else { (1_000_000 / rows_per_second).max(1) as i64 },
+                    step_micros: 1_000_000u64.checked_div(rows_per_second).map_or(1_000, |step| step.max(1) as i64),
                     disorder_micros: match options.get(&key("disorder")) {
                         Some(text) => i64::try_from(parse_duration(&key("disorder"), text)?.as_micros()).unwrap_or(i64::MAX),
                         None => 0,

@@ -17,7 +17,11 @@ use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan};
 
 /// One parsed statement.
+///
+/// sqlparser's `Statement` makes the `Sql` variant large; statements are parsed once per query
+/// and matched deeply (`Sql(Statement::Insert(..))`), which a box would prevent.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum ParsedStatement {
     /// A statement sqlparser reads (queries, DML, DDL, CREATE MATERIALIZED VIEW, ...).
     Sql(Statement),
@@ -172,9 +176,10 @@ fn find_words(tokens: &[TokenWithSpan], words: &[&str], at_depth: usize) -> Opti
 }
 
 /// The column list of CREATE TABLE or SOURCE, which may hold one `WATERMARK FOR col AS expr`.
-fn parse_columns_with_watermark(
-    parser: &mut Parser<'_>,
-) -> Result<(Vec<ColumnDef>, Vec<TableConstraint>, Option<WatermarkClause>), ParserError> {
+/// The columns, table constraints and watermark of a column list.
+type ColumnList = (Vec<ColumnDef>, Vec<TableConstraint>, Option<WatermarkClause>);
+
+fn parse_columns_with_watermark(parser: &mut Parser<'_>) -> Result<ColumnList, ParserError> {
     let mut columns = Vec::new();
     let mut constraints = Vec::new();
     let mut watermark = None;

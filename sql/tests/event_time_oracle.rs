@@ -8,12 +8,12 @@
 //!   model's watermark has closed, each once.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use std::sync::Arc;
 
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use futures::TryStreamExt;
-use sluice_sql::{parse_statements, DataflowConfig, Database, Session, SqlError, StatementOutput};
+use common::{rows, run, Random};
+use sluice_sql::{DataflowConfig, Database, Session};
 use sluice_storage::{MemoryStateStore, StateStore};
 
 /// Watermark delay of the table, in seconds.
@@ -48,42 +48,6 @@ const VIEWS: &[(&str, &str, bool)] = &[
 ];
 
 const URLS: &[&str] = &["/", "/a", "/b", "/checkout"];
-
-struct Random(u64);
-
-impl Random {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
-async fn rows(session: &mut Session, sql: &str) -> Result<Vec<String>, SqlError> {
-    let mut out = Vec::new();
-    for stmt in parse_statements(sql)? {
-        if let StatementOutput::Rows { stream, .. } = session.execute(&stmt).await?.output {
-            let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(SqlError::from)?;
-            for batch in &batches {
-                let options = FormatOptions::default().with_null("NULL");
-                let formatters: Vec<_> =
-                    batch.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap()).collect();
-                for row in 0..batch.num_rows() {
-                    out.push(formatters.iter().map(|f| f.value(row).to_string()).collect::<Vec<_>>().join("|"));
-                }
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-async fn run(session: &mut Session, sql: &str) {
-    for stmt in parse_statements(sql).unwrap() {
-        session.execute(&stmt).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-}
 
 /// Seconds since 2026-01-01 00:00:00 as a TIMESTAMP literal.
 fn timestamp(seconds: i64) -> String {

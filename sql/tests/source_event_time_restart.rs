@@ -4,34 +4,16 @@
 //! late rows are numbered without gaps or repeats.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::Int64Type;
-use futures::TryStreamExt;
-use sluice_sql::{parse_statements, DataflowConfig, Database, Session, StatementOutput};
+use common::{number, run};
+use sluice_sql::{DataflowConfig, Database, Session};
 use sluice_storage::{MemoryStateStore, StateStore};
 
 const ROWS: i64 = 300_000;
-
-async fn run(session: &mut Session, sql: &str) {
-    for stmt in parse_statements(sql).unwrap() {
-        session.execute(&stmt).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-}
-
-async fn number(session: &mut Session, sql: &str) -> i64 {
-    let stmt = parse_statements(sql).unwrap().remove(0);
-    let StatementOutput::Rows { stream, .. } = session.execute(&stmt).await.unwrap().output else { panic!("{sql}") };
-    let batches: Vec<RecordBatch> = stream.try_collect().await.unwrap();
-    let column = batches[0].column(0);
-    if column.is_null(0) {
-        0
-    } else {
-        column.as_primitive::<Int64Type>().value(0)
-    }
-}
 
 async fn open(store: &Arc<dyn StateStore>) -> (Arc<Database>, Session) {
     let config = DataflowConfig { parallelism: 2, checkpoint_interval: Duration::from_millis(50), ..DataflowConfig::default() };

@@ -3,12 +3,12 @@
 //! query run in batch by DataFusion over the tables' current contents.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use std::sync::Arc;
 
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use futures::TryStreamExt;
-use sluice_sql::{parse_statements, DataflowConfig, Database, Session, SqlError, StatementOutput};
+use common::{rows, run, Random};
+use sluice_sql::{DataflowConfig, Database};
 use sluice_storage::MemoryStateStore;
 
 /// Views covering every operator: filter, project, aggregates with retractions (min/max,
@@ -42,53 +42,6 @@ const VIEWS: &[(&str, &str)] = &[
 
 const URLS: &[&str] = &["/", "/a", "/b", "/checkout"];
 const COUNTRIES: &[&str] = &["de", "fr", "us"];
-
-struct Random(u64);
-
-impl Random {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
-async fn rows(session: &mut Session, sql: &str) -> Result<Vec<String>, SqlError> {
-    let mut out = Vec::new();
-    for stmt in parse_statements(sql)? {
-        if let StatementOutput::Rows { stream, .. } = session.execute(&stmt).await?.output {
-            let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(SqlError::from)?;
-            for batch in &batches {
-                let options = FormatOptions::default().with_null("NULL");
-                let formatters: Vec<_> =
-                    batch.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap()).collect();
-                for row in 0..batch.num_rows() {
-                    let cells: Vec<String> = formatters
-                        .iter()
-                        .map(|f| {
-                            let text = f.value(row).to_string();
-                            // Floats added up in another order may differ in the last bits.
-                            match text.parse::<f64>() {
-                                Ok(v) if text.contains('.') => format!("{v:.9e}"),
-                                _ => text,
-                            }
-                        })
-                        .collect();
-                    out.push(cells.join("|"));
-                }
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-async fn run(session: &mut Session, sql: &str) {
-    for stmt in parse_statements(sql).unwrap() {
-        session.execute(&stmt).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-}
 
 fn page_view(random: &mut Random, id: u64) -> String {
     let mut maybe = |value: String| if random.below(8) == 0 { "NULL".to_string() } else { value };

@@ -83,7 +83,7 @@ async fn a_view_with_state_several_times_the_memory_limit_is_exact() {
     check_view(&client).await;
     let bytes = state_bytes(server.http_port);
     eprintln!("state: {} MB with a {LIMIT_MB} MB memory limit", bytes >> 20);
-    assert!(bytes > 3 * LIMIT_MB << 20, "the state ({bytes} bytes) should outgrow the memory limit for this test to mean anything");
+    assert!(bytes > (3 * LIMIT_MB) << 20, "the state ({bytes} bytes) should outgrow the memory limit for this test to mean anything");
     drop(client);
     server.stop().unwrap();
     let server = SluiceServer::start_in(&bin, &data, &["--memory-limit", &limit]).unwrap();

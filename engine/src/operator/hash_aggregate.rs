@@ -15,6 +15,10 @@ use super::{evaluate, FastHash, Operator};
 use crate::watermark::Watermark;
 use crate::{ChangeBatch, EngineError, EngineResult, Op, StateTable};
 
+/// A group touched this epoch whose window closed: its state key, and the (call, multiset key)
+/// entries it wrote this epoch.
+type ClosedGroup = (Vec<u8>, Vec<(usize, Vec<u8>)>);
+
 /// The group key of a windowed aggregate that carries a watermark, and how windows are emitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowKey {
@@ -343,6 +347,18 @@ impl HashAggregateOperator {
         Ok(codec.convert_columns(&[array])?.row(0).data().to_vec())
     }
 
+    /// Per row of `rows` (state rows whose first columns are the group columns): whether this
+    /// instance owns its group (always, unless the operator runs sharded).
+    fn owned_rows(&self, rows: &RecordBatch) -> EngineResult<Vec<bool>> {
+        match self.shard {
+            Some((index, count)) if count > 1 => {
+                let group_columns: Vec<ArrayRef> = (0..self.group_by.len()).map(|g| Arc::clone(rows.column(g))).collect();
+                Ok(crate::exchange::owners(&group_columns, count, &mut Vec::new())?.into_iter().map(|o| o == index).collect())
+            }
+            _ => Ok(vec![true; rows.num_rows()]),
+        }
+    }
+
     /// Closes the windows below the pending watermark: deletes their groups (and value
     /// multisets) from state and returns, with EMIT ON WINDOW CLOSE, the final rows of the
     /// closed groups that were not touched this epoch (`closed_dirty` holds those that were,
@@ -350,7 +366,7 @@ impl HashAggregateOperator {
     fn close_windows(
         &mut self,
         write: &mut WriteBatch,
-        closed_dirty: &[(Vec<u8>, Vec<(usize, Vec<u8>)>)],
+        closed_dirty: &[ClosedGroup],
     ) -> EngineResult<Vec<Group>> {
         let Some(watermark) = self.pending_watermark else { return Ok(Vec::new()) };
         let Some(window) = self.window else { return Ok(Vec::new()) };
@@ -375,13 +391,7 @@ impl HashAggregateOperator {
         if !keys.is_empty() {
             let rows = self.state.decode_values(values.iter().map(|v| v.as_ref()))?;
             // Sharded, every instance sees the whole state: each emits only the groups it owns.
-            let owned: Vec<bool> = match self.shard {
-                Some((index, count)) if count > 1 => {
-                    let group_columns: Vec<ArrayRef> = (0..self.group_by.len()).map(|g| Arc::clone(rows.column(g))).collect();
-                    crate::exchange::owners(&group_columns, count, &mut Vec::new())?.into_iter().map(|o| o == index).collect()
-                }
-                _ => vec![true; keys.len()],
-            };
+            let owned = self.owned_rows(&rows)?;
             for (i, key) in keys.iter().enumerate() {
                 if !owned[i] {
                     continue;
@@ -411,12 +421,8 @@ impl HashAggregateOperator {
             if keys.is_empty() {
                 continue;
             }
-            let owned: Vec<bool> = match self.shard {
-                Some((index, count)) if count > 1 => {
-                    let rows = multiset.state.decode_values(values.iter().map(|v| v.as_ref()))?;
-                    let group_columns: Vec<ArrayRef> = (0..self.group_by.len()).map(|g| Arc::clone(rows.column(g))).collect();
-                    crate::exchange::owners(&group_columns, count, &mut Vec::new())?.into_iter().map(|o| o == index).collect()
-                }
+            let owned = match self.shard {
+                Some((_, count)) if count > 1 => self.owned_rows(&multiset.state.decode_values(values.iter().map(|v| v.as_ref()))?)?,
                 _ => vec![true; keys.len()],
             };
             for (key, owned) in keys.into_iter().zip(owned) {
@@ -908,7 +914,7 @@ impl Operator for HashAggregateOperator {
             out = self.changed_rows(&drained, &exists, &kept)?;
         }
         if closing.is_some() {
-            let closed_dirty: Vec<(Vec<u8>, Vec<(usize, Vec<u8>)>)> = drained
+            let closed_dirty: Vec<ClosedGroup> = drained
                 .iter()
                 .zip(&closed)
                 .filter(|(_, c)| **c)
