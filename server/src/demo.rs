@@ -13,12 +13,16 @@ use sluice_sql::{parse_statements, Session, SqlError, StatementOutput};
 use crate::{RunningServer, ServerConfig, ServerError};
 
 /// The statements that create the pipeline: a source generating `rate` page views per second
-/// (0: as fast as the views take them), stopping after `rows` if given, and four views.
+/// (0: as fast as the views take them), stopping after `rows` if given, and five views. Page
+/// views arrive up to 5.2 s out of order and the watermark trails by 5 s, so a few are late:
+/// they are counted and kept in `sluice_late_rows`, and `closed_minutes` emits each minute once
+/// it can no longer change.
 pub fn setup_sql(rate: u64, rows: Option<u64>) -> String {
     let max_rows = rows.map(|r| format!(", datagen.max.rows = '{r}'")).unwrap_or_default();
     format!(
         "CREATE SOURCE page_views (
-            user_id BIGINT, url VARCHAR, status INT, bytes BIGINT, referrer VARCHAR, country VARCHAR, ts TIMESTAMP
+            user_id BIGINT, url VARCHAR, status INT, bytes BIGINT, referrer VARCHAR, country VARCHAR, ts TIMESTAMP,
+            WATERMARK FOR ts AS ts - INTERVAL '5 seconds'
          ) WITH (
             connector = 'datagen', datagen.rows.per.second = '{rate}'{max_rows},
             fields.user_id.min = '1', fields.user_id.max = '5000',
@@ -26,7 +30,8 @@ pub fn setup_sql(rate: u64, rows: Option<u64>) -> String {
             fields.status.values = '200,200,200,200,200,200,200,200,200,200,200,200,200,200,304,302,404,404,500',
             fields.bytes.min = '200', fields.bytes.max = '60000',
             fields.referrer.values = 'google.com,google.com,news.ycombinator.com,twitter.com,direct,direct,direct',
-            fields.country.values = 'us,us,us,de,de,fr,in,br,jp,gb'
+            fields.country.values = 'us,us,us,de,de,fr,in,br,jp,gb',
+            fields.ts.disorder = '5200ms'
          );
          CREATE MATERIALIZED VIEW views_per_minute AS
             SELECT window_start, url, count(*) AS views, count(DISTINCT user_id) AS visitors
@@ -39,6 +44,10 @@ pub fn setup_sql(rate: u64, rows: Option<u64>) -> String {
          CREATE MATERIALIZED VIEW busiest_pages AS
             SELECT window_start, window_end, url, count(*) AS views, sum(bytes) AS bytes
             FROM HOP(page_views, ts, INTERVAL '1 minute', INTERVAL '5 minutes') GROUP BY window_start, window_end, url;
+         CREATE MATERIALIZED VIEW closed_minutes AS
+            SELECT window_start, window_end, count(*) AS views, count(DISTINCT user_id) AS visitors
+            FROM TUMBLE(page_views, ts, INTERVAL '1 minute') GROUP BY window_start, window_end
+            EMIT ON WINDOW CLOSE;
          CREATE MATERIALIZED VIEW unique_visitors AS
             SELECT count(*) AS page_views, count(DISTINCT user_id) AS visitors, count(DISTINCT country) AS countries
             FROM page_views;"
@@ -47,13 +56,22 @@ pub fn setup_sql(rate: u64, rows: Option<u64>) -> String {
 
 /// What the demo shows on each refresh: a title and a query over the views.
 pub const PANELS: &[(&str, &str)] = &[
-    ("Totals (unique_visitors)", "SELECT * FROM unique_visitors"),
+    (
+        "Totals (unique_visitors; late page views from sluice_watermarks)",
+        "SELECT u.page_views + w.late_rows AS generated, u.page_views, w.late_rows AS late, u.visitors, u.countries
+         FROM unique_visitors u,
+              (SELECT late_rows FROM sluice_watermarks WHERE object = 'page_views' AND view = 'unique_visitors') w",
+    ),
     (
         "Views per URL, current minute (views_per_minute)",
         "SELECT url, views, visitors FROM views_per_minute
          WHERE window_start = (SELECT max(window_start) FROM views_per_minute) ORDER BY views DESC, url LIMIT 5",
     ),
     ("Error rate per minute (error_rate)", "SELECT * FROM error_rate ORDER BY window_start DESC LIMIT 3"),
+    (
+        "Closed minutes, final once the watermark passes them (closed_minutes, EMIT ON WINDOW CLOSE)",
+        "SELECT * FROM closed_minutes ORDER BY window_start DESC LIMIT 3",
+    ),
     (
         "Busiest pages, sliding 5 minutes (busiest_pages)",
         "SELECT url, views, bytes FROM busiest_pages
@@ -94,8 +112,15 @@ pub struct DemoOptions {
     pub once: bool,
 }
 
+/// Page views generated so far: counted by `unique_visitors`, or dropped from it as late.
 async fn page_views_so_far(session: &mut Session) -> Result<u64, SqlError> {
-    let text = run_sql(session, "SELECT page_views FROM unique_visitors").await?.unwrap_or_default();
+    let text = run_sql(
+        session,
+        "SELECT u.page_views + w.late_rows FROM unique_visitors u, \
+         (SELECT late_rows FROM sluice_watermarks WHERE object = 'page_views' AND view = 'unique_visitors') w",
+    )
+    .await?
+    .unwrap_or_default();
     Ok(text.lines().filter_map(|l| l.trim_matches(|c| c == '|' || c == ' ').parse().ok()).next().unwrap_or(0))
 }
 
@@ -125,7 +150,7 @@ pub async fn run(config: ServerConfig, options: DemoOptions, until: impl std::fu
         // The data directory keeps the pipeline: it resumes where the last run stopped.
         println!("Resuming the demo pipeline kept in the data directory ...");
     } else {
-        println!("Creating source page_views (datagen) and four materialized views ...");
+        println!("Creating source page_views (datagen) and five materialized views ...");
         run_sql(&mut session, &setup_sql(options.rate, options.rows)).await?;
     }
     if options.once {

@@ -95,10 +95,10 @@ fn demo_runs_its_pipeline_and_shows_the_views() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    for panel in ["unique_visitors", "views_per_minute", "error_rate", "busiest_pages"] {
+    for panel in ["unique_visitors", "views_per_minute", "error_rate", "closed_minutes", "busiest_pages", "late"] {
         assert!(text.contains(panel), "{panel} missing:\n{text}");
     }
-    // The totals panel counts every generated page view, once.
+    // The totals panel counts every generated page view, once: in the views or as late.
     assert!(text.contains("| 5000 "), "{text}");
     assert!(text.contains("psql -h 127.0.0.1 -p"), "{text}");
 }
