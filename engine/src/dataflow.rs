@@ -43,7 +43,7 @@ use crate::exchange::ShardedOperator;
 use datafusion::physical_expr::expressions::Column;
 use crate::operator::{
     expand_view_rows, AggregateCall, FilterOperator, HashAggregateOperator, MaterializeOperator, ProjectOperator,
-    ScanOperator, UnionOperator, UnnestOperator, WindowKey,
+    ScanOperator, SessionWindowOperator, UnionOperator, UnnestOperator, WindowKey,
 };
 use crate::plan::{NodeKind, RelationId, StreamPlan};
 use crate::recovery::{
@@ -463,6 +463,19 @@ fn instantiate(
                 Box::new(UnnestOperator::try_new(*list_column, sources.clone(), *preserve_nulls, schema)?)
             }
             NodeKind::Union => Box::new(UnionOperator::new(schema, node.inputs.len())),
+            NodeKind::SessionWindow { keys, time_column, gap_micros, state_table } => {
+                let input = input(0)?;
+                let op = SessionWindowOperator::try_new(
+                    input.as_arrow(),
+                    keys.clone(),
+                    *time_column,
+                    *gap_micros,
+                    *state_table,
+                    Arc::clone(committer.store()),
+                )?;
+                check_types("a session window", op.schema(), &schema)?;
+                Box::new(op)
+            }
             NodeKind::Aggregate { group_by, calls, state_table, window } => {
                 let input = input(0)?;
                 let group_by = group_by

@@ -64,6 +64,18 @@ pub enum NodeKind {
     },
     /// Concatenates its inputs (UNION ALL).
     Union,
+    /// `SESSION(rel, time, gap)`: the input's rows with their session's `window_start` and
+    /// `window_end` appended, sessions per value of `keys`.
+    SessionWindow {
+        /// Input columns whose values each have their own sessions.
+        keys: Vec<usize>,
+        /// The input's time column.
+        time_column: usize,
+        /// Inactivity that ends a session, in microseconds.
+        gap_micros: i64,
+        /// The state table of the open sessions' rows.
+        state_table: TableId,
+    },
     /// GROUP BY with aggregates.
     Aggregate {
         /// The group-by expressions, over the input schema.
@@ -159,6 +171,13 @@ impl StreamPlan {
                 NodeKind::Aggregate { window, .. } => {
                     (0..width).map(|c| window.is_some_and(|w| w.group == c)).collect()
                 }
+                // Rows of open sessions are re-emitted when sessions merge, whatever their time:
+                // only `window_end` (the last column) keeps a promise, the input time's.
+                NodeKind::SessionWindow { time_column, .. } => {
+                    let from = input(0);
+                    let time_marked = from.get(*time_column).copied().unwrap_or(false);
+                    (0..width).map(|c| c + 1 == width && time_marked).collect()
+                }
             };
             columns.push(carries);
         }
@@ -209,9 +228,13 @@ impl StreamPlan {
     pub fn state_tables(&self) -> Vec<TableId> {
         let mut tables = Vec::new();
         for node in &self.nodes {
-            if let NodeKind::Aggregate { calls, state_table, .. } = &node.kind {
-                tables.push(*state_table);
-                tables.extend(calls.iter().filter_map(|c| c.values_table));
+            match &node.kind {
+                NodeKind::Aggregate { calls, state_table, .. } => {
+                    tables.push(*state_table);
+                    tables.extend(calls.iter().filter_map(|c| c.values_table));
+                }
+                NodeKind::SessionWindow { state_table, .. } => tables.push(*state_table),
+                _ => {}
             }
         }
         tables
@@ -262,6 +285,12 @@ impl fmt::Display for DisplayNode<'_> {
             NodeKind::Project { exprs } => write!(f, "Project [{}]", join(exprs)),
             NodeKind::Unnest { list_column, .. } => write!(f, "Unnest column #{list_column}"),
             NodeKind::Union => write!(f, "Union"),
+            NodeKind::SessionWindow { keys, time_column, gap_micros, .. } => {
+                let input = node.schema.fields();
+                let names = keys.iter().map(|k| input.get(*k).map(|f| f.name().clone()).unwrap_or_default());
+                let time = input.get(*time_column).map(|f| f.name().clone()).unwrap_or_default();
+                write!(f, "SessionWindow keys=[{}] time={time} gap={gap_micros}us", join(names))
+            }
             NodeKind::Aggregate { group_by, calls, window, .. } => {
                 let calls = calls.iter().map(|c| match (&c.kind, &c.arg) {
                     (AggregateKind::CountStar, _) => "count(*)".to_string(),

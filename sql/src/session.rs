@@ -865,6 +865,7 @@ fn check_set_operations(body: &ast::SetExpr) -> ControlFlow<SqlError> {
 fn rewrite_for_planning(stmt: &Statement) -> Statement {
     let mut stmt = stmt.clone();
     expand_exponent_literals(&mut stmt);
+    key_session_windows(&mut stmt);
     match &mut stmt {
         Statement::Query(q) => dedupe_output_names(q),
         Statement::Insert(insert) => {
@@ -976,4 +977,45 @@ fn view_emit_option(options: &ast::CreateTableOptions) -> SqlResult<bool> {
         }
     }
     Ok(emit_on_close)
+}
+
+/// `SESSION(rel, time, gap)` makes sessions per value of the query's other GROUP BY columns
+/// (the ones that are not `window_start`/`window_end`): this passes them to the window planner
+/// as extra arguments, which only sees the FROM clause.
+fn key_session_windows(stmt: &mut Statement) {
+    struct Keys;
+    impl ast::VisitorMut for Keys {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &mut ast::Query) -> ControlFlow<()> {
+            if let ast::SetExpr::Select(select) = query.body.as_mut() {
+                add_session_keys(select);
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = ast::VisitMut::visit(stmt, &mut Keys);
+}
+
+fn add_session_keys(select: &mut ast::Select) {
+    let ast::GroupByExpr::Expressions(exprs, _) = &select.group_by else { return };
+    let is_window = |ident: &ast::Ident| {
+        let name = normalize_ident(ident);
+        name == crate::window::WINDOW_START || name == crate::window::WINDOW_END
+    };
+    let keys: Vec<ast::Expr> = exprs
+        .iter()
+        .filter(|e| match e {
+            ast::Expr::Identifier(ident) => !is_window(ident),
+            ast::Expr::CompoundIdentifier(parts) => parts.last().is_some_and(|p| !is_window(p)),
+            _ => true,
+        })
+        .cloned()
+        .collect();
+    for from in &mut select.from {
+        if let ast::TableFactor::Table { name, args: Some(args), .. } = &mut from.relation {
+            if name.to_string().eq_ignore_ascii_case("session") && args.args.len() == 3 {
+                args.args.extend(keys.iter().map(|k| ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(k.clone()))));
+            }
+        }
+    }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::common::{DFSchemaRef, ScalarValue};
+use datafusion::common::{Column, DFSchema, DFSchemaRef, ScalarValue};
 use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::expr::{AggregateFunction, AggregateFunctionParams};
 use datafusion::logical_expr::{Distinct, Expr, LogicalPlan, Volatility};
@@ -21,6 +21,7 @@ use sluice_storage::TableId;
 use crate::error::{SqlError, SqlResult};
 use crate::provider::StoredTable;
 use crate::relations::{SourceTable, ViewTable};
+use crate::window::SessionTable;
 
 /// A relation a view reads, as found while planning.
 #[derive(Debug, Clone)]
@@ -112,6 +113,9 @@ impl<'a> StreamPlanner<'a> {
                     return Err(unsupported("LIMIT"));
                 }
                 let provider = source_as_provider(&scan.source)?;
+                if let Some(session) = provider.downcast_ref::<SessionTable>() {
+                    return self.session_scan(scan, session);
+                }
                 let name = scan.table_name.table().to_string();
                 let width = provider.schema().fields().len();
                 let columns = scan.projection.clone().unwrap_or_else(|| (0..width).collect());
@@ -178,6 +182,39 @@ impl<'a> StreamPlanner<'a> {
                 Err(unsupported("a query reading no table, source or view"))
             }
             other => Err(unsupported(format_args!("{}", other.display().to_string().split(':').next().unwrap_or("this plan")))),
+        }
+    }
+
+    /// A scan of `SESSION(...)`: a scan of the relation, the session-window operator, and the
+    /// projection the scan asked for.
+    fn session_scan(&mut self, scan: &datafusion::logical_expr::TableScan, session: &SessionTable) -> SqlResult<usize> {
+        let input_schema = session.input.schema();
+        let width = input_schema.fields().len();
+        let relation = self.read(&session.input_name, Arc::clone(&session.input))?;
+        let input = Arc::new(DFSchema::try_from_qualified_schema(session.input_name.as_str(), &input_schema)?);
+        let name = session.input_name.clone();
+        let at = self.push(NodeKind::Scan { relation, name, columns: (0..width).collect() }, vec![], input);
+        let full = Arc::new(DFSchema::try_from_qualified_schema(scan.table_name.clone(), &session.schema())?);
+        let state_table = (self.allocate)();
+        let kind = NodeKind::SessionWindow {
+            keys: session.keys.clone(),
+            time_column: session.time,
+            gap_micros: session.gap,
+            state_table,
+        };
+        let windowed = self.push(kind, vec![at], Arc::clone(&full));
+        match &scan.projection {
+            None => Ok(windowed),
+            Some(columns) => {
+                let exprs = columns
+                    .iter()
+                    .map(|c| {
+                        let (qualifier, field) = full.qualified_field(*c);
+                        Expr::Column(Column::new(qualifier.cloned(), field.name()))
+                    })
+                    .collect();
+                Ok(self.push(NodeKind::Project { exprs }, vec![windowed], Arc::clone(&scan.projected_schema)))
+            }
         }
     }
 

@@ -81,6 +81,125 @@ fn unnamed_expr(function: &str, arg: &FunctionArg) -> Result<ast::Expr> {
     }
 }
 
+impl WindowRelationPlanner {
+    /// `SESSION(relation, time_column, gap [, key ...])`: the keys are the other GROUP BY
+    /// columns of the query (added by the session's rewrite before planning) or given here.
+    fn plan_session(
+        &self,
+        args: &ast::TableFunctionArgs,
+        alias: &Option<ast::TableAlias>,
+        context: &mut dyn RelationPlannerContext,
+    ) -> Result<RelationPlanning> {
+        if args.args.len() < 3 {
+            return Err(to_datafusion(SqlError::Windowing(format!(
+                "SESSION takes (relation, time_column, gap): the gap {} missing",
+                if args.args.len() < 2 { "and the time column are" } else { "is" }
+            ))));
+        }
+        let relation_name = match unnamed_expr("SESSION", &args.args[0])? {
+            ast::Expr::Identifier(ident) => ast::ObjectName::from(vec![ident]),
+            ast::Expr::CompoundIdentifier(parts) => ast::ObjectName::from(parts),
+            other => return Err(invalid(format!("SESSION: the first argument must name a relation, not {other}"))),
+        };
+        let reference = context.object_name_to_table_reference(relation_name)?;
+        let provider = self.resolve(&reference)?;
+        let scan = LogicalPlanBuilder::scan(reference.clone(), provider_as_source(Arc::clone(&provider)), None)?.build()?;
+        let column_of = |expr: ast::Expr, context: &mut dyn RelationPlannerContext, what: &str| -> Result<usize> {
+            match context.sql_to_expr(expr, scan.schema())? {
+                Expr::Column(c) => scan.schema().index_of_column(&c),
+                other => Err(invalid(format!("SESSION: the {what} must be a column of the relation, not {other}"))),
+            }
+        };
+        let time = column_of(unnamed_expr("SESSION", &args.args[1])?, context, "time column")?;
+        let time_type = scan.schema().field(time).data_type().clone();
+        if !matches!(time_type, DataType::Timestamp(TimeUnit::Microsecond, _)) {
+            return Err(invalid(format!("SESSION: the time column must be a timestamp or timestamptz, not {time_type}")));
+        }
+        let gap_expr = context.sql_to_expr(unnamed_expr("SESSION", &args.args[2])?, &DFSchema::empty())?;
+        let gap = interval_micros("SESSION", "gap", &gap_expr)?;
+        if gap <= 0 {
+            return Err(invalid("SESSION gap must be positive"));
+        }
+        let mut keys = Vec::new();
+        for arg in &args.args[3..] {
+            let key = column_of(unnamed_expr("SESSION", arg)?, context, "session key")?;
+            if key != time && !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        let table = Arc::new(SessionTable::new(provider, reference.table().to_string(), keys, time, gap));
+        let plan = LogicalPlanBuilder::scan(reference, provider_as_source(table), None)?.build()?;
+        Ok(RelationPlanning::Planned(Box::new(PlannedRelation::new(plan, alias.clone()))))
+    }
+}
+
+/// A relation's rows with the `window_start` and `window_end` of their session, as a table:
+/// batch queries compute the sessions when they scan it; the stream planner turns its scan
+/// into a scan of the relation and a session-window operator.
+#[derive(Debug)]
+pub struct SessionTable {
+    /// The relation sessions are made of.
+    pub input: Arc<dyn TableProvider>,
+    /// Its name.
+    pub input_name: String,
+    /// Columns of the input whose values each have their own sessions.
+    pub keys: Vec<usize>,
+    /// The input's time column.
+    pub time: usize,
+    /// The gap that ends a session, in microseconds.
+    pub gap: i64,
+    schema: datafusion::arrow::datatypes::SchemaRef,
+}
+
+impl SessionTable {
+    fn new(input: Arc<dyn TableProvider>, input_name: String, keys: Vec<usize>, time: usize, gap: i64) -> Self {
+        let input_schema = input.schema();
+        let time_type = input_schema.field(time).data_type().clone();
+        let mut fields: Vec<Field> = input_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new(WINDOW_START, time_type.clone(), true));
+        fields.push(Field::new(WINDOW_END, time_type, true));
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+        Self { input, input_name, keys, time, gap, schema }
+    }
+}
+
+#[async_trait::async_trait]
+impl TableProvider for SessionTable {
+    fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> datafusion::datasource::TableType {
+        datafusion::datasource::TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        let plan = self.input.scan(state, None, &[], None).await?;
+        let batches = datafusion::physical_plan::collect(plan, state.task_ctx()).await?;
+        let rows = datafusion::arrow::compute::concat_batches(&self.input.schema(), &batches)?;
+        let (starts, ends) = sluice_engine::operator::session_windows(&rows, &self.keys, self.time, self.gap)
+            .map_err(|e| to_datafusion(SqlError::from(e)))?;
+        let tz = match self.schema.field(self.time).data_type() {
+            DataType::Timestamp(_, tz) => tz.clone(),
+            _ => None,
+        };
+        let mut columns = rows.columns().to_vec();
+        columns.push(Arc::new(datafusion::arrow::array::TimestampMicrosecondArray::from(starts).with_timezone_opt(tz.clone())));
+        columns.push(Arc::new(datafusion::arrow::array::TimestampMicrosecondArray::from(ends).with_timezone_opt(tz)));
+        let all = datafusion::arrow::array::RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+        // A row without a time is in no session.
+        let in_session = datafusion::arrow::compute::is_not_null(all.column(all.num_columns() - 1))?;
+        let kept = datafusion::arrow::compute::filter_record_batch(&all, &in_session)?;
+        Ok(datafusion::datasource::memory::MemorySourceConfig::try_new_exec(&[vec![kept]], Arc::clone(&self.schema), projection.cloned())?)
+    }
+}
+
 impl RelationPlanner for WindowRelationPlanner {
     fn plan_relation(&self, relation: TableFactor, context: &mut dyn RelationPlannerContext) -> Result<RelationPlanning> {
         let TableFactor::Table { name, args: Some(args), alias, .. } = &relation else {
@@ -90,11 +209,7 @@ impl RelationPlanner for WindowRelationPlanner {
         let arity = match function.as_str() {
             "TUMBLE" => 3..=4,
             "HOP" => 4..=4,
-            "SESSION" => {
-                return Err(to_datafusion(SqlError::unsupported(
-                    "SESSION windows (TUMBLE and HOP are supported; SESSION is being built)",
-                )))
-            }
+            "SESSION" => return self.plan_session(args, alias, context),
             _ => return Ok(RelationPlanning::Original(Box::new(relation))),
         };
         if !arity.contains(&args.args.len()) {

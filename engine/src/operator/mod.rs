@@ -11,6 +11,7 @@ mod hash_aggregate;
 mod materialize;
 mod project;
 mod scan;
+mod session;
 mod union;
 mod unnest;
 
@@ -19,6 +20,7 @@ pub use hash_aggregate::{AggregateCall, AggregateKind, HashAggregateOperator, Wi
 pub use materialize::{expand_view_rows, view_state_table, MaterializeOperator, COUNT_COLUMN};
 pub use project::ProjectOperator;
 pub use scan::ScanOperator;
+pub use session::{assign_sessions, session_windows, SessionWindowOperator};
 pub use union::UnionOperator;
 pub use unnest::UnnestOperator;
 
