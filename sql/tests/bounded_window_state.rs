@@ -40,7 +40,11 @@ async fn windowed_state_stays_bounded_over_millions_of_rows() {
                FROM TUMBLE(clicks, ts, INTERVAL '1 second') GROUP BY window_start; \
              CREATE MATERIALIZED VIEW per_second_final AS \
                SELECT window_start, count(*) AS n, count(DISTINCT user_id) AS users \
-               FROM TUMBLE(clicks, ts, INTERVAL '1 second') GROUP BY window_start EMIT ON WINDOW CLOSE"
+               FROM TUMBLE(clicks, ts, INTERVAL '1 second') GROUP BY window_start EMIT ON WINDOW CLOSE; \
+             CREATE MATERIALIZED VIEW sessions_final AS \
+               SELECT user_id, window_start, window_end, count(*) AS n \
+               FROM SESSION(clicks, ts, INTERVAL '50 milliseconds') GROUP BY user_id, window_start, window_end \
+               EMIT ON WINDOW CLOSE"
         ),
     )
     .await;
@@ -51,6 +55,7 @@ async fn windowed_state_stays_bounded_over_millions_of_rows() {
     let deadline = Instant::now() + Duration::from_secs(900);
     let mut samples = 0;
     let mut largest = (0usize, 0usize);
+    let mut largest_sessions = 0usize;
     loop {
         run(&mut session, "FLUSH").await;
         let late = number(&mut session, "SELECT sum(late_rows) FROM sluice_watermarks WHERE object = 'clicks' AND view = 'per_second'").await;
@@ -61,6 +66,7 @@ async fn windowed_state_stays_bounded_over_millions_of_rows() {
             eprintln!("sample {samples}: state {default_state} / {final_state}");
         }
         largest = (largest.0.max(default_state), largest.1.max(final_state));
+        largest_sessions = largest_sessions.max(state_rows(&db, &store, "sessions_final"));
         samples += 1;
         // Each view has its own reader of the source: the other one may still be behind.
         let readers_agree = number(
@@ -92,4 +98,10 @@ async fn windowed_state_stays_bounded_over_millions_of_rows() {
     assert!(samples > 1);
     let limit = bound(40);
     assert!(largest.0 <= limit && largest.1 <= limit, "state grew to {largest:?} rows (bound {limit})");
+    // Sessions: the rows of open sessions (the last seconds of rows) and their groups; without
+    // eviction, all two million rows.
+    assert!(largest_sessions <= 100_000, "session state grew to {largest_sessions} rows");
+    let sessions = number(&mut session, "SELECT sum(n) FROM sessions_final").await;
+    assert!(sessions > ROWS / 2, "only {sessions} rows in closed sessions");
+    eprintln!("largest state: windows {largest:?}, sessions {largest_sessions}");
 }
