@@ -254,7 +254,7 @@ impl Dataflow {
         let status = Arc::new(Mutex::new(EventTimeStatus::default()));
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| EngineError::Invalid("the dataflow must start inside a tokio runtime".into()))?;
-        let mut worker = Worker {
+        let worker = Worker {
             committer,
             views: Vec::new(),
             failures: Arc::clone(&failures),
@@ -344,8 +344,13 @@ impl Dataflow {
     }
 
     /// Stops the dataflow thread (after the commands already queued).
+    ///
+    /// Returns once the dataflow thread has let go of its operators and of the state store, so
+    /// that a process can close the store and exit (RocksDB aborts if its background threads
+    /// outlive the process's static destructors).
     pub async fn shutdown(&self) {
         let _ = self.commands.send(Command::Shutdown).await;
+        self.commands.closed().await;
     }
 }
 
@@ -608,7 +613,7 @@ impl RunningView {
 }
 
 impl Worker {
-    fn run(&mut self, mut receiver: mpsc::Receiver<Command>) {
+    fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
         while let Some(command) = receiver.blocking_recv() {
             if let Some(reason) = &self.halted {
                 let error = || EngineError::Invalid(reason.clone());
@@ -677,6 +682,10 @@ impl Worker {
         for (_, reader) in self.readers.drain() {
             reader.abort();
         }
+        // Everything the worker holds (operators, their instance threads, the store) goes
+        // before the command channel closes, which is what `Dataflow::shutdown` waits for.
+        drop(self);
+        drop(receiver);
     }
 
     /// Marks view `at` and every view reading it as failed.
