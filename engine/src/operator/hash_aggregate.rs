@@ -1013,15 +1013,7 @@ mod tests {
 
     use super::*;
 
-    fn consolidate(batches: &[ChangeBatch], into: &mut BTreeMap<String, i64>) {
-        for batch in batches {
-            for line in batch.to_pretty().lines() {
-                let (op, row) = line.split_at(1);
-                *into.entry(row.trim().to_string()).or_insert(0) += if op == "+" { 1 } else { -1 };
-            }
-        }
-        into.retain(|_, n| *n != 0);
-    }
+    use crate::operator::consolidate;
 
     fn operator(schema: &Schema, store: &Arc<dyn StateStore>, grouped: bool) -> HashAggregateOperator {
         let group_by = if grouped { vec![(col("c0", schema).unwrap(), "g".to_string())] } else { vec![] };

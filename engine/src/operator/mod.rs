@@ -79,3 +79,16 @@ pub trait Operator: Send {
         Vec::new()
     }
 }
+
+/// Adds the rows of `batches` to `into` (row text → net count), dropping rows that net to
+/// zero: what a view holds after these changes. For operator tests.
+#[cfg(test)]
+pub(crate) fn consolidate(batches: &[ChangeBatch], into: &mut std::collections::BTreeMap<String, i64>) {
+    for batch in batches {
+        for line in batch.to_pretty().lines() {
+            let (op, row) = line.split_at(1);
+            *into.entry(row.trim().to_string()).or_insert(0) += if op == "+" { 1 } else { -1 };
+        }
+    }
+    into.retain(|_, n| *n != 0);
+}

@@ -475,15 +475,7 @@ mod tests {
     use super::*;
     use sluice_storage::MemoryStateStore;
 
-    fn consolidate(batches: &[ChangeBatch], into: &mut BTreeMap<String, i64>) {
-        for batch in batches {
-            for line in batch.to_pretty().lines() {
-                let (op, row) = line.split_at(1);
-                *into.entry(row.trim().to_string()).or_insert(0) += if op == "+" { 1 } else { -1 };
-            }
-        }
-        into.retain(|_, n| *n != 0);
-    }
+    use crate::operator::consolidate;
 
     fn step(op: &mut SessionWindowOperator, store: &Arc<dyn StateStore>, epoch: u64, view: &mut BTreeMap<String, i64>) {
         let mut write = WriteBatch::new();
