@@ -105,14 +105,6 @@ pub fn split_late(
     Ok(SplitRows { accepted, late, late_times })
 }
 
-/// The largest non-NULL value of a timestamp array (the candidate watermark of a batch).
-pub fn max_time(values: &dyn Array) -> Option<i64> {
-    if !is_event_time_type(values.data_type()) {
-        return None;
-    }
-    datafusion::arrow::compute::max(values.as_primitive::<TimestampMicrosecondType>())
-}
-
 /// Tracks a source's watermark over its partitions.
 ///
 /// Each partition's watermark is the largest watermark-expression value of its rows so far;

@@ -106,15 +106,7 @@ fn parse_bytes(text: &str) -> Result<usize, String> {
 
 /// A duration written `<n>ms`, `<n>s` or `<n>m`.
 fn parse_interval(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = digits.parse().map_err(|_| format!("'{text}' is not a duration like 1s or 200ms"))?;
-    let duration = match unit.trim() {
-        "ms" => Duration::from_millis(n),
-        "s" | "" => Duration::from_secs(n),
-        "m" | "min" => Duration::from_secs(n * 60),
-        other => return Err(format!("unknown unit '{other}' in '{text}' (use ms, s or m)")),
-    };
+    let duration = sluice_sql::parse_duration_text(text)?;
     if duration.is_zero() {
         return Err("the checkpoint interval must be positive".into());
     }

@@ -237,7 +237,7 @@ impl Database {
                     summary.tables += 1;
                 }
                 CatalogRecord::Source { id, name, columns, options, created_at_micros, watermark } => {
-                    self.register_source(id, name, columns, &options, created_at_micros, watermark)?;
+                    self.add_source(source_entry(id, name, columns, &options, created_at_micros, watermark)?)?;
                     summary.sources += 1;
                 }
                 CatalogRecord::View { id, name, definition, plan_ids, explain } => {
@@ -469,19 +469,6 @@ impl Database {
         self.commit_ddl(batch)?;
         self.add_source(entry)?;
         Ok(true)
-    }
-
-    /// Registers a source read back from the catalog.
-    fn register_source(
-        &self,
-        id: TableId,
-        name: String,
-        columns: Vec<ColumnDef>,
-        options: &std::collections::BTreeMap<String, String>,
-        created_at: i64,
-        watermark: Option<WatermarkDef>,
-    ) -> SqlResult<()> {
-        self.add_source(source_entry(id, name, columns, options, created_at, watermark)?)
     }
 
     fn add_source(&self, entry: SourceEntry) -> SqlResult<()> {

@@ -109,7 +109,13 @@ pub fn spec_from_options(
 
 /// A duration option such as `'30 seconds'`, `'5s'`, `'2 minutes'` or `'500ms'`.
 pub fn parse_duration(key: &str, text: &str) -> SqlResult<std::time::Duration> {
-    let bad = || invalid(format!("option {key} = '{text}' is not a duration (like '30 seconds' or '500ms')"));
+    parse_duration_text(text).map_err(|e| invalid(format!("option {key}: {e}")))
+}
+
+/// A duration written as a whole number and a unit: `500ms`, `5s`, `30 seconds`, `2 min`,
+/// `1 hour` (no unit: seconds). One parser for every duration Sluice reads, options and flags.
+pub fn parse_duration_text(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("'{text}' is not a duration (like '30 seconds', '5s' or '500ms')");
     let trimmed = text.trim();
     let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
     let (number, unit) = trimmed.split_at(split);

@@ -31,7 +31,7 @@ use crate::error::{to_datafusion, SqlError, SqlResult};
 use crate::statement::WatermarkClause;
 
 /// Checks `WATERMARK FOR column AS expr` of `object` against its columns: the column must
-/// exist and be a TIMESTAMP or TIMESTAMPTZ, and the expression must compute that same type.
+/// exist and be a TIMESTAMP or TIMESTAMPTZ ([`compile_watermark`] checks the expression).
 pub fn watermark_def(clause: &WatermarkClause, schema: &SchemaRef, object: &str) -> SqlResult<WatermarkDef> {
     let name = crate::database::normalize_ident(&clause.column);
     let (column, field) = schema
@@ -46,9 +46,9 @@ pub fn watermark_def(clause: &WatermarkClause, schema: &SchemaRef, object: &str)
             crate::types::field_type_name(field)
         )));
     }
-    let def = WatermarkDef { column, expr: clause.expr.to_string() };
-    compile_watermark(&def, schema)?;
-    Ok(def)
+    // The expression is compiled (and its type checked) where it is used, before the
+    // catalog entry commits: in the table's provider and the source's entry.
+    Ok(WatermarkDef { column, expr: clause.expr.to_string() })
 }
 
 /// The watermark expression of `def` over rows of `schema`, ready to evaluate.

@@ -185,14 +185,8 @@ impl TableProvider for SessionTable {
         let rows = datafusion::arrow::compute::concat_batches(&self.input.schema(), &batches)?;
         let (starts, ends) = sluice_engine::operator::session_windows(&rows, &self.keys, self.time, self.gap)
             .map_err(|e| to_datafusion(SqlError::from(e)))?;
-        let tz = match self.schema.field(self.time).data_type() {
-            DataType::Timestamp(_, tz) => tz.clone(),
-            _ => None,
-        };
-        let mut columns = rows.columns().to_vec();
-        columns.push(Arc::new(datafusion::arrow::array::TimestampMicrosecondArray::from(starts).with_timezone_opt(tz.clone())));
-        columns.push(Arc::new(datafusion::arrow::array::TimestampMicrosecondArray::from(ends).with_timezone_opt(tz)));
-        let all = datafusion::arrow::array::RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+        let all = sluice_engine::operator::with_bounds(&rows, &starts, &ends, &self.schema)
+            .map_err(|e| to_datafusion(SqlError::from(e)))?;
         // A row without a time is in no session.
         let in_session = datafusion::arrow::compute::is_not_null(all.column(all.num_columns() - 1))?;
         let kept = datafusion::arrow::compute::filter_record_batch(&all, &in_session)?;

@@ -381,13 +381,7 @@ impl HashAggregateOperator {
         let snapshot = self.store.snapshot();
         let dirty_keys: std::collections::HashSet<&[u8]> = closed_dirty.iter().map(|(k, _)| k.as_slice()).collect();
         let mut emitted = Vec::new();
-        let mut keys = Vec::new();
-        let mut values = Vec::new();
-        for kv in snapshot.scan(self.state.id(), range.clone())? {
-            let (k, v) = kv?;
-            keys.push(k.to_vec());
-            values.push(v);
-        }
+        let (keys, values) = scan_range(snapshot.as_ref(), self.state.id(), &range)?;
         if !keys.is_empty() {
             let rows = self.state.decode_values(values.iter().map(|v| v.as_ref()))?;
             // Sharded, every instance sees the whole state: each emits only the groups it owns.
@@ -400,9 +394,10 @@ impl HashAggregateOperator {
                 if !window.emit_on_close || dirty_keys.contains(key.as_slice()) {
                     continue;
                 }
+                // The scan already read the group's state: decode it, no second read.
                 let key_values: Vec<ArrayRef> = (0..self.group_by.len()).map(|g| rows.column(g).slice(i, 1)).collect();
-                let (group, _) = self.load(snapshot.as_ref(), key, &key_values)?;
-                if let Some(group) = group.filter(|g| g.rows > 0) {
+                let (group, _) = self.group_from_state(&rows.slice(i, 1), &key_values)?;
+                if group.rows > 0 {
                     emitted.push(group);
                 }
             }
@@ -411,13 +406,7 @@ impl HashAggregateOperator {
             write.delete(self.state.id(), dirty_key.clone());
         }
         for multiset in self.multisets.iter().flatten() {
-            let mut keys = Vec::new();
-            let mut values = Vec::new();
-            for kv in snapshot.scan(multiset.state.id(), range.clone())? {
-                let (k, v) = kv?;
-                keys.push(k.to_vec());
-                values.push(v);
-            }
+            let (keys, values) = scan_range(snapshot.as_ref(), multiset.state.id(), &range)?;
             if keys.is_empty() {
                 continue;
             }
@@ -479,11 +468,18 @@ impl HashAggregateOperator {
         encoded: &[u8],
         key: &[ArrayRef],
     ) -> EngineResult<(Option<Group>, Vec<ValueCounts>)> {
-        let mut committed_values = vec![ValueCounts::new(); self.calls.len()];
         let Some(value) = snapshot.get(self.state.id(), encoded)? else {
-            return Ok((None, committed_values));
+            return Ok((None, vec![ValueCounts::new(); self.calls.len()]));
         };
         let row = self.state.decode_values([value.as_ref()])?;
+        let (group, committed_values) = self.group_from_state(&row, key)?;
+        Ok((Some(group), committed_values))
+    }
+
+    /// The group whose key columns are `key` from its decoded state row `row` (one row), and
+    /// per call its committed values (for min/max; empty for the others).
+    fn group_from_state(&self, row: &RecordBatch, key: &[ArrayRef]) -> EngineResult<(Group, Vec<ValueCounts>)> {
+        let mut committed_values = vec![ValueCounts::new(); self.calls.len()];
         let offset = if self.is_global() { 1 } else { self.group_by.len() };
         let rows = row.column(offset).as_primitive::<Int64Type>().value(0);
         let mut accumulators = Vec::with_capacity(self.calls.len());
@@ -510,7 +506,7 @@ impl HashAggregateOperator {
                 _ => Accumulator::IntSum { sum: acc.as_primitive::<Int64Type>().value(0), values },
             });
         }
-        Ok((Some(Group { key: key.to_vec(), rows, accumulators }), committed_values))
+        Ok((Group { key: key.to_vec(), rows, accumulators }, committed_values))
     }
 
     /// The committed (multiset key → value, count) entries of call `call`'s values in the
@@ -730,6 +726,22 @@ impl HashAggregateOperator {
     }
 }
 
+/// The keys and values of `range` of `table`.
+fn scan_range(
+    snapshot: &dyn sluice_storage::StateSnapshot,
+    table: TableId,
+    range: &sluice_storage::KeyRange,
+) -> EngineResult<(Vec<Vec<u8>>, Vec<bytes::Bytes>)> {
+    let mut keys = Vec::new();
+    let mut values = Vec::new();
+    for kv in snapshot.scan(table, range.clone())? {
+        let (k, v) = kv?;
+        keys.push(k.to_vec());
+        values.push(v);
+    }
+    Ok((keys, values))
+}
+
 /// The smallest (min) or largest (max) value of a multiset ordered by key.
 fn extreme(kind: AggregateKind, entries: &ValueCounts) -> Option<ArrayRef> {
     let entry = if kind == AggregateKind::Min { entries.values().next() } else { entries.values().next_back() };
@@ -891,8 +903,16 @@ impl Operator for HashAggregateOperator {
         let exists: Vec<bool> = drained.iter().map(|(_, d)| d.group.rows > 0 || global).collect();
         let kept: Vec<&Group> = drained.iter().zip(&exists).filter(|(_, e)| **e).map(|((_, d), _)| &d.group).collect();
         let gone: Vec<&Group> = drained.iter().zip(&exists).filter(|(_, e)| !**e).map(|((_, d), _)| &d.group).collect();
-        if !kept.is_empty() {
-            self.state.write_rows(&self.state_batch(&kept)?, write)?;
+        // A group whose window closes at this barrier is deleted below: its state is not written.
+        let still_open: Vec<&Group> = drained
+            .iter()
+            .zip(&exists)
+            .zip(&closed)
+            .filter(|((_, e), c)| **e && !**c)
+            .map(|(((_, d), _), _)| &d.group)
+            .collect();
+        if !still_open.is_empty() {
+            self.state.write_rows(&self.state_batch(&still_open)?, write)?;
         }
         if !gone.is_empty() {
             self.state.delete_rows(&self.state_batch(&gone)?, write)?;

@@ -20,7 +20,7 @@ pub use hash_aggregate::{AggregateCall, AggregateKind, HashAggregateOperator, Wi
 pub use materialize::{expand_view_rows, view_state_table, MaterializeOperator, COUNT_COLUMN};
 pub use project::ProjectOperator;
 pub use scan::ScanOperator;
-pub use session::{assign_sessions, session_windows, SessionWindowOperator};
+pub use session::{assign_sessions, session_windows, with_bounds, SessionWindowOperator};
 pub use union::UnionOperator;
 pub use unnest::UnnestOperator;
 

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMicrosecondArray, UInt32Array};
-use datafusion::arrow::compute::{concat_batches, sort_to_indices, take_record_batch};
+use datafusion::arrow::compute::{concat_batches, interleave_record_batch, sort_to_indices, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimestampMicrosecondType};
 use datafusion::arrow::row::{RowConverter, SortField};
 use sluice_storage::{Epoch, KeyRange, StateStore, TableId, WriteBatch};
@@ -84,7 +84,7 @@ pub fn session_windows(rows: &RecordBatch, keys: &[usize], time: usize, gap: i64
 }
 
 /// `rows` with `window_start` and `window_end` columns of `output`'s types appended.
-fn with_bounds(rows: &RecordBatch, starts: &[Option<i64>], ends: &[Option<i64>], output: &SchemaRef) -> EngineResult<RecordBatch> {
+pub fn with_bounds(rows: &RecordBatch, starts: &[Option<i64>], ends: &[Option<i64>], output: &SchemaRef) -> EngineResult<RecordBatch> {
     let width = rows.num_columns();
     let tz = match output.field(width).data_type() {
         DataType::Timestamp(_, tz) => tz.clone(),
@@ -244,31 +244,43 @@ impl SessionWindowOperator {
         Ok(RecordBatch::try_new(Arc::clone(self.state.schema()), columns)?)
     }
 
-    /// Recomputes key `prefix` from its stored rows and `changes` (rows with a sign): writes
+    /// The rows at `at` (batch, row) of this epoch's input, as one batch.
+    fn gather(&self, at: &[(usize, usize)]) -> EngineResult<RecordBatch> {
+        if at.is_empty() {
+            return Ok(RecordBatch::new_empty(Arc::clone(&self.input)));
+        }
+        let batches: Vec<&RecordBatch> = self.pending.iter().collect();
+        Ok(interleave_record_batch(&batches, at)?)
+    }
+
+    /// Recomputes key `prefix` from its stored rows and `changes` (this epoch's rows of the
+    /// key, by position in the epoch's input, with a sign): writes
     /// its new rows, evicts its closed sessions, re-arms its timer, and returns the output's
     /// deletes and inserts.
     fn settle(
         &mut self,
         snapshot: &dyn sluice_storage::StateSnapshot,
         prefix: &[u8],
-        changes: &[(RecordBatch, i64)],
+        changes: &[(usize, usize, i64)],
         write: &mut WriteBatch,
     ) -> EngineResult<(Option<RecordBatch>, Option<RecordBatch>)> {
         let old = self.load(snapshot, prefix)?;
+        let positions = |sign: i64| -> Vec<(usize, usize)> {
+            changes.iter().filter(|(_, _, s)| *s == sign).map(|(b, r, _)| (*b, *r)).collect()
+        };
+        let inserted = self.gather(&positions(1))?;
+        let deleted = self.gather(&positions(-1))?;
         // The new multiset: the old rows, plus inserts, minus deletes (by whole-row equality).
-        let mut parts = vec![old.clone()];
-        parts.extend(changes.iter().filter(|(_, s)| *s > 0).map(|(r, _)| r.clone()));
-        let all = concat_batches(&self.input, &parts)?;
+        let all = concat_batches(&self.input, [&old, &inserted])?;
         let encoded = self.row_codec.convert_columns(all.columns())?;
         let mut alive = vec![true; all.num_rows()];
         let mut by_row: HashMap<&[u8], Vec<usize>> = HashMap::new();
         for i in 0..all.num_rows() {
             by_row.entry(encoded.row(i).data()).or_default().push(i);
         }
-        let deletes: Vec<&RecordBatch> = changes.iter().filter(|(_, s)| *s < 0).map(|(r, _)| r).collect();
-        for deleted in deletes {
-            let key = self.row_codec.convert_columns(deleted.columns())?;
-            let slot = by_row.get_mut(key.row(0).as_ref()).and_then(|v| v.pop());
+        let deleted = self.row_codec.convert_columns(deleted.columns())?;
+        for row in 0..deleted.num_rows() {
+            let slot = by_row.get_mut(deleted.row(row).data()).and_then(|v| v.pop());
             match slot {
                 Some(i) => alive[i] = false,
                 None => return Err(EngineError::Invalid("a session window received a delete of a row it does not hold".into())),
@@ -396,12 +408,7 @@ impl Operator for SessionWindowOperator {
 
     fn on_barrier(&mut self, _epoch: Epoch, write: &mut WriteBatch) -> EngineResult<Vec<ChangeBatch>> {
         let snapshot = self.store.snapshot();
-        let mut examine: HashMap<Vec<u8>, Vec<(RecordBatch, i64)>> = HashMap::new();
-        for (prefix, rows) in std::mem::take(&mut self.deltas) {
-            let changes = rows.into_iter().map(|(b, r, s)| (self.pending[b].slice(r, 1), s)).collect();
-            examine.insert(prefix, changes);
-        }
-        self.pending.clear();
+        let mut examine: HashMap<Vec<u8>, Vec<(usize, usize, i64)>> = std::mem::take(&mut self.deltas);
         if let Some(watermark) = self.watermark {
             if !self.timers_loaded {
                 // After a restart: every stored key may hold sessions the watermark closes.
@@ -441,6 +448,7 @@ impl Operator for SessionWindowOperator {
             deletes.extend(retract);
             inserts.extend(add);
         }
+        self.pending.clear();
         if let Some(w) = self.watermark {
             if self.released.is_none_or(|r| r < w) {
                 self.released = Some(w);
