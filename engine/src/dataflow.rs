@@ -48,9 +48,9 @@ use crate::operator::{
 use crate::plan::{NodeKind, RelationId, StreamPlan};
 use crate::recovery::{
     late_rows_counter, log_key, read_counter, record_late_rows, recorded_failure, render_row, source_position, system_tables,
-    LateRow, SourcePosition,
+    record_source_errors, source_errors_counter, LateRow, RejectedRecord, SourcePosition,
 };
-use crate::source::DatagenSpec;
+use crate::source::{ErrorPolicy, SourceBatch, SourceConnector};
 use crate::watermark::{split_late, Watermark, WatermarkGenerator};
 use crate::{ChangeBatch, EngineError, EngineResult, Operator, StateTable};
 
@@ -81,10 +81,92 @@ pub enum Backfill {
 pub struct SourceReader {
     /// The relation id the reader's changes are delivered under (unique to this reader).
     pub relation: RelationId,
-    /// What it generates.
-    pub spec: DatagenSpec,
+    /// The source's name, for errors.
+    pub source: String,
+    /// What it reads.
+    pub connector: Arc<dyn SourceConnector>,
     /// The source's event time, if it declares a watermark.
     pub watermark: Option<SourceWatermark>,
+    /// What to do with records the connector rejects.
+    pub error_policy: ErrorPolicy,
+}
+
+/// Where a connector hands its batches: applies the source's watermark (late rows are set
+/// aside) and error policy, and queues the rows for the dataflow with the position after them.
+pub struct SourceOutput {
+    relation: RelationId,
+    source: String,
+    sender: OutputTarget,
+    event_time: Option<(SourceWatermark, WatermarkGenerator)>,
+    error_policy: ErrorPolicy,
+}
+
+/// Where a [`SourceOutput`] sends.
+enum OutputTarget {
+    /// The dataflow.
+    Dataflow(mpsc::Sender<Command>),
+    /// A channel of raw batches (to read a connector directly).
+    Batches(mpsc::Sender<SourceBatch>),
+}
+
+impl std::fmt::Debug for SourceOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceOutput").field("relation", &self.relation).field("source", &self.source).finish_non_exhaustive()
+    }
+}
+
+impl SourceOutput {
+    /// Delivers `batch`. Returns false when the reader must stop: its view is gone, or the
+    /// batch holds a rejected record under `error.policy = 'fail'`.
+    pub async fn emit(&mut self, batch: SourceBatch) -> bool {
+        let sender = match &self.sender {
+            OutputTarget::Batches(sender) => return sender.send(batch).await.is_ok(),
+            OutputTarget::Dataflow(sender) => sender.clone(),
+        };
+        if self.error_policy == ErrorPolicy::Fail {
+            if let Some(record) = batch.rejected.first() {
+                let error = format!(
+                    "source \"{}\" could not read the record at {} offset {}: {} (error.policy = 'fail')",
+                    self.source, record.partition, record.offset, record.reason
+                );
+                self.fail(error).await;
+                return false;
+            }
+        }
+        let (changes, watermark, late) = match self.event_time.as_mut() {
+            None => (ChangeBatch::inserts(batch.rows), None, Vec::new()),
+            Some((spec, generator)) => match apply_source_watermark(&batch.rows, batch.partition, spec, generator) {
+                Ok(split) => split,
+                Err(e) => {
+                    self.fail(e.to_string()).await;
+                    return false;
+                }
+            },
+        };
+        let position = InputPosition::Source(SourcePosition {
+            offset: batch.offset,
+            watermark: watermark.map(|w| w.value),
+            state: batch.state,
+        });
+        let command = Command::Changes { relation: self.relation, changes, position, watermark, late, rejected: batch.rejected };
+        sender.send(command).await.is_ok()
+    }
+
+    /// Stops the reader's view with `error`.
+    pub async fn fail(&mut self, error: String) {
+        match &self.sender {
+            OutputTarget::Dataflow(sender) => {
+                let _ = sender.send(Command::ReaderFailed { relation: self.relation, error }).await;
+            }
+            OutputTarget::Batches(_) => tracing::warn!(source = %self.source, %error, "source reader failed"),
+        }
+    }
+
+    /// An output that hands every batch, as the connector made it, to `sender`: for reading
+    /// a connector without a dataflow (tests, tools).
+    pub fn to_channel(source: &str, sender: mpsc::Sender<SourceBatch>) -> Self {
+        Self { relation: 0, source: source.to_string(), sender: OutputTarget::Batches(sender), event_time: None, error_policy: ErrorPolicy::Skip }
+    }
 }
 
 /// A source's `WATERMARK FOR column AS expr`.
@@ -133,11 +215,11 @@ pub struct ViewDefinition {
 
 /// Where a batch of changes comes from, so that a checkpoint can record how far each input
 /// has been absorbed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum InputPosition {
     /// Change-log entry `seq` of a table write (deleted by the checkpoint that absorbs it).
     Log(u64),
-    /// A source reader's rows up to (not including) this offset, and its watermark there.
+    /// A source reader's position after these changes.
     Source(SourcePosition),
 }
 
@@ -157,6 +239,8 @@ enum Command {
         watermark: Option<Watermark>,
         /// Rows of a source reader dropped as late.
         late: Vec<LateRow>,
+        /// Records a source reader's connector could not read.
+        rejected: Vec<RejectedRecord>,
     },
     CreateView { view: Box<ViewDefinition>, done: oneshot::Sender<EngineResult<()>> },
     DropView { id: RelationId, catalog: WriteBatch, done: oneshot::Sender<EngineResult<()>> },
@@ -169,12 +253,13 @@ enum Command {
 /// the event-time column), and the late rows.
 fn apply_source_watermark(
     batch: &datafusion::arrow::array::RecordBatch,
+    partition: u32,
     spec: &SourceWatermark,
     generator: &mut WatermarkGenerator,
 ) -> EngineResult<(ChangeBatch, Option<Watermark>, Vec<LateRow>)> {
     let values = crate::operator::evaluate(&spec.expr, batch)?;
     let now = std::time::Instant::now();
-    let split = split_late(batch, spec.time_column, values.as_ref(), generator, 0, now)?;
+    let split = split_late(batch, spec.time_column, values.as_ref(), generator, partition, now)?;
     let arrived_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
@@ -225,6 +310,10 @@ pub struct EventTimeStatus {
     pub watermarks: HashMap<RelationId, std::collections::BTreeMap<usize, i64>>,
     /// Source reader → late rows counted (committed and not yet committed).
     pub late_rows: HashMap<RelationId, u64>,
+    /// Source reader → records rejected (committed and not yet committed).
+    pub source_errors: HashMap<RelationId, u64>,
+    /// Source reader → records consumed (as of the last batch absorbed).
+    pub records: HashMap<RelationId, u64>,
 }
 
 /// Handle to the dataflow thread. Cheap to clone.
@@ -270,6 +359,8 @@ impl Dataflow {
             status: Arc::clone(&status),
             late_pending: HashMap::new(),
             late_counts: HashMap::new(),
+            errors_pending: HashMap::new(),
+            error_counts: HashMap::new(),
         };
         std::thread::Builder::new()
             .name("sluice-dataflow".into())
@@ -304,7 +395,14 @@ impl Dataflow {
         watermark: Option<Watermark>,
     ) -> EngineResult<()> {
         self.commands
-            .send(Command::Changes { relation, changes, position: InputPosition::Log(seq), watermark, late: Vec::new() })
+            .send(Command::Changes {
+                relation,
+                changes,
+                position: InputPosition::Log(seq),
+                watermark,
+                late: Vec::new(),
+                rejected: Vec::new(),
+            })
             .await
             .map_err(|_| stopped())
     }
@@ -400,6 +498,10 @@ struct Worker {
     late_pending: HashMap<RelationId, Vec<LateRow>>,
     /// Source readers' late rows recorded up to the last checkpoint (the next sequence number).
     late_counts: HashMap<RelationId, u64>,
+    /// Source readers' rejected records since the last checkpoint.
+    errors_pending: HashMap<RelationId, Vec<RejectedRecord>>,
+    /// Source readers' rejected records counted up to the last checkpoint.
+    error_counts: HashMap<RelationId, u64>,
 }
 
 fn physical(expr: &Expr, input: &DFSchema) -> EngineResult<Arc<dyn PhysicalExpr>> {
@@ -633,7 +735,7 @@ impl Worker {
                 continue;
             }
             match command {
-                Command::Changes { relation, changes, position, watermark, late } => {
+                Command::Changes { relation, changes, position, watermark, late, rejected } => {
                     self.deliver(relation, Message::Changes(changes), None);
                     if let Some(w) = watermark {
                         self.deliver(relation, Message::Watermark(w), None);
@@ -643,11 +745,17 @@ impl Worker {
                         InputPosition::Source(position) => {
                             // A dropped view's reader may have queued rows before it stopped.
                             if self.views.iter().any(|v| v.scans.iter().any(|(r, _)| *r == relation)) {
+                                self.status.lock().unwrap_or_else(|p| p.into_inner()).records.insert(relation, position.offset);
                                 self.offsets.insert(relation, position);
                                 if !late.is_empty() {
                                     let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
                                     *status.late_rows.entry(relation).or_insert(0) += late.len() as u64;
                                     self.late_pending.entry(relation).or_default().extend(late);
+                                }
+                                if !rejected.is_empty() {
+                                    let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+                                    *status.source_errors.entry(relation).or_insert(0) += rejected.len() as u64;
+                                    self.errors_pending.entry(relation).or_default().extend(rejected);
                                 }
                             }
                         }
@@ -786,6 +894,11 @@ impl Worker {
             let next = record_late_rows(&mut write, reader, first, rows);
             self.late_counts.insert(reader, next);
         }
+        for (reader, records) in self.errors_pending.drain() {
+            let first = self.error_counts.get(&reader).copied().unwrap_or(0);
+            let next = record_source_errors(&mut write, reader, first, records);
+            self.error_counts.insert(reader, next);
+        }
         for (view, reason) in self.newly_failed.drain(..) {
             write.put(system_tables::FAILED_VIEWS, view.to_be_bytes().to_vec(), reason.into_bytes());
         }
@@ -814,6 +927,7 @@ impl Worker {
         self.absorbed_log.clear();
         self.offsets.clear();
         self.late_pending.clear();
+        self.errors_pending.clear();
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         for view in &mut self.views {
             if !view.failed {
@@ -866,8 +980,13 @@ impl Worker {
                 for reader in view.readers {
                     let from = source_position(snapshot.as_ref(), reader.relation)?;
                     let late = read_counter(snapshot.as_ref(), &late_rows_counter(reader.relation))?.unwrap_or(0);
+                    let errors = read_counter(snapshot.as_ref(), &source_errors_counter(reader.relation))?.unwrap_or(0);
                     self.late_counts.insert(reader.relation, late);
-                    self.status.lock().unwrap_or_else(|p| p.into_inner()).late_rows.insert(reader.relation, late);
+                    self.error_counts.insert(reader.relation, errors);
+                    let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+                    status.late_rows.insert(reader.relation, late);
+                    status.source_errors.insert(reader.relation, errors);
+                    drop(status);
                     self.start_reader(reader, from);
                 }
                 tracing::info!(view = %view.name, "materialized view restored");
@@ -930,6 +1049,7 @@ impl Worker {
         self.commit_checkpoint(write, true)?;
         for reader in view.readers {
             self.late_counts.insert(reader.relation, 0);
+            self.error_counts.insert(reader.relation, 0);
             self.start_reader(reader, SourcePosition::default());
         }
         tracing::info!(view = %view.name, "materialized view created");
@@ -962,13 +1082,20 @@ impl Worker {
             // A reader's late rows and count go with it.
             self.late_counts.remove(relation);
             self.late_pending.remove(relation);
-            for kv in snapshot.scan(system_tables::LATE_ROWS, sluice_storage::KeyRange::prefix(&relation.to_be_bytes()))? {
-                let (key, _) = kv?;
-                write.delete(system_tables::LATE_ROWS, key.to_vec());
+            self.error_counts.remove(relation);
+            self.errors_pending.remove(relation);
+            for table in [system_tables::LATE_ROWS, system_tables::SOURCE_ERRORS] {
+                for kv in snapshot.scan(table, sluice_storage::KeyRange::prefix(&relation.to_be_bytes()))? {
+                    let (key, _) = kv?;
+                    write.delete(table, key.to_vec());
+                }
             }
             write.delete(system_tables::COUNTERS, late_rows_counter(*relation).into_bytes());
+            write.delete(system_tables::COUNTERS, source_errors_counter(*relation).into_bytes());
             let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
             status.late_rows.remove(relation);
+            status.source_errors.remove(relation);
+            status.records.remove(relation);
             status.watermarks.remove(relation);
         }
         self.status.lock().unwrap_or_else(|p| p.into_inner()).watermarks.remove(&view.id);
@@ -982,41 +1109,26 @@ impl Worker {
     }
 
     fn start_reader(&mut self, reader: SourceReader, from: SourcePosition) {
-        let commands = self.commands.clone();
         let relation = reader.relation;
         if let (Some(spec), Some(w)) = (&reader.watermark, from.watermark) {
             let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
             status.watermarks.entry(relation).or_default().insert(spec.time_column, w);
         }
+        let event_time = reader.watermark.map(|spec| {
+            let generator = WatermarkGenerator::new(from.watermark, spec.idle_timeout);
+            (spec, generator)
+        });
+        let mut out = SourceOutput {
+            relation,
+            source: reader.source,
+            sender: OutputTarget::Dataflow(self.commands.clone()),
+            event_time,
+            error_policy: reader.error_policy,
+        };
+        let connector = reader.connector;
         let handle = self.runtime.spawn(async move {
-            let sender = commands.clone();
-            let event_time = reader.watermark.clone();
-            let mut generator = event_time.as_ref().map(|w| WatermarkGenerator::new(from.watermark, w.idle_timeout));
-            let result = reader
-                .spec
-                .run(from.offset, |batch, offset| {
-                    let sender = sender.clone();
-                    let split = match (&event_time, generator.as_mut()) {
-                        (Some(spec), Some(generator)) => Some(apply_source_watermark(&batch, spec, generator)),
-                        _ => None,
-                    };
-                    async move {
-                        let (changes, watermark, late) = match split {
-                            None => (ChangeBatch::inserts(batch), None, Vec::new()),
-                            Some(Ok(split)) => split,
-                            Some(Err(e)) => {
-                                let error = e.to_string();
-                                let _ = sender.send(Command::ReaderFailed { relation, error }).await;
-                                return false;
-                            }
-                        };
-                        let position = InputPosition::Source(SourcePosition { offset, watermark: watermark.map(|w| w.value) });
-                        sender.send(Command::Changes { relation, changes, position, watermark, late }).await.is_ok()
-                    }
-                })
-                .await;
-            if let Err(e) = result {
-                let _ = commands.send(Command::ReaderFailed { relation, error: e.to_string() }).await;
+            if let Err(e) = connector.run(from, &mut out).await {
+                out.fail(e.to_string()).await;
             }
         });
         self.readers.insert(relation, handle);

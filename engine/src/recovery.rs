@@ -51,6 +51,144 @@ pub mod system_tables {
     pub const LATE_ROWS: TableId = u32::MAX - 5;
     /// The watermark of every table that declares one, as of its last write.
     pub const TABLE_WATERMARKS: TableId = u32::MAX - 6;
+    /// Records sources could not turn into rows, by (reader, sequence number), the last
+    /// [`super::SOURCE_ERRORS_KEPT`] of each reader.
+    pub const SOURCE_ERRORS: TableId = u32::MAX - 7;
+}
+
+/// Rejected records kept per source reader in `sluice_errors` (older ones are dropped; every
+/// one is counted).
+pub const SOURCE_ERRORS_KEPT: u64 = 10_000;
+
+/// Bytes of a rejected record's raw text kept (the rest is cut).
+pub const RAW_BYTES_KEPT: usize = 4096;
+
+/// The counter of rejected records of source reader `relation` in [`system_tables::COUNTERS`].
+pub fn source_errors_counter(relation: RelationId) -> String {
+    format!("source_errors/{relation}")
+}
+
+/// A record a source read but could not turn into a row (unparseable, or a value that does
+/// not fit its column). Under `error.policy = 'skip'` it is kept in `sluice_errors`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedRecord {
+    /// Where it came from: a file's path, a Kafka partition, an HTTP request.
+    pub partition: String,
+    /// Its position there: a byte offset, a Kafka offset.
+    pub offset: u64,
+    /// The record as read, cut to [`RAW_BYTES_KEPT`] bytes.
+    pub raw: Vec<u8>,
+    /// Why it was rejected.
+    pub reason: String,
+    /// When it was read (microseconds since the Unix epoch).
+    pub at: i64,
+}
+
+impl RejectedRecord {
+    /// A rejected record read now; `raw` is cut to [`RAW_BYTES_KEPT`] bytes.
+    pub fn new(partition: impl Into<String>, offset: u64, raw: &[u8], reason: impl Into<String>) -> Self {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or_default();
+        Self {
+            partition: partition.into(),
+            offset,
+            raw: raw[..raw.len().min(RAW_BYTES_KEPT)].to_vec(),
+            reason: reason.into(),
+            at,
+        }
+    }
+
+    /// The stored form: offset, time, then partition and reason (each a 4-byte length and
+    /// the text), then the raw bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24 + self.partition.len() + self.reason.len() + self.raw.len());
+        out.extend_from_slice(&self.offset.to_be_bytes());
+        out.extend_from_slice(&self.at.to_be_bytes());
+        for text in [&self.partition, &self.reason] {
+            out.extend_from_slice(&(text.len() as u32).to_be_bytes());
+            out.extend_from_slice(text.as_bytes());
+        }
+        out.extend_from_slice(&self.raw);
+        out
+    }
+
+    /// Decodes [`RejectedRecord::encode`]'s output.
+    pub fn decode(value: &[u8]) -> EngineResult<Self> {
+        let corrupt = || EngineError::Invalid("corrupt rejected-record entry".into());
+        let word = |at: usize| -> EngineResult<[u8; 8]> { value.get(at..at + 8).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt()) };
+        let offset = u64::from_be_bytes(word(0)?);
+        let at = i64::from_be_bytes(word(8)?);
+        let mut cursor = 16;
+        let mut texts = Vec::with_capacity(2);
+        for _ in 0..2 {
+            let len: [u8; 4] = value.get(cursor..cursor + 4).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?;
+            let len = u32::from_be_bytes(len) as usize;
+            let text = value.get(cursor + 4..cursor + 4 + len).ok_or_else(corrupt)?;
+            texts.push(String::from_utf8_lossy(text).into_owned());
+            cursor += 4 + len;
+        }
+        let reason = texts.pop().unwrap_or_default();
+        let partition = texts.pop().unwrap_or_default();
+        Ok(Self { partition, offset, raw: value[cursor..].to_vec(), reason, at })
+    }
+}
+
+/// Writes `records` (encoded) of `relation` into `table` numbered from `first_seq`, drops
+/// those beyond the last `kept`, and stores the new count in `counter`. Returns the count.
+fn record_kept(
+    write: &mut sluice_storage::WriteBatch,
+    table: TableId,
+    counter: String,
+    kept: u64,
+    relation: RelationId,
+    first_seq: u64,
+    records: impl IntoIterator<Item = Vec<u8>>,
+) -> u64 {
+    let mut seq = first_seq;
+    for record in records {
+        write.put(table, late_row_key(relation, seq), record);
+        if let Some(old) = seq.checked_sub(kept) {
+            write.delete(table, late_row_key(relation, old));
+        }
+        seq += 1;
+    }
+    write.put(system_tables::COUNTERS, counter.into_bytes(), seq.to_be_bytes().to_vec());
+    seq
+}
+
+/// Writes the rejected records of source reader `relation`, numbered from `first_seq`, keeping
+/// the last [`SOURCE_ERRORS_KEPT`]. Returns the new count.
+pub fn record_source_errors(
+    write: &mut sluice_storage::WriteBatch,
+    relation: RelationId,
+    first_seq: u64,
+    records: Vec<RejectedRecord>,
+) -> u64 {
+    let encoded = records.iter().map(RejectedRecord::encode).collect::<Vec<_>>();
+    record_kept(write, system_tables::SOURCE_ERRORS, source_errors_counter(relation), SOURCE_ERRORS_KEPT, relation, first_seq, encoded)
+}
+
+/// Every kept rejected record, by source reader, oldest first.
+pub fn source_errors(snapshot: &dyn StateSnapshot) -> EngineResult<Vec<(RelationId, u64, RejectedRecord)>> {
+    scan_kept(snapshot, system_tables::SOURCE_ERRORS, RejectedRecord::decode)
+}
+
+fn scan_kept<T>(
+    snapshot: &dyn StateSnapshot,
+    table: TableId,
+    decode: impl Fn(&[u8]) -> EngineResult<T>,
+) -> EngineResult<Vec<(RelationId, u64, T)>> {
+    let mut out = Vec::new();
+    for kv in snapshot.scan(table, KeyRange::all())? {
+        let (key, value) = kv?;
+        let corrupt = || EngineError::Invalid(format!("corrupt key in system table {table}"));
+        let relation = RelationId::from_be_bytes(key.get(..4).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?);
+        let seq = u64::from_be_bytes(key.get(4..12).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?);
+        out.push((relation, seq, decode(&value)?));
+    }
+    Ok(out)
 }
 
 /// Late rows kept per relation in `sluice_late_rows` (older ones are dropped; the count of
@@ -124,29 +262,13 @@ pub fn late_row_key(relation: RelationId, seq: u64) -> Vec<u8> {
 /// Writes the late rows `rows` of `relation`, numbered from `first_seq`, and drops those that
 /// fall out of the retention window. Returns the next sequence number (the new count).
 pub fn record_late_rows(write: &mut sluice_storage::WriteBatch, relation: RelationId, first_seq: u64, rows: Vec<LateRow>) -> u64 {
-    let mut seq = first_seq;
-    for row in rows {
-        write.put(system_tables::LATE_ROWS, late_row_key(relation, seq), row.encode());
-        if let Some(old) = seq.checked_sub(LATE_ROWS_KEPT) {
-            write.delete(system_tables::LATE_ROWS, late_row_key(relation, old));
-        }
-        seq += 1;
-    }
-    write.put(system_tables::COUNTERS, late_rows_counter(relation).into_bytes(), seq.to_be_bytes().to_vec());
-    seq
+    let encoded = rows.iter().map(LateRow::encode).collect::<Vec<_>>();
+    record_kept(write, system_tables::LATE_ROWS, late_rows_counter(relation), LATE_ROWS_KEPT, relation, first_seq, encoded)
 }
 
 /// Every kept late row, by relation, oldest first.
 pub fn late_rows(snapshot: &dyn StateSnapshot) -> EngineResult<Vec<(RelationId, u64, LateRow)>> {
-    let mut out = Vec::new();
-    for kv in snapshot.scan(system_tables::LATE_ROWS, KeyRange::all())? {
-        let (key, value) = kv?;
-        let corrupt = || EngineError::Invalid("corrupt late-row key".into());
-        let relation = RelationId::from_be_bytes(key.get(..4).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?);
-        let seq = u64::from_be_bytes(key.get(4..12).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?);
-        out.push((relation, seq, LateRow::decode(&value)?));
-    }
-    Ok(out)
+    scan_kept(snapshot, system_tables::LATE_ROWS, LateRow::decode)
 }
 
 /// `column=value` pairs of row `row` of `batch`, for `sluice_late_rows`.
@@ -251,38 +373,65 @@ pub fn pending_changes(snapshot: &dyn StateSnapshot) -> EngineResult<Vec<(u64, L
     Ok(out)
 }
 
-/// Where a source reader stood at a checkpoint: the next offset and its watermark.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Where a source reader stood at a checkpoint: how many records it had delivered, its
+/// watermark, and its connector's own position (file offsets, Kafka offsets), which only the
+/// connector interprets.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SourcePosition {
-    /// The offset of the next row to read.
+    /// Records delivered so far (for `datagen`, the offset of the next row).
     pub offset: u64,
     /// The source's watermark, if it declares one and it was set.
     pub watermark: Option<i64>,
+    /// The connector's position, in its own encoding (empty: the start).
+    pub state: Vec<u8>,
 }
 
+/// Marks the stored form that carries a connector state (earlier forms were 8 or 16 bytes).
+const POSITION_FORMAT: u8 = 0xA5;
+
 impl SourcePosition {
-    /// The stored form: the offset, then the watermark if any (8 bytes each, big-endian).
+    /// The stored form: the offset (8 bytes, big-endian), a format byte, a watermark flag and
+    /// the watermark (8 bytes) if set, then the connector state.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = self.offset.to_be_bytes().to_vec();
-        if let Some(w) = self.watermark {
-            out.extend_from_slice(&w.to_be_bytes());
+        let mut out = Vec::with_capacity(18 + self.state.len());
+        out.extend_from_slice(&self.offset.to_be_bytes());
+        out.push(POSITION_FORMAT);
+        match self.watermark {
+            Some(w) => {
+                out.push(1);
+                out.extend_from_slice(&w.to_be_bytes());
+            }
+            None => out.push(0),
         }
+        out.extend_from_slice(&self.state);
         out
+    }
+
+    /// Decodes [`SourcePosition::encode`]'s output (and the earlier 8- and 16-byte forms).
+    pub fn decode(v: &[u8]) -> EngineResult<Self> {
+        let corrupt = || EngineError::Invalid("corrupt source offset".into());
+        let word = |at: usize| -> EngineResult<[u8; 8]> { v.get(at..at + 8).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt()) };
+        let offset = u64::from_be_bytes(word(0)?);
+        if v.len() == 8 || (v.len() == 16 && v[8] != POSITION_FORMAT) {
+            let watermark = if v.len() == 16 { Some(i64::from_be_bytes(word(8)?)) } else { None };
+            return Ok(Self { offset, watermark, state: Vec::new() });
+        }
+        if v.get(8) != Some(&POSITION_FORMAT) {
+            return Err(corrupt());
+        }
+        let (watermark, rest) = match v.get(9) {
+            Some(1) => (Some(i64::from_be_bytes(word(10)?)), 18),
+            Some(0) => (None, 10),
+            _ => return Err(corrupt()),
+        };
+        Ok(Self { offset, watermark, state: v.get(rest..).ok_or_else(corrupt)?.to_vec() })
     }
 }
 
-/// The committed position of source reader `reader` (offset 0 if it never checkpointed).
+/// The committed position of source reader `reader` (the start if it never checkpointed).
 pub fn source_position(snapshot: &dyn StateSnapshot, reader: RelationId) -> EngineResult<SourcePosition> {
-    let corrupt = || EngineError::Invalid("corrupt source offset".into());
     Ok(match snapshot.get(system_tables::SOURCE_OFFSETS, &reader.to_be_bytes())? {
-        Some(v) => {
-            let offset = u64::from_be_bytes(v.get(..8).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?);
-            let watermark = match v.get(8..16) {
-                Some(w) => Some(i64::from_be_bytes(w.try_into().map_err(|_| corrupt())?)),
-                None => None,
-            };
-            SourcePosition { offset, watermark }
-        }
+        Some(v) => SourcePosition::decode(&v)?,
         None => SourcePosition::default(),
     })
 }
@@ -328,5 +477,22 @@ mod tests {
         let encoded = encode_log_entry(42, &changes, Some(marked)).unwrap();
         assert_eq!(decode_log_entry(&encoded).unwrap().2, Some(marked));
         assert!(decode_log_entry(&encoded[..6]).is_err());
+    }
+
+    #[test]
+    fn source_positions_and_rejected_records_round_trip() {
+        for position in [
+            SourcePosition::default(),
+            SourcePosition { offset: 7, watermark: Some(-3), state: b"files".to_vec() },
+            SourcePosition { offset: 7, watermark: None, state: vec![1; 6] },
+        ] {
+            assert_eq!(SourcePosition::decode(&position.encode()).unwrap(), position);
+        }
+        let old: Vec<u8> = [9u64.to_be_bytes(), 5i64.to_be_bytes()].concat();
+        assert_eq!(SourcePosition::decode(&old).unwrap(), SourcePosition { offset: 9, watermark: Some(5), state: vec![] });
+        let record = RejectedRecord::new("/var/log/a.log", 42, &[b'x'; 5000], "column status: 'abc' is not an INT");
+        assert_eq!(record.raw.len(), RAW_BYTES_KEPT);
+        assert_eq!(RejectedRecord::decode(&record.encode()).unwrap(), record);
+        assert!(RejectedRecord::decode(&record.encode()[..20]).is_err());
     }
 }

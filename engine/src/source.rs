@@ -1,13 +1,61 @@
-//! Source readers: where rows that no table holds come from. Today: the `datagen` generator.
+//! Source readers: where rows that no table holds come from.
+//!
+//! A connector ([`SourceConnector`]) reads its input from a [`SourcePosition`] and hands
+//! batches of rows, with the records it rejected and its position after them, to a
+//! [`SourceOutput`]; the dataflow stores that position in the same checkpoint as the state
+//! those rows produced, so a restart resumes exactly there. The `datagen` generator lives
+//! here; the connectors that read the outside world (files, Kafka) live in `sluice-connectors`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
 
 use datafusion::arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 
+pub use crate::dataflow::SourceOutput;
+pub use crate::recovery::{RejectedRecord, SourcePosition};
 use crate::{EngineError, EngineResult};
+
+/// What a source does with a record it cannot turn into a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorPolicy {
+    /// Keep it in `sluice_errors`, count it, and go on (the default).
+    #[default]
+    Skip,
+    /// Stop: the views reading the source fail with the record's error.
+    Fail,
+}
+
+/// One delivery of a connector: rows, the records it rejected, and its position after them.
+#[derive(Debug)]
+pub struct SourceBatch {
+    /// Which of the source's partitions (files, Kafka partitions) the rows come from; the
+    /// watermark is the minimum over partitions.
+    pub partition: u32,
+    /// The rows, in the source's schema.
+    pub rows: RecordBatch,
+    /// Records that could not be read as rows.
+    pub rejected: Vec<RejectedRecord>,
+    /// Records consumed so far, these included (rows and rejected ones).
+    pub offset: u64,
+    /// The connector's position after these records.
+    pub state: Vec<u8>,
+}
+
+/// A connector: reads a source's records from a position on, as batches of rows.
+///
+/// Why the position is the connector's: only it knows what a place in its input is (a file's
+/// identity and byte offset, a Kafka partition's offset); the dataflow stores it opaquely in
+/// the checkpoint that absorbs the rows before it, which is what makes replay exact.
+#[async_trait]
+pub trait SourceConnector: Send + Sync + std::fmt::Debug {
+    /// Reads from `from` on, handing every batch to `out`, until the input ends (a bounded
+    /// source) or `out` says to stop.
+    async fn run(&self, from: SourcePosition, out: &mut SourceOutput) -> EngineResult<()>;
+}
 
 /// How one column of a generated row is computed from the row's offset.
 ///
@@ -182,15 +230,15 @@ impl DatagenSpec {
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
     }
 
-    /// Generates rows from offset `from` on, calling `emit` with each batch (and the offset
-    /// after it), paced at the row rate, until `max_rows` or until `emit` returns false.
-    pub async fn run<F, Fut>(&self, from: u64, mut emit: F) -> EngineResult<()>
-    where
-        F: FnMut(RecordBatch, u64) -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
+}
+
+#[async_trait]
+impl SourceConnector for DatagenSpec {
+    /// Generates rows from the position's offset on, paced at the row rate, until `max_rows`.
+    async fn run(&self, from: SourcePosition, out: &mut SourceOutput) -> EngineResult<()> {
         let started = Instant::now();
-        let mut offset = from;
+        let first = from.offset;
+        let mut offset = first;
         loop {
             let limit = self.max_rows.unwrap_or(u64::MAX);
             if offset >= limit {
@@ -199,16 +247,17 @@ impl DatagenSpec {
             let due = if self.rows_per_second == 0 {
                 offset + BATCH_ROWS
             } else {
-                from + (started.elapsed().as_secs_f64() * self.rows_per_second as f64) as u64
+                first + (started.elapsed().as_secs_f64() * self.rows_per_second as f64) as u64
             };
             let count = due.min(limit).saturating_sub(offset).min(BATCH_ROWS);
             if count == 0 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
-            let batch = self.rows(offset, count)?;
+            let rows = self.rows(offset, count)?;
             offset += count;
-            if !emit(batch, offset).await {
+            let batch = SourceBatch { partition: 0, rows, rejected: Vec::new(), offset, state: Vec::new() };
+            if !out.emit(batch).await {
                 return Ok(());
             }
         }

@@ -46,6 +46,18 @@ pub struct TableDef {
     pub watermark: Option<WatermarkDef>,
 }
 
+/// `FORMAT <format> ENCODE <encode> (<options>)` of a source or sink, as written (names
+/// upper-cased, option keys lower-cased).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FormatClause {
+    /// `PLAIN`, `UPSERT` or `DEBEZIUM`.
+    pub format: String,
+    /// `JSON`, `CSV` or `LOG`.
+    pub encode: String,
+    /// The encoding's options.
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
 /// A declared watermark: the event-time column and the expression, as SQL text (parsed again
 /// against the columns when the table or source is loaded).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -123,7 +123,7 @@ impl Database {
             next_table_id: AtomicU32::new(1),
             ddl: tokio::sync::Mutex::new(()),
         });
-        for kind in [SystemTableKind::Watermarks, SystemTableKind::LateRows] {
+        for kind in [SystemTableKind::Watermarks, SystemTableKind::LateRows, SystemTableKind::Sources, SystemTableKind::Errors] {
             let table = SystemTable::new(kind, Arc::downgrade(&db));
             db.ctx.register_table(TableReference::bare(kind.name()), Arc::new(table))?;
         }
@@ -174,6 +174,54 @@ impl Database {
             }
         }
         rows.sort_by(|a, b| (&a.object, &a.view, &a.column).cmp(&(&b.object, &b.view, &b.column)));
+        Ok(rows)
+    }
+
+    /// The rows of `sluice_sources`: every view's reader of every source.
+    pub(crate) fn source_reader_rows(
+        &self,
+        snapshot: &dyn sluice_storage::StateSnapshot,
+    ) -> SqlResult<Vec<crate::source_status::SourceReaderRow>> {
+        use sluice_engine::source::ErrorPolicy;
+        let status = self.dataflow.event_time_status();
+        let sources = self.sources_read();
+        let mut rows = Vec::new();
+        for view in self.views_read().values() {
+            for (reader, source) in &view.readers {
+                let Some(entry) = sources.get(source) else { continue };
+                let committed = sluice_engine::recovery::source_position(snapshot, *reader)?.offset;
+                rows.push(crate::source_status::SourceReaderRow {
+                    source: source.clone(),
+                    connector: entry.setup.kind.clone(),
+                    view: view.name.clone(),
+                    records: status.records.get(reader).copied().unwrap_or(0).max(committed),
+                    errors: status.source_errors.get(reader).copied().unwrap_or(0),
+                    late_rows: status.late_rows.get(reader).copied().unwrap_or(0),
+                    error_policy: match entry.setup.error_policy {
+                        ErrorPolicy::Skip => "skip",
+                        ErrorPolicy::Fail => "fail",
+                    },
+                });
+            }
+        }
+        rows.sort_by(|a, b| (&a.source, &a.view).cmp(&(&b.source, &b.view)));
+        Ok(rows)
+    }
+
+    /// The rows of `sluice_errors`, by source reader, oldest first.
+    pub(crate) fn error_rows(&self, snapshot: &dyn sluice_storage::StateSnapshot) -> SqlResult<Vec<crate::source_status::ErrorRow>> {
+        let mut owners: std::collections::HashMap<TableId, (String, String)> = std::collections::HashMap::new();
+        for view in self.views_read().values() {
+            for (reader, source) in &view.readers {
+                owners.insert(*reader, (source.clone(), view.name.clone()));
+            }
+        }
+        let mut rows = Vec::new();
+        for (reader, seq, record) in sluice_engine::recovery::source_errors(snapshot)? {
+            let Some((source, view)) = owners.get(&reader) else { continue };
+            rows.push(crate::source_status::ErrorRow { source: source.clone(), view: view.clone(), seq, record });
+        }
+        rows.sort_by(|a, b| (&a.source, &a.view, a.seq).cmp(&(&b.source, &b.view, b.seq)));
         Ok(rows)
     }
 
@@ -236,8 +284,8 @@ impl Database {
                     self.register_table(def)?;
                     summary.tables += 1;
                 }
-                CatalogRecord::Source { id, name, columns, options, created_at_micros, watermark } => {
-                    self.add_source(source_entry(id, name, columns, &options, created_at_micros, watermark)?)?;
+                CatalogRecord::Source { id, name, columns, options, created_at_micros, watermark, format } => {
+                    self.add_source(source_entry(id, name, columns, &options, format.as_ref(), created_at_micros, watermark)?)?;
                     summary.sources += 1;
                 }
                 CatalogRecord::View { id, name, definition, plan_ids, explain } => {
@@ -461,9 +509,10 @@ impl Database {
             options: create.options.clone(),
             created_at_micros: created_at,
             watermark: watermark.clone(),
+            format: create.format.clone(),
         };
         // Checked before anything is written: bad options leave no trace.
-        let entry = source_entry(id, name, columns, &create.options, created_at, watermark)?;
+        let entry = source_entry(id, name, columns, &create.options, create.format.as_ref(), created_at, watermark)?;
         let mut batch = WriteBatch::new();
         record.put(&mut batch)?;
         self.commit_ddl(batch)?;
@@ -632,9 +681,15 @@ impl Database {
                         }
                     }
                     ReadRelation::View(relation) => backfill.push(Backfill::View { relation }),
-                    ReadRelation::Source { reader, spec, watermark } => {
+                    ReadRelation::Source { reader, source, setup, watermark } => {
                         reader_names.push((reader, relation_name.clone()));
-                        readers.push(SourceReader { relation: reader, spec, watermark });
+                        readers.push(SourceReader {
+                            relation: reader,
+                            source,
+                            connector: setup.connector,
+                            watermark,
+                            error_policy: setup.error_policy,
+                        });
                     }
                 }
             }
@@ -846,33 +901,26 @@ struct RestoredView {
     explain: String,
 }
 
-/// A source's entry: its columns and its generator (which `created_at` anchors).
+/// A source's entry: its columns and its connector (which `created_at` anchors for datagen).
 fn source_entry(
     id: TableId,
     name: String,
     columns: Vec<ColumnDef>,
     options: &std::collections::BTreeMap<String, String>,
+    format: Option<&crate::catalog::FormatClause>,
     created_at: i64,
     watermark: Option<WatermarkDef>,
 ) -> SqlResult<SourceEntry> {
     let schema = Arc::new(Schema::new(columns.iter().map(|c| c.sql_type.field(&c.name)).collect::<Vec<_>>()));
-    let mut used: Vec<&str> = Vec::new();
-    let idle_timeout = match options.get("watermark.idle.timeout") {
-        Some(text) => {
-            used.push("watermark.idle.timeout");
-            crate::datagen::parse_duration("watermark.idle.timeout", text)?
-        }
-        None => std::time::Duration::from_secs(60),
-    };
-    let datagen = crate::datagen::spec_from_options(&name, &schema, options, created_at, &used)?;
+    let setup = crate::connector::source_setup(&name, &schema, options, format, created_at)?;
     let watermark = match watermark {
         Some(def) => {
             let expr = crate::event_time::compile_watermark(&def, &schema)?;
-            Some(SourceWatermark { time_column: def.column, expr, idle_timeout })
+            Some(SourceWatermark { time_column: def.column, expr, idle_timeout: setup.idle_timeout })
         }
         None => None,
     };
-    Ok(SourceEntry { id, name, schema, datagen, watermark })
+    Ok(SourceEntry { id, name, schema, setup, watermark })
 }
 
 /// Normalizes an identifier as PostgreSQL does: unquoted names fold to lower case.

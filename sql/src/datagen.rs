@@ -32,25 +32,17 @@ fn number<T: std::str::FromStr>(options: &BTreeMap<String, String>, key: &str) -
         .transpose()
 }
 
-/// The generator a source's options describe; every option must be understood.
+/// The generator a datagen source's options describe; every option must be understood
+/// (`other_options` are the ones every connector takes).
 pub fn spec_from_options(
-    source: &str,
     schema: &SchemaRef,
     options: &BTreeMap<String, String>,
     created_at_micros: i64,
     other_options: &[&str],
 ) -> SqlResult<DatagenSpec> {
-    match options.get("connector").map(|c| c.to_ascii_lowercase()) {
-        Some(c) if c == "datagen" => {}
-        Some(c) if matches!(c.as_str(), "kafka" | "file" | "http") => {
-            return Err(SqlError::unsupported(format_args!("connector '{c}' (it arrives with the ingestion work)")));
-        }
-        Some(c) => return Err(invalid(format!("unknown connector '{c}' for source \"{source}\" (known: datagen)"))),
-        None => return Err(invalid(format!("source \"{source}\" needs WITH (connector = '...')"))),
-    }
     let rows_per_second = number::<u64>(options, "datagen.rows.per.second")?.unwrap_or(10);
     let max_rows = number::<u64>(options, "datagen.max.rows")?;
-    let mut used = vec!["connector".to_string(), "datagen.rows.per.second".into(), "datagen.max.rows".into()];
+    let mut used = vec!["datagen.rows.per.second".to_string(), "datagen.max.rows".into()];
     used.extend(other_options.iter().map(|o| o.to_string()));
     let mut columns = Vec::with_capacity(schema.fields().len());
     for (i, field) in schema.fields().iter().enumerate() {

@@ -193,6 +193,10 @@ pub enum SystemTableKind {
     Watermarks,
     /// `sluice_late_rows`.
     LateRows,
+    /// `sluice_sources`.
+    Sources,
+    /// `sluice_errors`.
+    Errors,
 }
 
 impl SystemTableKind {
@@ -201,6 +205,8 @@ impl SystemTableKind {
         match self {
             SystemTableKind::Watermarks => "sluice_watermarks",
             SystemTableKind::LateRows => "sluice_late_rows",
+            SystemTableKind::Sources => "sluice_sources",
+            SystemTableKind::Errors => "sluice_errors",
         }
     }
 }
@@ -230,6 +236,8 @@ impl TableProvider for SystemTable {
         match self.kind {
             SystemTableKind::Watermarks => watermarks_schema(),
             SystemTableKind::LateRows => late_rows_schema(),
+            SystemTableKind::Sources => crate::source_status::sources_schema(),
+            SystemTableKind::Errors => crate::source_status::errors_schema(),
         }
     }
 
@@ -252,6 +260,12 @@ impl TableProvider for SystemTable {
         let batch = match self.kind {
             SystemTableKind::Watermarks => watermarks_batch(&database.watermark_rows(snapshot.as_ref()).map_err(to_datafusion)?),
             SystemTableKind::LateRows => late_rows_batch(&database.late_row_entries(snapshot.as_ref()).map_err(to_datafusion)?),
+            SystemTableKind::Sources => {
+                crate::source_status::sources_batch(&database.source_reader_rows(snapshot.as_ref()).map_err(to_datafusion)?)
+            }
+            SystemTableKind::Errors => {
+                crate::source_status::errors_batch(&database.error_rows(snapshot.as_ref()).map_err(to_datafusion)?)
+            }
         }
         .map_err(to_datafusion)?;
         Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema(), projection.cloned())?)

@@ -13,6 +13,7 @@
 //! [`StatementOutcome`]s into pgwire messages and [`SqlError`]s into SQLSTATE codes.
 
 mod catalog;
+mod connector;
 mod database;
 mod datagen;
 mod error;
@@ -26,6 +27,7 @@ pub mod pgtext;
 mod provider;
 mod relations;
 mod session;
+mod source_status;
 mod statement;
 mod stream_planner;
 mod types;

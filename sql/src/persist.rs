@@ -43,6 +43,9 @@ pub enum CatalogRecord {
         /// `WATERMARK FOR ...`, if declared.
         #[serde(default)]
         watermark: Option<crate::catalog::WatermarkDef>,
+        /// `FORMAT ... ENCODE ...`, if given.
+        #[serde(default)]
+        format: Option<crate::catalog::FormatClause>,
     },
     /// `CREATE MATERIALIZED VIEW`: its statement, re-planned at start-up, and the state-table
     /// ids its plan was given, handed out again so that the new plan finds its state.

@@ -13,7 +13,6 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use sluice_engine::operator::{expand_view_rows, view_state_table};
 use sluice_engine::plan::{RelationId, StreamPlan};
-use sluice_engine::source::DatagenSpec;
 use sluice_engine::{Dataflow, StateTable};
 use sluice_storage::StateStore;
 
@@ -76,8 +75,8 @@ pub struct SourceEntry {
     pub name: String,
     /// Its columns.
     pub schema: SchemaRef,
-    /// What it generates.
-    pub datagen: DatagenSpec,
+    /// What reads it.
+    pub setup: crate::connector::SourceSetup,
     /// Its event time, if it declares a watermark.
     pub watermark: Option<sluice_engine::dataflow::SourceWatermark>,
 }

@@ -97,6 +97,8 @@ pub struct CreateSource {
     pub options: BTreeMap<String, String>,
     /// `WATERMARK FOR ...`, if declared.
     pub watermark: Option<WatermarkClause>,
+    /// `FORMAT ... ENCODE ...`, if given.
+    pub format: Option<crate::catalog::FormatClause>,
 }
 
 impl fmt::Display for ParsedStatement {
@@ -296,31 +298,20 @@ pub(crate) fn parse_sluice_statement(parser: &mut Parser<'_>) -> Result<Option<P
         let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
         let name = parser.parse_object_name(false)?;
         let (columns, constraints, watermark) = parse_columns_with_watermark(parser)?;
-        let mut options = BTreeMap::new();
-        if parser.parse_keyword(Keyword::WITH) {
-            parser.expect_token(&Token::LParen)?;
-            loop {
-                let key = parser.parse_object_name(false)?;
-                let key = key.0.iter().map(|p| p.to_string().trim_matches('"').to_ascii_lowercase()).collect::<Vec<_>>().join(".");
-                parser.expect_token(&Token::Eq)?;
-                let value = match parser.parse_value()?.value {
-                    Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s,
-                    Value::Number(n, _) => n.to_string(),
-                    Value::Boolean(b) => b.to_string(),
-                    other => other.to_string(),
-                };
-                options.insert(key, value);
-                if !parser.consume_token(&Token::Comma) {
-                    break;
-                }
+        let options = if parser.parse_keyword(Keyword::WITH) { parse_options(parser)? } else { BTreeMap::new() };
+        let format = if peek_words(parser, &["FORMAT"]) {
+            skip(parser, 1);
+            let format = parser.parse_identifier()?.value.to_ascii_uppercase();
+            if !peek_words(parser, &["ENCODE"]) {
+                return parser.expected("ENCODE after FORMAT ...", parser.peek_token());
             }
-            parser.expect_token(&Token::RParen)?;
-        }
-        if peek_words(parser, &["FORMAT"]) {
-            return Err(ParserError::ParserError(
-                "FORMAT ... ENCODE ... is not supported yet: the datagen connector needs no format".into(),
-            ));
-        }
+            skip(parser, 1);
+            let encode = parser.parse_identifier()?.value.to_ascii_uppercase();
+            let options = if parser.peek_token().token == Token::LParen { parse_options(parser)? } else { BTreeMap::new() };
+            Some(crate::catalog::FormatClause { format, encode, options })
+        } else {
+            None
+        };
         return Ok(Some(ParsedStatement::CreateSource(CreateSource {
             name,
             if_not_exists,
@@ -328,9 +319,33 @@ pub(crate) fn parse_sluice_statement(parser: &mut Parser<'_>) -> Result<Option<P
             constraints,
             options,
             watermark,
+            format,
         })));
     }
     Ok(None)
+}
+
+/// `( key = value, ... )`: keys are dotted names, lower-cased; values are literals, as text.
+fn parse_options(parser: &mut Parser) -> Result<BTreeMap<String, String>, ParserError> {
+    let mut options = BTreeMap::new();
+    parser.expect_token(&Token::LParen)?;
+    loop {
+        let key = parser.parse_object_name(false)?;
+        let key = key.0.iter().map(|p| p.to_string().trim_matches('"').to_ascii_lowercase()).collect::<Vec<_>>().join(".");
+        parser.expect_token(&Token::Eq)?;
+        let value = match parser.parse_value()?.value {
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s,
+            Value::Number(n, _) => n.to_string(),
+            Value::Boolean(b) => b.to_string(),
+            other => other.to_string(),
+        };
+        options.insert(key, value);
+        if !parser.consume_token(&Token::Comma) {
+            break;
+        }
+    }
+    parser.expect_token(&Token::RParen)?;
+    Ok(options)
 }
 
 #[cfg(test)]
@@ -380,6 +395,22 @@ mod tests {
         let ParsedStatement::CreateSource(source) = &parsed[3] else { panic!("{:?}", parsed[3]) };
         assert!(source.watermark.is_some());
         assert!(parse_statements("CREATE MATERIALIZED VIEW v AS SELECT 1 EMIT ON WINDOW CLOSE x").is_err());
+    }
+
+    #[test]
+    fn source_formats_parse() {
+        let parsed = parse_statements(
+            "CREATE SOURCE l (status INT) WITH (connector = 'file', path = '/x') FORMAT PLAIN ENCODE LOG (format = 'combined'); \
+             CREATE SOURCE j (a INT) WITH (connector = 'file', path = '/y') FORMAT plain ENCODE json",
+        )
+        .unwrap();
+        let ParsedStatement::CreateSource(log) = &parsed[0] else { panic!("{:?}", parsed[0]) };
+        let format = log.format.as_ref().unwrap();
+        assert_eq!((format.format.as_str(), format.encode.as_str()), ("PLAIN", "LOG"));
+        assert_eq!(format.options.get("format").map(String::as_str), Some("combined"));
+        let ParsedStatement::CreateSource(json) = &parsed[1] else { panic!("{:?}", parsed[1]) };
+        assert_eq!(json.format.as_ref().unwrap().encode, "JSON");
+        assert!(parse_statements("CREATE SOURCE j (a INT) WITH (connector = 'file') FORMAT PLAIN JSON").is_err());
     }
 
     #[test]

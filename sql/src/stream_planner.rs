@@ -15,7 +15,6 @@ use datafusion::logical_expr::expr::{AggregateFunction, AggregateFunctionParams}
 use datafusion::logical_expr::{Distinct, Expr, LogicalPlan, Volatility};
 use sluice_engine::operator::AggregateKind;
 use sluice_engine::plan::{AggregateSpec, NodeKind, PlanNode, RelationId, StreamPlan};
-use sluice_engine::source::DatagenSpec;
 use sluice_storage::TableId;
 
 use crate::error::{SqlError, SqlResult};
@@ -34,8 +33,10 @@ pub enum ReadRelation {
     Source {
         /// The reader's relation id.
         reader: RelationId,
-        /// What it generates.
-        spec: DatagenSpec,
+        /// The source's name.
+        source: String,
+        /// What reads it.
+        setup: crate::connector::SourceSetup,
         /// Its event time, if it declares a watermark.
         watermark: Option<sluice_engine::dataflow::SourceWatermark>,
     },
@@ -238,7 +239,8 @@ impl<'a> StreamPlanner<'a> {
                 name.to_string(),
                 ReadRelation::Source {
                     reader,
-                    spec: source.entry().datagen.clone(),
+                    source: source.entry().name.clone(),
+                    setup: source.entry().setup.clone(),
                     watermark: source.entry().watermark.clone(),
                 },
             ));

@@ -1,0 +1,101 @@
+//! A source's `WITH (connector = ...)` and `FORMAT ... ENCODE ...` clauses, turned into the
+//! connector that reads it.
+//!
+//! ```text
+//! connector = 'datagen'  generated rows (no FORMAT)                 see datagen.rs
+//! connector = 'file'     path, follow, poll.interval + FORMAT PLAIN ENCODE JSON | CSV | LOG
+//! every connector        error.policy = 'skip' | 'fail', watermark.idle.timeout
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use sluice_connectors::file::FileSource;
+use sluice_connectors::format::Encode;
+use sluice_connectors::ConnectorError;
+use sluice_engine::source::{ErrorPolicy, SourceConnector};
+
+use crate::catalog::FormatClause;
+use crate::error::{SqlError, SqlResult};
+
+/// Options every connector understands.
+const COMMON_OPTIONS: [&str; 3] = ["connector", "error.policy", "watermark.idle.timeout"];
+
+/// What reads a source, and how it treats bad records.
+#[derive(Debug, Clone)]
+pub struct SourceSetup {
+    /// The connector's name (`datagen`, `file`).
+    pub kind: String,
+    /// The reader.
+    pub connector: Arc<dyn SourceConnector>,
+    /// What to do with records that are not rows.
+    pub error_policy: ErrorPolicy,
+    /// How long a partition may be silent before the watermark stops waiting for it.
+    pub idle_timeout: std::time::Duration,
+}
+
+fn invalid(message: String) -> SqlError {
+    SqlError::InvalidParameterValue(message)
+}
+
+fn from_connector(error: ConnectorError) -> SqlError {
+    match error {
+        ConnectorError::InvalidOption(message) => SqlError::InvalidParameterValue(message),
+        ConnectorError::InvalidColumn(message) => SqlError::InvalidDefinition(message),
+    }
+}
+
+/// The connector source `source` of columns `schema` declares.
+pub fn source_setup(
+    source: &str,
+    schema: &SchemaRef,
+    options: &BTreeMap<String, String>,
+    format: Option<&FormatClause>,
+    created_at_micros: i64,
+) -> SqlResult<SourceSetup> {
+    let kind = match options.get("connector") {
+        Some(c) => c.to_ascii_lowercase(),
+        None => return Err(invalid(format!("source \"{source}\" needs WITH (connector = '...')"))),
+    };
+    let error_policy = match options.get("error.policy").map(|p| p.to_ascii_lowercase()).as_deref() {
+        None | Some("skip") => ErrorPolicy::Skip,
+        Some("fail") => ErrorPolicy::Fail,
+        Some(other) => return Err(invalid(format!("error.policy = '{other}' is not a policy (skip, fail)"))),
+    };
+    let idle_timeout = match options.get("watermark.idle.timeout") {
+        Some(text) => crate::datagen::parse_duration("watermark.idle.timeout", text)?,
+        None => std::time::Duration::from_secs(60),
+    };
+    let encode = match format {
+        None => None,
+        Some(clause) => {
+            if clause.format != "PLAIN" {
+                return Err(invalid(format!(
+                    "FORMAT {} is for sinks: a source reads FORMAT PLAIN ENCODE ...",
+                    clause.format
+                )));
+            }
+            Some(Encode::from_clause(&clause.encode, &clause.options, schema).map_err(from_connector)?)
+        }
+    };
+    let connector: Arc<dyn SourceConnector> = match kind.as_str() {
+        "datagen" => {
+            if encode.is_some() {
+                return Err(invalid("a datagen source generates rows: it takes no FORMAT ... ENCODE clause".into()));
+            }
+            Arc::new(crate::datagen::spec_from_options(schema, options, created_at_micros, &COMMON_OPTIONS)?)
+        }
+        "file" => Arc::new(
+            FileSource::from_options(options, &COMMON_OPTIONS, encode, SchemaRef::clone(schema), |key, text| {
+                crate::datagen::parse_duration_text(text).map_err(|e| format!("option {key}: {e}"))
+            })
+            .map_err(from_connector)?,
+        ),
+        "kafka" | "http" => {
+            return Err(SqlError::unsupported(format_args!("connector '{kind}' (it arrives with the rest of the ingestion work)")))
+        }
+        other => return Err(invalid(format!("unknown connector '{other}' for source \"{source}\" (known: datagen, file)"))),
+    };
+    Ok(SourceSetup { kind, connector, error_policy, idle_timeout })
+}

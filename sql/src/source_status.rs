@@ -1,0 +1,110 @@
+//! The system tables about what sources read: `sluice_sources` (per source reader: records
+//! read, records rejected, late rows) and `sluice_errors` (the rejected records themselves).
+//!
+//! Why per reader: every materialized view over a source runs its own reader (its own copy
+//! of the stream, at its own position), so each reader meets a bad record once.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use sluice_engine::recovery::RejectedRecord;
+
+use crate::error::SqlResult;
+
+fn utc_time() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some(Arc::from(crate::types::UTC)))
+}
+
+/// The columns of `sluice_sources`.
+pub fn sources_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("source", DataType::Utf8, false),
+        Field::new("connector", DataType::Utf8, false),
+        Field::new("view", DataType::Utf8, false),
+        Field::new("records", DataType::Int64, false),
+        Field::new("errors", DataType::Int64, false),
+        Field::new("late_rows", DataType::Int64, false),
+        Field::new("error_policy", DataType::Utf8, false),
+    ]))
+}
+
+/// The columns of `sluice_errors`.
+pub fn errors_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("source", DataType::Utf8, false),
+        Field::new("view", DataType::Utf8, false),
+        Field::new("seq", DataType::Int64, false),
+        Field::new("partition", DataType::Utf8, false),
+        Field::new("record_offset", DataType::Int64, false),
+        Field::new("raw", DataType::Utf8, false),
+        Field::new("error", DataType::Utf8, false),
+        Field::new("error_time", utc_time(), false),
+    ]))
+}
+
+/// One row of `sluice_sources`.
+pub struct SourceReaderRow {
+    /// The source.
+    pub source: String,
+    /// Its connector.
+    pub connector: String,
+    /// The view whose reader this is.
+    pub view: String,
+    /// Records consumed, as of the last checkpoint and since.
+    pub records: u64,
+    /// Records rejected.
+    pub errors: u64,
+    /// Rows dropped as late.
+    pub late_rows: u64,
+    /// `skip` or `fail`.
+    pub error_policy: &'static str,
+}
+
+/// One row of `sluice_errors`.
+pub struct ErrorRow {
+    /// The source.
+    pub source: String,
+    /// The view whose reader rejected it.
+    pub view: String,
+    /// Its number among the reader's rejected records.
+    pub seq: u64,
+    /// The record.
+    pub record: RejectedRecord,
+}
+
+/// `sluice_sources` as one batch.
+pub fn sources_batch(rows: &[SourceReaderRow]) -> SqlResult<RecordBatch> {
+    let count = |f: fn(&SourceReaderRow) -> u64| -> ArrayRef {
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| f(r) as i64)))
+    };
+    Ok(RecordBatch::try_new(
+        sources_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.source.as_str()))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.connector.as_str()))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.view.as_str()))),
+            count(|r| r.records),
+            count(|r| r.errors),
+            count(|r| r.late_rows),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.error_policy))),
+        ],
+    )?)
+}
+
+/// `sluice_errors` as one batch.
+pub fn errors_batch(rows: &[ErrorRow]) -> SqlResult<RecordBatch> {
+    Ok(RecordBatch::try_new(
+        errors_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.source.as_str()))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.view.as_str()))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.seq as i64))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.record.partition.as_str()))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.record.offset as i64))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| String::from_utf8_lossy(&r.record.raw).into_owned()))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.record.reason.as_str()))),
+            Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.record.at)).with_timezone(crate::types::UTC)),
+        ],
+    )?)
+}
