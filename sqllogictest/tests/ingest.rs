@@ -1,0 +1,244 @@
+//! Ingestion through `sluice serve`: file sources over a real access log (checked against an
+//! independent reference parser, through appends, rotation and a kill -9), JSON and CSV
+//! files with bad records under both error policies.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sluice_sqllogictest::SluiceServer;
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+async fn connect(port: u16) -> Client {
+    let (client, connection) =
+        tokio_postgres::Config::new().host("127.0.0.1").port(port).user("sluice").dbname("sluice").connect(NoTls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+async fn rows(client: &Client, sql: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for message in client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")) {
+        if let SimpleQueryMessage::Row(row) = message {
+            out.push((0..row.len()).map(|i| row.get(i).unwrap_or("NULL").to_string()).collect());
+        }
+    }
+    out
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn append(path: &Path, bytes: &[u8]) {
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    file.write_all(bytes).unwrap();
+}
+
+/// FLUSHes until every reader of `source` consumed `records` records (or fails after a minute).
+async fn wait_for_records(client: &Client, source: &str, records: u64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        client.simple_query("FLUSH").await.unwrap();
+        let counts = rows(client, &format!("SELECT records FROM sluice_sources WHERE source = '{source}'")).await;
+        if !counts.is_empty() && counts.iter().all(|r| r[0] == records.to_string()) {
+            // One more FLUSH so that the views hold what the last batch produced.
+            client.simple_query("FLUSH").await.unwrap();
+            return;
+        }
+        assert!(Instant::now() < deadline, "readers of {source} stuck at {counts:?}, want {records}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The reference answers of `scripts/access_log_reference.py` over `log`.
+fn reference(log: &Path) -> serde_json::Value {
+    let output = std::process::Command::new("python3")
+        .arg(workspace().join("scripts/access_log_reference.py"))
+        .arg(log)
+        .output()
+        .expect("python3 runs the reference parser");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+async fn check_against_reference(client: &Client, reference: &serde_json::Value) {
+    let status: BTreeMap<String, String> =
+        rows(client, "SELECT status, n FROM by_status").await.into_iter().map(|r| (r[0].clone(), r[1].clone())).collect();
+    let want: BTreeMap<String, String> =
+        reference["status"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+    assert_eq!(status, want, "requests per status");
+    let hours: BTreeMap<String, (String, String)> = rows(client, "SELECT window_start, n, total_bytes FROM per_hour")
+        .await
+        .into_iter()
+        .map(|r| (r[0].trim_end_matches("+00").to_string(), (r[1].clone(), r[2].clone())))
+        .collect();
+    let want: BTreeMap<String, (String, String)> = reference["hours"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), (v[0].to_string(), v[1].to_string())))
+        .collect();
+    assert_eq!(hours, want, "requests and bytes per hour");
+    let methods: BTreeMap<String, String> =
+        rows(client, "SELECT method, n FROM by_method").await.into_iter().map(|r| (r[0].clone(), r[1].clone())).collect();
+    let want: BTreeMap<String, String> =
+        reference["methods"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+    assert_eq!(methods, want, "requests per method");
+    assert_eq!(rows(client, "SELECT clients FROM clients").await, vec![vec![reference["clients"].to_string()]]);
+}
+
+const VIEWS: &str = "
+    CREATE MATERIALIZED VIEW by_status AS SELECT status, count(*) AS n FROM access_log GROUP BY status;
+    CREATE MATERIALIZED VIEW per_hour AS
+      SELECT window_start, count(*) AS n, sum(bytes) AS total_bytes
+      FROM TUMBLE(access_log, ts, INTERVAL '1 hour') GROUP BY window_start;
+    CREATE MATERIALIZED VIEW by_method AS
+      SELECT method, count(*) AS n FROM access_log WHERE method IS NOT NULL GROUP BY method;
+    CREATE MATERIALIZED VIEW clients AS SELECT count(DISTINCT remote_addr) AS clients FROM access_log;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_log_followed_through_appends_rotation_and_kill_9_equals_the_reference() {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_sluice-slt"));
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let data = dir.path().join("data");
+    let original = std::fs::read(workspace().join("testdata/apache_combined_2015.log")).unwrap();
+    let lines: Vec<&[u8]> = original.split_inclusive(|b| *b == b'\n').collect();
+    assert_eq!(lines.len(), 10_000);
+    let part = |range: std::ops::Range<usize>| lines[range].concat();
+
+    // The first 5,000 lines exist before the source does.
+    append(&logs.join("access.log"), &part(0..5_000));
+    let server = SluiceServer::start_in(&bin, &data, &[]).unwrap();
+    let client = connect(server.port).await;
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE access_log (
+               remote_addr VARCHAR, remote_user VARCHAR, ts TIMESTAMPTZ, method VARCHAR, path VARCHAR,
+               protocol VARCHAR, status INT, bytes BIGINT, referer VARCHAR, user_agent VARCHAR,
+               WATERMARK FOR ts AS ts - INTERVAL '1 minute'
+             ) WITH (connector = 'file', path = '{}/access.log*', follow = 'true', poll.interval = '20ms')
+             FORMAT PLAIN ENCODE LOG (format = 'combined');
+             {VIEWS}",
+            logs.display()
+        ))
+        .await
+        .unwrap();
+    wait_for_records(&client, "access_log", 5_000).await;
+    let first = reference(&logs.join("access.log"));
+    check_against_reference(&client, &first).await;
+
+    // Appends, then rename-and-create rotation with more lines in both files.
+    append(&logs.join("access.log"), &part(5_000..7_000));
+    wait_for_records(&client, "access_log", 7_000).await;
+    append(&logs.join("access.log"), &part(7_000..7_500));
+    std::fs::rename(logs.join("access.log"), logs.join("access.log.1")).unwrap();
+    append(&logs.join("access.log"), &part(7_500..10_000));
+    wait_for_records(&client, "access_log", 10_000).await;
+    let all = reference(&workspace().join("testdata/apache_combined_2015.log"));
+    assert_eq!(all["rows"], 9_999);
+    check_against_reference(&client, &all).await;
+
+    // The malformed line is in sluice_errors once per view reading the source, with the file
+    // it is in and its offset there.
+    let malformed_at = all["malformed"][0]["offset"].as_u64().unwrap() - part(0..7_500).len() as u64;
+    let errors = rows(&client, "SELECT view, partition, record_offset, error, raw FROM sluice_errors ORDER BY view").await;
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    for error in &errors {
+        assert_eq!(error[1], logs.join("access.log").display().to_string());
+        assert_eq!(error[2], malformed_at.to_string());
+        assert!(error[3].contains("unterminated quoted user agent"), "{}", error[3]);
+        assert!(error[4].starts_with("46.118.127.106 - - [20/May/2015:12:05:17"), "{}", error[4]);
+    }
+    let counters = rows(&client, "SELECT records, errors, late_rows, error_policy FROM sluice_sources").await;
+    assert!(counters.iter().all(|r| r == &["10000", "1", "0", "skip"]), "{counters:?}");
+
+    // kill -9 and restart: nothing is read twice, and lines appended while it was down are
+    // read (these repeat the log's first lines, three days behind the watermark: late rows).
+    drop(client);
+    server.kill();
+    append(&logs.join("access.log"), &part(0..10));
+    let server = SluiceServer::start_in(&bin, &data, &[]).unwrap();
+    let client = connect(server.port).await;
+    wait_for_records(&client, "access_log", 10_010).await;
+    check_against_reference(&client, &all).await;
+    let counters = rows(&client, "SELECT records, errors, late_rows FROM sluice_sources").await;
+    assert!(counters.iter().all(|r| r == &["10010", "1", "10"]), "{counters:?}");
+    assert_eq!(rows(&client, "SELECT count(*) FROM sluice_errors").await, vec![vec!["4".to_string()]]);
+    let late = rows(&client, "SELECT count(*) FROM sluice_late_rows WHERE object = 'access_log'").await;
+    assert_eq!(late, vec![vec!["40".to_string()]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_and_csv_files_reject_bad_records_by_policy() {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_sluice-slt"));
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("events.jsonl");
+    std::fs::write(
+        &json,
+        concat!(
+            "{\"user_id\": 1, \"url\": \"/a\", \"ts\": \"2026-11-01 10:00:00\"}\n",
+            "{\"user_id\": \"one\", \"url\": \"/b\", \"ts\": \"2026-11-01 10:00:01\"}\n",
+            "{\"user_id\": 2, \"url\": \"/a\", \"ts\": \"2026-11-01 10:00:02\", \"extra\": [1, 2]}\n",
+            "{\"url\": \"/c\"}\n",
+            "{broken\n",
+        ),
+    )
+    .unwrap();
+    let csv = dir.path().join("events.csv");
+    std::fs::write(&csv, "url,user_id,ts\n/a,1,2026-11-01 10:00:00\n/b,x,2026-11-01 10:00:01\n\"/c,d\",3,\n").unwrap();
+    let server = SluiceServer::start(&bin).unwrap();
+    let client = connect(server.port).await;
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE events (user_id BIGINT, url VARCHAR, ts TIMESTAMP)
+               WITH (connector = 'file', path = '{json}') FORMAT PLAIN ENCODE JSON;
+             CREATE SOURCE strict_events (user_id BIGINT, url VARCHAR, ts TIMESTAMP)
+               WITH (connector = 'file', path = '{json}', error.policy = 'fail') FORMAT PLAIN ENCODE JSON;
+             CREATE SOURCE csv_events (user_id BIGINT, url VARCHAR, ts TIMESTAMP)
+               WITH (connector = 'file', path = '{csv}') FORMAT PLAIN ENCODE CSV (header = 'true');
+             CREATE MATERIALIZED VIEW per_url AS SELECT url, count(*) AS n, sum(user_id) AS users FROM events GROUP BY url;
+             CREATE MATERIALIZED VIEW strict_count AS SELECT count(*) AS n FROM strict_events;
+             CREATE MATERIALIZED VIEW csv_rows AS SELECT user_id, url, ts FROM csv_events;",
+            json = json.display(),
+            csv = csv.display()
+        ))
+        .await
+        .unwrap();
+    wait_for_records(&client, "events", 5).await;
+    wait_for_records(&client, "csv_events", 3).await;
+    assert_eq!(
+        rows(&client, "SELECT url, n, users FROM per_url ORDER BY url").await,
+        vec![vec!["/a", "2", "3"], vec!["/c", "1", "NULL"]]
+    );
+    let errors = rows(&client, "SELECT source, record_offset, error FROM sluice_errors ORDER BY source, seq").await;
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert_eq!(errors[0][0], "csv_events");
+    assert_eq!(errors[0][2], "column user_id: 'x' is not a valid bigint");
+    assert_eq!(errors[1][0..2], ["events".to_string(), "57".to_string()]);
+    assert!(errors[1][2].starts_with("invalid JSON record"), "{}", errors[1][2]);
+    assert_eq!(
+        rows(&client, "SELECT user_id, url, ts FROM csv_rows ORDER BY user_id").await,
+        vec![vec!["1", "/a", "2026-11-01 10:00:00"], vec!["3", "/c,d", "NULL"]]
+    );
+    // Under error.policy = 'fail' the first bad record stops the view, naming the record.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let error = loop {
+        client.simple_query("FLUSH").await.unwrap();
+        match client.simple_query("SELECT n FROM strict_count").await {
+            Err(e) => break e,
+            Ok(_) => assert!(Instant::now() < deadline, "strict_count never failed"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let db = error.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "55000");
+    assert!(db.message().contains("offset 57") && db.message().contains("error.policy = 'fail'"), "{}", db.message());
+}
