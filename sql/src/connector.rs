@@ -4,6 +4,7 @@
 //! ```text
 //! connector = 'datagen'  generated rows (no FORMAT)                 see datagen.rs
 //! connector = 'file'     path, follow, poll.interval + FORMAT PLAIN ENCODE JSON | CSV | LOG
+//! connector = 'http'     rows POSTed to /ingest/<source> + FORMAT PLAIN ENCODE JSON | CSV | LOG
 //! every connector        error.policy = 'skip' | 'fail', watermark.idle.timeout
 //! ```
 
@@ -25,14 +26,25 @@ const COMMON_OPTIONS: [&str; 3] = ["connector", "error.policy", "watermark.idle.
 /// What reads a source, and how it treats bad records.
 #[derive(Debug, Clone)]
 pub struct SourceSetup {
-    /// The connector's name (`datagen`, `file`).
+    /// The connector's name (`datagen`, `file`, `http`).
     pub kind: String,
-    /// The reader.
-    pub connector: Arc<dyn SourceConnector>,
+    /// Where its rows come from.
+    pub input: SourceInput,
     /// What to do with records that are not rows.
     pub error_policy: ErrorPolicy,
     /// How long a partition may be silent before the watermark stops waiting for it.
     pub idle_timeout: std::time::Duration,
+}
+
+/// How a source's rows arrive.
+#[derive(Debug, Clone)]
+pub enum SourceInput {
+    /// Read by a connector: every view over the source runs its own reader.
+    Pull(Arc<dyn SourceConnector>),
+    /// Pushed to Sluice (`POST /ingest/<source>`) in this encoding: each request's rows are
+    /// committed to the change log, like a table write, and every view over the source gets
+    /// them from there.
+    Push(Encode),
 }
 
 fn invalid(message: String) -> SqlError {
@@ -79,23 +91,31 @@ pub fn source_setup(
             Some(Encode::from_clause(&clause.encode, &clause.options, schema).map_err(from_connector)?)
         }
     };
-    let connector: Arc<dyn SourceConnector> = match kind.as_str() {
+    let input = match kind.as_str() {
         "datagen" => {
             if encode.is_some() {
                 return Err(invalid("a datagen source generates rows: it takes no FORMAT ... ENCODE clause".into()));
             }
-            Arc::new(crate::datagen::spec_from_options(schema, options, created_at_micros, &COMMON_OPTIONS)?)
+            SourceInput::Pull(Arc::new(crate::datagen::spec_from_options(schema, options, created_at_micros, &COMMON_OPTIONS)?))
         }
-        "file" => Arc::new(
+        "file" => SourceInput::Pull(Arc::new(
             FileSource::from_options(options, &COMMON_OPTIONS, encode, SchemaRef::clone(schema), |key, text| {
                 crate::datagen::parse_duration_text(text).map_err(|e| format!("option {key}: {e}"))
             })
             .map_err(from_connector)?,
-        ),
-        "kafka" | "http" => {
+        )),
+        "http" => {
+            if let Some(unknown) = options.keys().find(|k| !COMMON_OPTIONS.contains(&k.as_str())) {
+                return Err(invalid(format!("unknown option {unknown} for an http source")));
+            }
+            SourceInput::Push(encode.ok_or_else(|| {
+                invalid("an http source needs FORMAT PLAIN ENCODE JSON | CSV | LOG (the format of the bodies POSTed)".into())
+            })?)
+        }
+        "kafka" => {
             return Err(SqlError::unsupported(format_args!("connector '{kind}' (it arrives with the rest of the ingestion work)")))
         }
-        other => return Err(invalid(format!("unknown connector '{other}' for source \"{source}\" (known: datagen, file)"))),
+        other => return Err(invalid(format!("unknown connector '{other}' for source \"{source}\" (known: datagen, file, http)"))),
     };
-    Ok(SourceSetup { kind, connector, error_policy, idle_timeout })
+    Ok(SourceSetup { kind, input, error_policy, idle_timeout })
 }

@@ -149,6 +149,20 @@ impl Database {
             });
         }
         let sources = self.sources_read();
+        for entry in sources.values() {
+            let Some(watermark) = &entry.watermark else { continue };
+            if !matches!(entry.setup.input, crate::connector::SourceInput::Push(_)) {
+                continue;
+            }
+            rows.push(WatermarkRow {
+                object: entry.name.clone(),
+                kind: "source",
+                view: None,
+                column: entry.schema.field(watermark.time_column).name().clone(),
+                watermark: table_watermark(snapshot, entry.id)?,
+                late_rows: Some(read_counter(snapshot, &late_rows_counter(entry.id))?.unwrap_or(0)),
+            });
+        }
         for view in self.views_read().values() {
             for (reader, source) in &view.readers {
                 let Some(entry) = sources.get(source) else { continue };
@@ -177,6 +191,17 @@ impl Database {
         Ok(rows)
     }
 
+    /// Ingests `body` into source `source` (`POST /ingest/<source>`); returns once the rows
+    /// are durable.
+    pub async fn ingest(&self, source: &str, body: &[u8]) -> Result<crate::IngestReport, crate::IngestError> {
+        let entry = self
+            .sources_read()
+            .get(source)
+            .cloned()
+            .ok_or_else(|| crate::IngestError::UnknownSource(source.to_string()))?;
+        crate::ingest::ingest(&entry, &self.writer, body).await
+    }
+
     /// The rows of `sluice_sources`: every view's reader of every source.
     pub(crate) fn source_reader_rows(
         &self,
@@ -185,7 +210,26 @@ impl Database {
         use sluice_engine::source::ErrorPolicy;
         let status = self.dataflow.event_time_status();
         let sources = self.sources_read();
+        let policy = |entry: &SourceEntry| match entry.setup.error_policy {
+            ErrorPolicy::Skip => "skip",
+            ErrorPolicy::Fail => "fail",
+        };
         let mut rows = Vec::new();
+        for entry in sources.values() {
+            if !matches!(entry.setup.input, crate::connector::SourceInput::Push(_)) {
+                continue;
+            }
+            use sluice_engine::recovery::{late_rows_counter, read_counter, source_errors_counter};
+            rows.push(crate::source_status::SourceReaderRow {
+                source: entry.name.clone(),
+                connector: entry.setup.kind.clone(),
+                view: None,
+                records: read_counter(snapshot, &crate::ingest::records_counter(entry.id))?.unwrap_or(0),
+                errors: read_counter(snapshot, &source_errors_counter(entry.id))?.unwrap_or(0),
+                late_rows: read_counter(snapshot, &late_rows_counter(entry.id))?.unwrap_or(0),
+                error_policy: policy(entry),
+            });
+        }
         for view in self.views_read().values() {
             for (reader, source) in &view.readers {
                 let Some(entry) = sources.get(source) else { continue };
@@ -193,14 +237,11 @@ impl Database {
                 rows.push(crate::source_status::SourceReaderRow {
                     source: source.clone(),
                     connector: entry.setup.kind.clone(),
-                    view: view.name.clone(),
+                    view: Some(view.name.clone()),
                     records: status.records.get(reader).copied().unwrap_or(0).max(committed),
                     errors: status.source_errors.get(reader).copied().unwrap_or(0),
                     late_rows: status.late_rows.get(reader).copied().unwrap_or(0),
-                    error_policy: match entry.setup.error_policy {
-                        ErrorPolicy::Skip => "skip",
-                        ErrorPolicy::Fail => "fail",
-                    },
+                    error_policy: policy(entry),
                 });
             }
         }
@@ -210,10 +251,13 @@ impl Database {
 
     /// The rows of `sluice_errors`, by source reader, oldest first.
     pub(crate) fn error_rows(&self, snapshot: &dyn sluice_storage::StateSnapshot) -> SqlResult<Vec<crate::source_status::ErrorRow>> {
-        let mut owners: std::collections::HashMap<TableId, (String, String)> = std::collections::HashMap::new();
+        let mut owners: std::collections::HashMap<TableId, (String, Option<String>)> = std::collections::HashMap::new();
+        for entry in self.sources_read().values() {
+            owners.insert(entry.id, (entry.name.clone(), None));
+        }
         for view in self.views_read().values() {
             for (reader, source) in &view.readers {
-                owners.insert(*reader, (source.clone(), view.name.clone()));
+                owners.insert(*reader, (source.clone(), Some(view.name.clone())));
             }
         }
         let mut rows = Vec::new();
@@ -231,6 +275,9 @@ impl Database {
             std::collections::HashMap::new();
         for table in self.tables_read().values() {
             owners.insert(table.def().id, (table.def().name.clone(), "table", None));
+        }
+        for entry in self.sources_read().values() {
+            owners.insert(entry.id, (entry.name.clone(), "source", None));
         }
         for view in self.views_read().values() {
             for (reader, source) in &view.readers {
@@ -552,6 +599,9 @@ impl Database {
                 ReadRelation::Source { reader, watermark, .. } => {
                     marked.insert(*reader, watermark.iter().map(|w| w.time_column).collect());
                 }
+                ReadRelation::PushSource { id, time_column } => {
+                    marked.insert(*id, time_column.iter().copied().collect());
+                }
             }
         }
         let view_watermarks = stream
@@ -681,15 +731,19 @@ impl Database {
                         }
                     }
                     ReadRelation::View(relation) => backfill.push(Backfill::View { relation }),
+                    // A new view over a pushed source gets the rows pushed from now on (the
+                    // source keeps no rows of its own to backfill from).
+                    ReadRelation::PushSource { id, .. } => {
+                        if !tables.contains(&id) {
+                            tables.push(id);
+                        }
+                    }
                     ReadRelation::Source { reader, source, setup, watermark } => {
+                        let crate::connector::SourceInput::Pull(connector) = setup.input else {
+                            return Err(SqlError::Internal(format!("source \"{source}\" has no reader")));
+                        };
                         reader_names.push((reader, relation_name.clone()));
-                        readers.push(SourceReader {
-                            relation: reader,
-                            source,
-                            connector: setup.connector,
-                            watermark,
-                            error_policy: setup.error_policy,
-                        });
+                        readers.push(SourceReader { relation: reader, source, connector, watermark, error_policy: setup.error_policy });
                     }
                 }
             }

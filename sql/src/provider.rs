@@ -152,9 +152,29 @@ impl TableWriter {
         &self,
         f: impl FnOnce(&dyn StateSnapshot, &Feeds) -> SqlResult<(WriteBatch, StatementChanges, T)>,
     ) -> SqlResult<T> {
+        self.write_with(false, f).await
+    }
+
+    /// Like [`TableWriter::write`], but the epoch is on disk (fsynced) before it returns: for
+    /// writes acknowledged to a client that keeps no copy (HTTP ingest).
+    pub async fn write_durable<T>(
+        &self,
+        f: impl FnOnce(&dyn StateSnapshot, &Feeds) -> SqlResult<(WriteBatch, StatementChanges, T)>,
+    ) -> SqlResult<T> {
+        self.write_with(true, f).await
+    }
+
+    async fn write_with<T>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&dyn StateSnapshot, &Feeds) -> SqlResult<(WriteBatch, StatementChanges, T)>,
+    ) -> SqlResult<T> {
         let feeds = self.lock.lock().await;
         let snapshot = self.committer.store().snapshot();
         let (mut batch, changes, out) = f(snapshot.as_ref(), &feeds)?;
+        if durable {
+            batch.set_durable();
+        }
         // Changes views read are logged in the same epoch as the rows: until a checkpoint
         // absorbs them, the log is what a restart replays into the views.
         let mut logged = Vec::with_capacity(changes.len());

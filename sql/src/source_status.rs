@@ -21,7 +21,7 @@ pub fn sources_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("source", DataType::Utf8, false),
         Field::new("connector", DataType::Utf8, false),
-        Field::new("view", DataType::Utf8, false),
+        Field::new("view", DataType::Utf8, true),
         Field::new("records", DataType::Int64, false),
         Field::new("errors", DataType::Int64, false),
         Field::new("late_rows", DataType::Int64, false),
@@ -33,7 +33,7 @@ pub fn sources_schema() -> SchemaRef {
 pub fn errors_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("source", DataType::Utf8, false),
-        Field::new("view", DataType::Utf8, false),
+        Field::new("view", DataType::Utf8, true),
         Field::new("seq", DataType::Int64, false),
         Field::new("partition", DataType::Utf8, false),
         Field::new("record_offset", DataType::Int64, false),
@@ -49,8 +49,8 @@ pub struct SourceReaderRow {
     pub source: String,
     /// Its connector.
     pub connector: String,
-    /// The view whose reader this is.
-    pub view: String,
+    /// The view whose reader this is (None: a pushed source, read once for every view).
+    pub view: Option<String>,
     /// Records consumed, as of the last checkpoint and since.
     pub records: u64,
     /// Records rejected.
@@ -65,8 +65,8 @@ pub struct SourceReaderRow {
 pub struct ErrorRow {
     /// The source.
     pub source: String,
-    /// The view whose reader rejected it.
-    pub view: String,
+    /// The view whose reader rejected it (None: a pushed source).
+    pub view: Option<String>,
     /// Its number among the reader's rejected records.
     pub seq: u64,
     /// The record.
@@ -83,7 +83,7 @@ pub fn sources_batch(rows: &[SourceReaderRow]) -> SqlResult<RecordBatch> {
         vec![
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.source.as_str()))),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.connector.as_str()))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.view.as_str()))),
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.view.as_deref()))),
             count(|r| r.records),
             count(|r| r.errors),
             count(|r| r.late_rows),
@@ -98,7 +98,7 @@ pub fn errors_batch(rows: &[ErrorRow]) -> SqlResult<RecordBatch> {
         errors_schema(),
         vec![
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.source.as_str()))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.view.as_str()))),
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.view.as_deref()))),
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.seq as i64))),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.record.partition.as_str()))),
             Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.record.offset as i64))),

@@ -29,6 +29,14 @@ pub enum ReadRelation {
     Table(Arc<StoredTable>),
     /// Another materialized view.
     View(RelationId),
+    /// A source whose rows are pushed to Sluice: its change-log entries feed the view, under
+    /// the source's own id.
+    PushSource {
+        /// The source's id.
+        id: RelationId,
+        /// Its event-time column, if it declares a watermark.
+        time_column: Option<usize>,
+    },
     /// A source: the view gets its own reader, delivering under `reader`.
     Source {
         /// The reader's relation id.
@@ -230,6 +238,16 @@ impl<'a> StreamPlanner<'a> {
             let id = view.entry().id;
             if !self.reads.iter().any(|(n, _)| n == name) {
                 self.reads.push((name.to_string(), ReadRelation::View(id)));
+            }
+            id
+        } else if let Some(source) = provider
+            .downcast_ref::<SourceTable>()
+            .filter(|s| matches!(s.entry().setup.input, crate::connector::SourceInput::Push(_)))
+        {
+            let id = source.entry().id;
+            if !self.reads.iter().any(|(n, _)| n == name) {
+                let time_column = source.entry().watermark.as_ref().map(|w| w.time_column);
+                self.reads.push((name.to_string(), ReadRelation::PushSource { id, time_column }));
             }
             id
         } else if let Some(source) = provider.downcast_ref::<SourceTable>() {

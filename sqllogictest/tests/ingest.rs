@@ -242,3 +242,102 @@ async fn json_and_csv_files_reject_bad_records_by_policy() {
     assert_eq!(db.code().code(), "55000");
     assert!(db.message().contains("offset 57") && db.message().contains("error.policy = 'fail'"), "{}", db.message());
 }
+
+/// `POST path` with `body` to the HTTP port: (status code, response body).
+fn post(http_port: u16, path: &str, body: &[u8]) -> (u16, String) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", http_port)).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(body).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_ingest_answers_once_durable_and_survives_kill_9() {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_sluice-slt"));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A long checkpoint interval: what survives the kill is what the replies promised, not a
+    // checkpoint that happened to run.
+    let server = SluiceServer::start_in(&bin, &data, &["--checkpoint-interval", "1h"]).unwrap();
+    let client = connect(server.port).await;
+    client
+        .batch_execute(
+            "CREATE SOURCE beacons (user_id BIGINT, url VARCHAR, ts TIMESTAMP,
+               WATERMARK FOR ts AS ts - INTERVAL '5 seconds')
+             WITH (connector = 'http') FORMAT PLAIN ENCODE JSON;
+             CREATE SOURCE beacons_csv (url VARCHAR, n INT) WITH (connector = 'http', error.policy = 'fail')
+               FORMAT PLAIN ENCODE CSV;
+             CREATE SOURCE files (a INT) WITH (connector = 'file', path = '/nonexistent/*') FORMAT PLAIN ENCODE JSON;
+             CREATE MATERIALIZED VIEW per_url AS SELECT url, count(*) AS n, sum(user_id) AS users FROM beacons GROUP BY url;
+             CREATE MATERIALIZED VIEW per_second AS
+               SELECT window_start, count(*) AS n FROM TUMBLE(beacons, ts, INTERVAL '1 second') GROUP BY window_start;
+             CREATE MATERIALIZED VIEW csv_total AS SELECT sum(n) AS total FROM beacons_csv;",
+        )
+        .await
+        .unwrap();
+    let port = server.http_port;
+    let body = concat!(
+        "{\"user_id\": 1, \"url\": \"/a\", \"ts\": \"2026-11-01 10:00:00\"}\n",
+        "{\"user_id\": 2, \"url\": \"/a\", \"ts\": \"2026-11-01 10:00:10\"}\n",
+        "{\"user_id\": \"three\", \"url\": \"/b\", \"ts\": \"2026-11-01 10:00:11\"}\n",
+        "{\"user_id\": 4, \"url\": \"/b\", \"ts\": \"2026-11-01 10:00:11\"}\n",
+        "{\"user_id\": 5, \"url\": \"/c\", \"ts\": \"2026-11-01 10:00:01\"}\n",
+    );
+    let (status, reply) = post(port, "/ingest/beacons", body.as_bytes());
+    assert_eq!(status, 200, "{reply}");
+    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!((reply["accepted"].as_u64(), reply["rejected"].as_u64(), reply["late"].as_u64()), (Some(3), Some(1), Some(1)));
+    assert!(reply["errors"][0].as_str().unwrap().starts_with("offset 114: invalid JSON record"), "{reply}");
+
+    let (status, reply) = post(port, "/ingest/beacons_csv", b"/a,1\n/b,2\n");
+    assert_eq!(status, 200, "{reply}");
+    // Under error.policy = 'fail' a body with a bad record is refused whole.
+    let (status, reply) = post(port, "/ingest/beacons_csv", b"/a,1\n/b,two\n");
+    assert_eq!(status, 400, "{reply}");
+    assert!(reply.contains("refused whole") && reply.contains("'two' is not a valid integer"), "{reply}");
+    // Unknown sources, sources that read themselves, and bodies with nothing readable.
+    assert_eq!(post(port, "/ingest/nosuch", b"{}\n").0, 404);
+    let (status, reply) = post(port, "/ingest/files", b"{\"a\": 1}\n");
+    assert_eq!(status, 400);
+    assert!(reply.contains("is not an http source"), "{reply}");
+    assert_eq!(post(port, "/ingest/beacons", b"").0, 400);
+    let (status, reply) = post(port, "/ingest/beacons", b"garbage\n");
+    assert_eq!(status, 400);
+    assert!(reply.contains("no record of the body could be read"), "{reply}");
+
+    // Killed before any checkpoint: the acknowledged rows come back from the change log.
+    drop(client);
+    server.kill();
+    let server = SluiceServer::start_in(&bin, &data, &[]).unwrap();
+    let client = connect(server.port).await;
+    client.simple_query("FLUSH").await.unwrap();
+    assert_eq!(
+        rows(&client, "SELECT url, n, users FROM per_url ORDER BY url").await,
+        vec![vec!["/a", "2", "3"], vec!["/b", "1", "4"]]
+    );
+    assert_eq!(
+        rows(&client, "SELECT window_start, n FROM per_second ORDER BY window_start").await,
+        vec![vec!["2026-11-01 10:00:00", "1"], vec!["2026-11-01 10:00:10", "1"], vec!["2026-11-01 10:00:11", "1"]]
+    );
+    assert_eq!(rows(&client, "SELECT total FROM csv_total").await, vec![vec!["3"]]);
+    assert_eq!(
+        rows(&client, "SELECT source, view, records, errors, late_rows FROM sluice_sources WHERE connector = 'http' ORDER BY source").await,
+        vec![vec!["beacons", "NULL", "5", "1", "1"], vec!["beacons_csv", "NULL", "2", "0", "0"]]
+    );
+    let errors = rows(&client, "SELECT source, view, partition, record_offset FROM sluice_errors").await;
+    assert_eq!(errors, vec![vec!["beacons", "NULL", "POST /ingest/beacons", "114"]]);
+    let late = rows(&client, "SELECT object, view, event_time FROM sluice_late_rows").await;
+    assert_eq!(late, vec![vec!["beacons", "NULL", "2026-11-01 10:00:01+00"]]);
+    let watermarks = rows(&client, "SELECT object, column_name, watermark FROM sluice_watermarks WHERE kind = 'source'").await;
+    assert_eq!(watermarks, vec![vec!["beacons", "ts", "2026-11-01 10:00:06+00"]]);
+}
