@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every Sluice test: unit and integration tests, the sqllogictest suites over pgwire
 # (against Sluice, and the PostgreSQL-compatible ones against a real PostgreSQL as well), and the
-# driver tests (psycopg, asyncpg, pgjdbc). Installs what it needs when it is missing.
+# driver tests (psycopg, asyncpg, pgjdbc), and the Kafka tests against a real broker. Installs
+# what it needs when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,7 +35,16 @@ if ! python3 -c 'import psycopg, asyncpg' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]>=3.1' 'asyncpg>=0.29'
 fi
 
-export SLUICE_REQUIRE_POSTGRES=1 SLUICE_REQUIRE_CLIENTS=1
+# The Kafka-API broker the Kafka tests start on loopback: tansu, in-memory (see
+# ../shared/kafka-broker.md). Built once (about 20 minutes on 2 cores) and cached outside the clone.
+TANSU_ROOT="${TANSU_ROOT:-$HOME/.cache/tansu-0.6.0}"
+if [ ! -x "$TANSU_ROOT/bin/tansu" ]; then
+  echo "installing the tansu Kafka broker (cargo install tansu@0.6.0, once)"
+  cargo install tansu@0.6.0 --locked --features dynostore --root "$TANSU_ROOT"
+fi
+export TANSU_BIN="$TANSU_ROOT/bin/tansu"
+
+export SLUICE_REQUIRE_POSTGRES=1 SLUICE_REQUIRE_CLIENTS=1 SLUICE_REQUIRE_KAFKA=1
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

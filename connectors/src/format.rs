@@ -87,7 +87,7 @@ impl Encode {
 }
 
 /// Turns chunks of one input's records into rows.
-pub trait RecordParser: Send {
+pub trait RecordParser: Send + Sync {
     /// Parses `chunk` (whole records) that starts at byte `first_offset` of input
     /// `partition`; rows come back, records that cannot be rows go to `rejected`.
     fn parse(

@@ -19,6 +19,7 @@
 
 pub mod file;
 pub mod format;
+pub mod kafka;
 pub mod log_format;
 
 /// Why a connector or format could not be set up from its options.

@@ -152,6 +152,11 @@ impl SourceOutput {
         sender.send(command).await.is_ok()
     }
 
+    /// The id of the reader this output belongs to (unique per view and source).
+    pub fn reader_id(&self) -> RelationId {
+        self.relation
+    }
+
     /// Stops the reader's view with `error`.
     pub async fn fail(&mut self, error: String) {
         match &self.sender {

@@ -10,7 +10,8 @@ use std::process::Command;
 const ALLOWED: &[(&str, &[&str])] = &[
     ("sluice-storage", &[]),
     ("sluice-engine", &["sluice-storage"]),
-    ("sluice-sql", &["sluice-engine", "sluice-storage"]),
+    ("sluice-connectors", &["sluice-engine"]),
+    ("sluice-sql", &["sluice-connectors", "sluice-engine", "sluice-storage"]),
     ("sluice-server", &["sluice-sql", "sluice-engine", "sluice-storage"]),
     ("sluice-sqllogictest", &["sluice-server", "sluice-sql"]),
 ];

@@ -4,6 +4,8 @@
 //! ```text
 //! connector = 'datagen'  generated rows (no FORMAT)                 see datagen.rs
 //! connector = 'file'     path, follow, poll.interval + FORMAT PLAIN ENCODE JSON | CSV | LOG
+//! connector = 'kafka'    topic, properties.bootstrap.server, scan.startup.mode, properties.*
+//!                        + FORMAT PLAIN ENCODE JSON | CSV | LOG
 //! connector = 'http'     rows POSTed to /ingest/<source> + FORMAT PLAIN ENCODE JSON | CSV | LOG
 //! every connector        error.policy = 'skip' | 'fail', watermark.idle.timeout
 //! ```
@@ -112,10 +114,18 @@ pub fn source_setup(
                 invalid("an http source needs FORMAT PLAIN ENCODE JSON | CSV | LOG (the format of the bodies POSTed)".into())
             })?)
         }
-        "kafka" => {
-            return Err(SqlError::unsupported(format_args!("connector '{kind}' (it arrives with the rest of the ingestion work)")))
-        }
-        other => return Err(invalid(format!("unknown connector '{other}' for source \"{source}\" (known: datagen, file, http)"))),
+        "kafka" => SourceInput::Pull(Arc::new(
+            sluice_connectors::kafka::KafkaSource::from_options(
+                source,
+                options,
+                &COMMON_OPTIONS,
+                encode,
+                SchemaRef::clone(schema),
+                |key, text| crate::datagen::parse_duration_text(text).map_err(|e| format!("option {key}: {e}")),
+            )
+            .map_err(from_connector)?,
+        )),
+        other => return Err(invalid(format!("unknown connector '{other}' for source \"{source}\" (known: datagen, file, http, kafka)"))),
     };
     Ok(SourceSetup { kind, input, error_policy, idle_timeout })
 }

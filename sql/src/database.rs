@@ -228,20 +228,22 @@ impl Database {
                 errors: read_counter(snapshot, &source_errors_counter(entry.id))?.unwrap_or(0),
                 late_rows: read_counter(snapshot, &late_rows_counter(entry.id))?.unwrap_or(0),
                 error_policy: policy(entry),
+                position: None,
             });
         }
         for view in self.views_read().values() {
             for (reader, source) in &view.readers {
                 let Some(entry) = sources.get(source) else { continue };
-                let committed = sluice_engine::recovery::source_position(snapshot, *reader)?.offset;
+                let committed = sluice_engine::recovery::source_position(snapshot, *reader)?;
                 rows.push(crate::source_status::SourceReaderRow {
                     source: source.clone(),
                     connector: entry.setup.kind.clone(),
                     view: Some(view.name.clone()),
-                    records: status.records.get(reader).copied().unwrap_or(0).max(committed),
+                    records: status.records.get(reader).copied().unwrap_or(0).max(committed.offset),
                     errors: status.source_errors.get(reader).copied().unwrap_or(0),
                     late_rows: status.late_rows.get(reader).copied().unwrap_or(0),
                     error_policy: policy(entry),
+                    position: (!committed.state.is_empty()).then(|| String::from_utf8_lossy(&committed.state).into_owned()),
                 });
             }
         }

@@ -26,6 +26,7 @@ pub fn sources_schema() -> SchemaRef {
         Field::new("errors", DataType::Int64, false),
         Field::new("late_rows", DataType::Int64, false),
         Field::new("error_policy", DataType::Utf8, false),
+        Field::new("position", DataType::Utf8, true),
     ]))
 }
 
@@ -59,6 +60,9 @@ pub struct SourceReaderRow {
     pub late_rows: u64,
     /// `skip` or `fail`.
     pub error_policy: &'static str,
+    /// The connector's checkpointed position, as text (files: each file's identity and
+    /// offset; Kafka: each partition's next offset), if it has one.
+    pub position: Option<String>,
 }
 
 /// One row of `sluice_errors`.
@@ -88,6 +92,7 @@ pub fn sources_batch(rows: &[SourceReaderRow]) -> SqlResult<RecordBatch> {
             count(|r| r.errors),
             count(|r| r.late_rows),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.error_policy))),
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.position.as_deref()))),
         ],
     )?)
 }

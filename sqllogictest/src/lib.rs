@@ -15,4 +15,4 @@ pub mod crash;
 mod processes;
 
 pub use client::{Protocol, WireClient, WireError};
-pub use processes::{PostgresCluster, SluiceServer};
+pub use processes::{KafkaBroker, PostgresCluster, SluiceServer};

@@ -198,3 +198,65 @@ impl Drop for PostgresCluster {
         let _ = cmd.arg("-D").arg(cluster).args(["-m", "immediate", "stop"]).output();
     }
 }
+
+/// A Kafka-API broker (`tansu`, in-memory) on 127.0.0.1, killed on drop.
+///
+/// Found at `$TANSU_BIN`, else `~/.cache/tansu-0.6.0/bin/tansu` (where `scripts/test.sh` and
+/// `../shared/kafka/start-broker.sh` install it). Tansu's known bug (a wrong high watermark and
+/// lost records when one produce request carries several records) means every producer that
+/// writes to it must send one record per batch; see `../shared/kafka-broker.md`.
+pub struct KafkaBroker {
+    child: Child,
+    /// The port it listens on.
+    pub port: u16,
+}
+
+impl KafkaBroker {
+    /// The broker binary, if installed.
+    pub fn binary() -> Option<PathBuf> {
+        if let Some(bin) = std::env::var_os("TANSU_BIN") {
+            return Some(PathBuf::from(bin));
+        }
+        let home = std::env::var_os("HOME")?;
+        let bin = PathBuf::from(home).join(".cache/tansu-0.6.0/bin/tansu");
+        bin.exists().then_some(bin)
+    }
+
+    /// Starts a broker on a free loopback port and waits until it accepts connections; None
+    /// when no broker binary is installed.
+    pub fn start() -> std::io::Result<Option<Self>> {
+        let Some(bin) = Self::binary() else { return Ok(None) };
+        let port = free_port()?;
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot start {}: {e}", bin.display())))?;
+        let mut broker = Self { child, port };
+        for _ in 0..120 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(Some(broker));
+            }
+            if let Some(status) = broker.child.try_wait()? {
+                return Err(std::io::Error::other(format!("the Kafka broker exited: {status}")));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        let _ = broker.child.kill();
+        Err(std::io::Error::other("the Kafka broker did not open its port"))
+    }
+
+    /// `host:port` for clients.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,363 @@
+//! `connector = 'kafka'`: the messages of a Kafka topic, one record per message.
+//!
+//! ```text
+//! WITH (connector = 'kafka', topic = 'page_views',
+//!       properties.bootstrap.server = '127.0.0.1:9092',
+//!       scan.startup.mode = 'earliest' | 'latest',
+//!       properties.<librdkafka option> = '...')        passed to the client as is
+//! FORMAT PLAIN ENCODE JSON | CSV | LOG
+//! ```
+//!
+//! Exactly-once replay: the reader assigns itself every partition of the topic (no consumer
+//! group rebalancing) at the offsets stored in Sluice's checkpoint, which is the truth; a
+//! partition it has no offset for starts at the startup mode, resolved to a number at once
+//! (so that a restart before the first checkpoint does not move `latest`). After each batch
+//! it also commits the offsets it reached to its consumer group (`sluice-<source>-<reader>`,
+//! or `properties.group.id`), asynchronously, for monitoring only: those may run ahead of the
+//! checkpoint. Partitions added to the topic are found every `partition.discovery.interval`
+//! and read from their start.
+//!
+//! Records: a message's value is one record (a JSON value's line breaks are blanks; a CSV or
+//! log message may hold several lines); a message without a value is rejected. A rejected
+//! record names `topic/partition` and its Kafka offset. The source's watermark is the minimum
+//! over partitions (idle ones excepted after `watermark.idle.timeout`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use sluice_engine::source::{RejectedRecord, SourceBatch, SourceConnector, SourceOutput, SourcePosition};
+use sluice_engine::{EngineError, EngineResult};
+
+use crate::format::{Encode, RecordParser};
+use crate::{ConnectorError, ConnectorResult};
+
+/// Messages gathered into one batch at most.
+const BATCH_MESSAGES: usize = 4096;
+
+/// How long a batch waits for more messages once it has one.
+const BATCH_WAIT: Duration = Duration::from_millis(50);
+
+/// Where a Kafka reader starts on a partition it has no checkpointed offset for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartupMode {
+    /// The partition's first message still kept.
+    Earliest,
+    /// The messages produced after the reader starts.
+    Latest,
+}
+
+/// A Kafka source's settings.
+#[derive(Debug, Clone)]
+pub struct KafkaSource {
+    /// The topic.
+    pub topic: String,
+    /// Client options (`bootstrap.servers` and every `properties.*` option).
+    pub client: BTreeMap<String, String>,
+    /// Where to start on a new partition.
+    pub startup: StartupMode,
+    /// How often to look for new partitions.
+    pub discovery_interval: Duration,
+    /// How records are encoded.
+    pub encode: Encode,
+    /// The source's columns.
+    pub schema: SchemaRef,
+    /// The source's name (for the consumer group).
+    pub source: String,
+}
+
+impl KafkaSource {
+    /// The source `WITH (connector = 'kafka', ...)` describes; `used` are options the caller
+    /// understood.
+    pub fn from_options(
+        source: &str,
+        options: &BTreeMap<String, String>,
+        used: &[&str],
+        encode: Option<Encode>,
+        schema: SchemaRef,
+        parse_duration: impl Fn(&str, &str) -> Result<Duration, String>,
+    ) -> ConnectorResult<Self> {
+        const OWN: [&str; 4] = ["connector", "topic", "scan.startup.mode", "partition.discovery.interval"];
+        let mut client = BTreeMap::new();
+        for (key, value) in options {
+            if let Some(property) = key.strip_prefix("properties.") {
+                // RisingWave and Flink spell it without the s.
+                let property = if property == "bootstrap.server" { "bootstrap.servers" } else { property };
+                client.insert(property.to_string(), value.clone());
+            } else if !OWN.contains(&key.as_str()) && !used.contains(&key.as_str()) {
+                return Err(ConnectorError::InvalidOption(format!(
+                    "unknown option {key} for a kafka source (known: topic, properties.bootstrap.server, \
+                     scan.startup.mode, partition.discovery.interval, properties.*)"
+                )));
+            }
+        }
+        let topic = options
+            .get("topic")
+            .cloned()
+            .ok_or_else(|| ConnectorError::InvalidOption("a kafka source needs WITH (topic = '...')".into()))?;
+        if !client.contains_key("bootstrap.servers") {
+            return Err(ConnectorError::InvalidOption(
+                "a kafka source needs WITH (properties.bootstrap.server = 'host:port')".into(),
+            ));
+        }
+        for managed in ["enable.auto.commit", "enable.auto.offset.store"] {
+            if client.contains_key(managed) {
+                return Err(ConnectorError::InvalidOption(format!(
+                    "properties.{managed} cannot be set: Sluice's checkpoint decides the offsets"
+                )));
+            }
+        }
+        let startup = match options.get("scan.startup.mode").map(|m| m.to_ascii_lowercase()).as_deref() {
+            None | Some("earliest") => StartupMode::Earliest,
+            Some("latest") => StartupMode::Latest,
+            Some(other) => {
+                return Err(ConnectorError::InvalidOption(format!(
+                    "scan.startup.mode = '{other}' is not a startup mode (earliest, latest)"
+                )))
+            }
+        };
+        let discovery_interval = match options.get("partition.discovery.interval") {
+            Some(text) => parse_duration("partition.discovery.interval", text).map_err(ConnectorError::InvalidOption)?,
+            None => Duration::from_secs(10),
+        };
+        let encode = encode.ok_or_else(|| {
+            ConnectorError::InvalidOption("a kafka source needs FORMAT PLAIN ENCODE JSON | CSV | LOG".into())
+        })?;
+        // The client must accept the options now, not when a view first reads the source.
+        config(&client, "sluice-check").create_native_config().map_err(|e| {
+            ConnectorError::InvalidOption(format!("the Kafka client refuses the properties: {e}"))
+        })?;
+        Ok(Self { topic, client, startup, discovery_interval, encode, schema, source: source.to_string() })
+    }
+}
+
+fn config(client: &BTreeMap<String, String>, group: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("group.id", group);
+    for (key, value) in client {
+        config.set(key, value);
+    }
+    config.set("enable.auto.commit", "false").set("enable.auto.offset.store", "false");
+    config
+}
+
+/// The position as stored: the next offset of every partition.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct KafkaPosition {
+    partitions: BTreeMap<i32, i64>,
+}
+
+fn kafka_error(what: &str, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Invalid(format!("kafka: {what}: {e}"))
+}
+
+/// One partition's messages of a batch: their bytes (one record per line), each message's
+/// (byte start, offset), and the offset after the last.
+#[derive(Default)]
+struct PartitionChunk {
+    bytes: Vec<u8>,
+    starts: Vec<(u64, i64)>,
+    rejected: Vec<RejectedRecord>,
+    next_offset: i64,
+    records: u64,
+}
+
+struct Reader<'a> {
+    source: &'a KafkaSource,
+    consumer: Arc<StreamConsumer>,
+    position: KafkaPosition,
+    parsers: BTreeMap<i32, Box<dyn RecordParser>>,
+    records: u64,
+}
+
+impl Reader<'_> {
+    /// The topic's partitions, from the broker.
+    async fn partitions(&self) -> EngineResult<Vec<i32>> {
+        let consumer = Arc::clone(&self.consumer);
+        let topic = self.source.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).map_err(|e| kafka_error("metadata", e))?;
+            let partitions: Vec<i32> = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == topic && t.error().is_none())
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            Ok(partitions)
+        })
+        .await
+        .map_err(|e| kafka_error("metadata", e))?
+    }
+
+    /// Assigns the partitions not yet read: at their checkpointed offset, or else at the
+    /// startup mode resolved to an offset (`initial`: the reader's first assignment; later
+    /// partitions start at their beginning). Returns whether any was added.
+    async fn assign_new(&mut self, initial: bool) -> EngineResult<bool> {
+        let partitions = self.partitions().await?;
+        let assigned: Vec<i32> = self.parsers.keys().copied().collect();
+        let fresh: Vec<i32> = partitions.into_iter().filter(|p| !assigned.contains(p)).collect();
+        if fresh.is_empty() {
+            return Ok(false);
+        }
+        for partition in &fresh {
+            if self.position.partitions.contains_key(partition) {
+                continue;
+            }
+            let consumer = Arc::clone(&self.consumer);
+            let topic = self.source.topic.clone();
+            let partition = *partition;
+            let (low, high) = tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10)))
+                .await
+                .map_err(|e| kafka_error("offsets", e))?
+                .map_err(|e| kafka_error("offsets", e))?;
+            let start = if initial && self.source.startup == StartupMode::Latest { high } else { low };
+            self.position.partitions.insert(partition, start);
+        }
+        let mut list = TopicPartitionList::new();
+        for partition in &fresh {
+            let offset = self.position.partitions.get(partition).copied().unwrap_or(0);
+            list.add_partition_offset(&self.source.topic, *partition, Offset::Offset(offset)).map_err(|e| kafka_error("assign", e))?;
+            let parser = self.source.encode.parser(SchemaRef::clone(&self.source.schema)).map_err(|e| EngineError::Invalid(e.to_string()))?;
+            self.parsers.insert(*partition, parser);
+        }
+        self.consumer.incremental_assign(&list).map_err(|e| kafka_error("assign", e))?;
+        tracing::info!(topic = %self.source.topic, partitions = ?fresh, "kafka partitions assigned");
+        Ok(true)
+    }
+
+    fn state(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.position).unwrap_or_default()
+    }
+
+    /// The batch of one partition's gathered messages.
+    fn parse(&mut self, partition: i32, chunk: PartitionChunk) -> EngineResult<SourceBatch> {
+        let name = format!("{}/{partition}", self.source.topic);
+        let parser = self.parsers.get_mut(&partition).ok_or_else(|| kafka_error("partition", "not assigned"))?;
+        let mut rejected = chunk.rejected;
+        let first_rejected = rejected.len();
+        let rows = parser.parse(&chunk.bytes, 0, &name, &mut rejected)?;
+        // A record's byte position in the chunk → the offset of the message holding it.
+        for record in &mut rejected[first_rejected..] {
+            let at = chunk.starts.partition_point(|(start, _)| *start <= record.offset);
+            record.offset = chunk.starts.get(at.saturating_sub(1)).map_or(0, |(_, offset)| *offset as u64);
+        }
+        rejected.sort_by_key(|r| r.offset);
+        self.position.partitions.insert(partition, chunk.next_offset);
+        self.records += chunk.records;
+        Ok(SourceBatch { partition: partition as u32, rows, rejected, offset: self.records, state: self.state() })
+    }
+
+    /// Commits the offsets reached to the consumer group, for monitoring.
+    fn commit_for_monitoring(&self) {
+        let mut list = TopicPartitionList::new();
+        for (partition, offset) in &self.position.partitions {
+            if list.add_partition_offset(&self.source.topic, *partition, Offset::Offset(*offset)).is_err() {
+                return;
+            }
+        }
+        if let Err(e) = self.consumer.commit(&list, CommitMode::Async) {
+            tracing::debug!(error = %e, "kafka offset commit (monitoring only) failed");
+        }
+    }
+}
+
+#[async_trait]
+impl SourceConnector for KafkaSource {
+    async fn run(&self, from: SourcePosition, out: &mut SourceOutput) -> EngineResult<()> {
+        let position: KafkaPosition = if from.state.is_empty() {
+            KafkaPosition::default()
+        } else {
+            serde_json::from_slice(&from.state).map_err(|e| EngineError::Invalid(format!("corrupt kafka source position: {e}")))?
+        };
+        let group = self.client.get("group.id").cloned().unwrap_or_else(|| format!("sluice-{}-{}", self.source, out.reader_id()));
+        let consumer: StreamConsumer = config(&self.client, &group).create().map_err(|e| kafka_error("client", e))?;
+        let mut reader = Reader { source: self, consumer: Arc::new(consumer), position, parsers: BTreeMap::new(), records: from.offset };
+        let had_position = !from.state.is_empty();
+        reader.assign_new(true).await?;
+        if !had_position {
+            // The resolved start offsets become the position at once.
+            let batch = SourceBatch {
+                partition: 0,
+                rows: datafusion::arrow::array::RecordBatch::new_empty(SchemaRef::clone(&self.schema)),
+                rejected: Vec::new(),
+                offset: reader.records,
+                state: reader.state(),
+            };
+            if !out.emit(batch).await {
+                return Ok(());
+            }
+        }
+        let json = self.encode == Encode::Json;
+        let mut last_discovery = Instant::now();
+        loop {
+            if last_discovery.elapsed() >= self.discovery_interval {
+                last_discovery = Instant::now();
+                if let Err(e) = reader.assign_new(false).await {
+                    tracing::warn!(error = %e, topic = %self.topic, "looking for new kafka partitions failed");
+                }
+            }
+            // Gather a batch: the first message waits up to the discovery interval, the rest
+            // up to BATCH_WAIT after it.
+            let mut chunks: BTreeMap<i32, PartitionChunk> = BTreeMap::new();
+            let mut gathered = 0;
+            let mut deadline = Instant::now() + self.discovery_interval;
+            while gathered < BATCH_MESSAGES {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                let message = match tokio::time::timeout(wait, reader.consumer.recv()).await {
+                    Err(_) => break,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, topic = %self.topic, "kafka fetch failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        break;
+                    }
+                    Ok(Ok(message)) => message,
+                };
+                if gathered == 0 {
+                    deadline = Instant::now() + BATCH_WAIT;
+                }
+                gathered += 1;
+                let chunk = chunks.entry(message.partition()).or_default();
+                chunk.next_offset = message.offset() + 1;
+                chunk.records += 1;
+                match message.payload() {
+                    None => chunk.rejected.push(RejectedRecord::new(
+                        format!("{}/{}", self.topic, message.partition()),
+                        message.offset() as u64,
+                        &[],
+                        "the message has no value",
+                    )),
+                    Some(payload) => {
+                        chunk.starts.push((chunk.bytes.len() as u64, message.offset()));
+                        let at = chunk.bytes.len();
+                        chunk.bytes.extend_from_slice(payload);
+                        if json {
+                            for byte in &mut chunk.bytes[at..] {
+                                if matches!(*byte, b'\n' | b'\r') {
+                                    *byte = b' ';
+                                }
+                            }
+                        }
+                        chunk.bytes.push(b'\n');
+                    }
+                }
+            }
+            if chunks.is_empty() {
+                continue;
+            }
+            for (partition, chunk) in chunks {
+                let batch = reader.parse(partition, chunk)?;
+                if !out.emit(batch).await {
+                    return Ok(());
+                }
+            }
+            reader.commit_for_monitoring();
+        }
+    }
+}
