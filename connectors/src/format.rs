@@ -261,10 +261,11 @@ impl RecordParser for JsonParser {
         partition: &str,
         rejected: &mut Vec<RejectedRecord>,
     ) -> EngineResult<RecordBatch> {
-        let rows = chunk.iter().filter(|b| **b == b'\n').count() + 1;
-        // The whole chunk at once; only a chunk with a bad record pays for line-by-line.
+        let rows = lines(chunk).count();
+        // The whole chunk at once; only a chunk with a bad record (or a line holding other
+        // than one object) pays for line-by-line.
         if let Ok(batch) = self.decode(chunk, rows) {
-            if batch.num_rows() <= rows {
+            if batch.num_rows() == rows {
                 return Ok(batch);
             }
         }
@@ -312,18 +313,33 @@ impl RecordParser for CsvParser {
         let first_rejected = rejected.len();
         let width = self.schema.fields().len();
         let mut rows = TextRows::new(SchemaRef::clone(&self.schema), (0..width).map(|_| None).collect());
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .delimiter(self.delimiter)
-            .from_reader(chunk);
+        let builder = {
+            let mut builder = csv::ReaderBuilder::new();
+            builder.has_headers(false).flexible(true).delimiter(self.delimiter);
+            builder
+        };
+        // The reader runs over chunk[base..]; it restarts after a record that spans lines.
+        let mut base = 0;
+        let mut reader = builder.from_reader(chunk);
         let mut record = csv::ByteRecord::new();
         loop {
-            let start = reader.position().byte() as usize;
+            let mut start = base + reader.position().byte() as usize;
             let more = reader.read_byte_record(&mut record);
-            let end = (reader.position().byte() as usize).min(chunk.len());
+            let end = (base + reader.position().byte() as usize).min(chunk.len());
+            // Skipped blank lines are not part of the record.
+            while start < end && matches!(chunk[start], b'\n' | b'\r') {
+                start += 1;
+            }
             let raw = trim_line_end(&chunk[start.min(end)..end]);
             let offset = first_offset + start as u64;
+            // One record per line: a quote left open must not swallow the lines after it.
+            if let Some(newline) = raw.iter().position(|b| *b == b'\n') {
+                let line = trim_line_end(&raw[..newline]);
+                rejected.push(RejectedRecord::new(partition, offset, line, "invalid CSV record: a quoted field is not closed on its line"));
+                base = start + newline + 1;
+                reader = builder.from_reader(&chunk[base..]);
+                continue;
+            }
             match more {
                 Ok(false) => break,
                 Err(e) => {
@@ -421,6 +437,7 @@ mod tests {
             "\n",
             "{\"user_id\": \"abc\", \"url\": \"/c\"}\n",
             "not json\n",
+            "{\"user_id\": 8} {\"user_id\": 9}\n",
             "{\"user_id\": \"7\", \"url\": 5, \"status\": 404}\n",
         );
         let (batch, rejected) = parse(Encode::Json, input);
@@ -431,7 +448,7 @@ mod tests {
         assert_eq!(urls.value(2), "5");
         let ts = batch.column(3).as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
         assert_eq!(ts.value(0), 1_767_225_601_000_000);
-        assert_eq!(rejected.len(), 2);
+        assert_eq!(rejected.len(), 3);
         assert_eq!(rejected[0].offset, 100 + input.find("{\"user_id\": \"abc\"").unwrap() as u64);
         assert_eq!(rejected[1].raw, b"not json");
         assert_eq!(rejected[0].partition, "in");
@@ -439,16 +456,17 @@ mod tests {
 
     #[test]
     fn csv_by_position_and_by_header() {
-        let input = "1,/a,200,2026-01-01 00:00:00\n2,\"/b,c\",x,\n3,/d\n4,,,\n";
+        let input = "1,/a,200,2026-01-01 00:00:00\n2,\"/b,c\",x,\n3,/d\n4,,,\n5,\"/open,1,\n";
         let (batch, rejected) = parse(Encode::Csv { header: false, delimiter: b',' }, input);
         assert_eq!(batch.num_rows(), 2);
         let ids = batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
         assert_eq!(ids.iter().collect::<Vec<_>>(), vec![Some(1), Some(4)]);
         assert!(batch.column(1).is_null(1));
-        assert_eq!(rejected.len(), 2);
+        assert_eq!(rejected.len(), 3);
         assert_eq!(rejected[0].reason, "column status: 'x' is not a valid integer");
         assert_eq!(rejected[0].raw, b"2,\"/b,c\",x,");
         assert_eq!(rejected[1].reason, "expected 4 fields, found 2");
+        assert_eq!(rejected[2].raw, b"5,\"/open,1,");
 
         let input = "status;URL;other;user_id\n200;/a;q;9\n";
         let (batch, rejected) = parse(Encode::Csv { header: true, delimiter: b';' }, input);

@@ -341,3 +341,76 @@ async fn http_ingest_answers_once_durable_and_survives_kill_9() {
     let watermarks = rows(&client, "SELECT object, column_name, watermark FROM sluice_watermarks WHERE kind = 'source'").await;
     assert_eq!(watermarks, vec![vec!["beacons", "ts", "2026-11-01 10:00:06+00"]]);
 }
+
+/// Lines no format can read: every one must be rejected alone, counted, and leave the server
+/// running; the good lines around them are kept. (A trailing comma, `{"n": 1,}`, is not here:
+/// arrow-json's decoder accepts it.)
+fn malformed_corpus() -> Vec<Vec<u8>> {
+    let mut corpus: Vec<Vec<u8>> = vec![
+        b"\xff\xfe not utf-8 \xc3\x28".to_vec(),
+        b"\0\0\0\0".to_vec(),
+        b"{".to_vec(),
+        b"}".to_vec(),
+        b"[1, 2, 3]".to_vec(),
+        b"\"just a string\"".to_vec(),
+        b"{\"n\": }".to_vec(),
+        b"{\"n\": 99999999999999999999999}".to_vec(),
+        b"{\"n\": \"twelve\"}".to_vec(),
+        b"{\"n\": 1} {\"n\": 2}".to_vec(),
+        b"\"unterminated".to_vec(),
+        b"1.2.3.4 - - [32/Foo/2015:99:99:99 +0000] \"GET / HTTP/1.1\" 200 1 \"-\" \"-\"".to_vec(),
+        b"a,\"unbalanced,quote".to_vec(),
+    ];
+    corpus.push(format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes());
+    corpus.push(format!("{{\"n\": \"{}\"}}", "x".repeat(200_000)).into_bytes());
+    corpus
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corpus_of_malformed_lines_is_rejected_line_by_line_and_the_server_keeps_running() {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_sluice-slt"));
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = malformed_corpus();
+    let mut file = Vec::new();
+    for (i, bad) in corpus.iter().enumerate() {
+        file.extend_from_slice(format!("{{\"n\": {i}}}\n").as_bytes());
+        file.extend_from_slice(bad);
+        file.push(b'\n');
+    }
+    let path = dir.path().join("corpus.txt");
+    std::fs::write(&path, &file).unwrap();
+    let server = SluiceServer::start(&bin).unwrap();
+    let client = connect(server.port).await;
+    client
+        .batch_execute(&format!(
+            "CREATE SOURCE j (n INT) WITH (connector = 'file', path = '{p}') FORMAT PLAIN ENCODE JSON;
+             CREATE SOURCE c (n INT, m INT) WITH (connector = 'file', path = '{p}') FORMAT PLAIN ENCODE CSV;
+             CREATE SOURCE l (remote_addr VARCHAR, ts TIMESTAMP, status INT) WITH (connector = 'file', path = '{p}')
+               FORMAT PLAIN ENCODE LOG (format = 'common');
+             CREATE MATERIALIZED VIEW jn AS SELECT count(*) AS rows, sum(n) AS total FROM j;
+             CREATE MATERIALIZED VIEW cn AS SELECT count(*) AS rows FROM c;
+             CREATE MATERIALIZED VIEW ln AS SELECT count(*) AS rows FROM l;",
+            p = path.display()
+        ))
+        .await
+        .unwrap();
+    let records = (2 * corpus.len()) as u64;
+    for source in ["j", "c", "l"] {
+        wait_for_records(&client, source, records).await;
+    }
+    let n = corpus.len() as u64;
+    // JSON: the numbered lines are rows; every corpus line is rejected.
+    assert_eq!(rows(&client, "SELECT rows, total FROM jn").await, vec![vec![n.to_string(), (n * (n - 1) / 2).to_string()]]);
+    let errors = rows(&client, "SELECT source, count(*) FROM sluice_errors GROUP BY source ORDER BY source").await;
+    let counts: BTreeMap<String, u64> = errors.into_iter().map(|r| (r[0].clone(), r[1].parse().unwrap())).collect();
+    assert_eq!(counts.get("j"), Some(&n), "{counts:?}");
+    // CSV and LOG reject every line (none has their shape), the numbered ones included.
+    assert_eq!(rows(&client, "SELECT rows FROM cn").await, vec![vec!["0".to_string()]]);
+    assert_eq!(counts.get("c"), Some(&(2 * n)), "{counts:?}");
+    assert_eq!(rows(&client, "SELECT rows FROM ln").await, vec![vec!["0".to_string()]]);
+    assert_eq!(counts.get("l"), Some(&(2 * n)), "{counts:?}");
+    // Raw text is kept cut to 4 KiB, and the server answers.
+    let longest = rows(&client, "SELECT max(length(raw)) FROM sluice_errors").await;
+    assert_eq!(longest, vec![vec!["4096".to_string()]]);
+    assert_eq!(rows(&client, "SELECT 1").await, vec![vec!["1".to_string()]]);
+}
