@@ -20,6 +20,7 @@
 pub mod file;
 pub mod format;
 pub mod kafka;
+pub mod kafka_sink;
 pub mod log_format;
 
 /// Why a connector or format could not be set up from its options.

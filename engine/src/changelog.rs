@@ -103,6 +103,18 @@ impl ChangeBatch {
         self.data.num_rows()
     }
 
+    /// The changes of `batches` (all of one schema, at least one), in order.
+    pub fn concat(batches: &[ChangeBatch]) -> EngineResult<Self> {
+        let first = batches.first().ok_or_else(|| EngineError::Invalid("no changes to concatenate".into()))?;
+        if batches.len() == 1 {
+            return Ok(first.clone());
+        }
+        let data = datafusion::arrow::compute::concat_batches(&first.schema(), batches.iter().map(|b| &b.data))?;
+        let ops: Vec<&dyn datafusion::arrow::array::Array> = batches.iter().map(|b| &b.ops as &dyn datafusion::arrow::array::Array).collect();
+        let ops = datafusion::arrow::compute::concat(&ops)?;
+        Self::try_new(data, ops.as_primitive::<datafusion::arrow::datatypes::Int8Type>().clone())
+    }
+
     /// The changes whose row `mask` selects (NULL does not select), ops kept.
     pub fn filter(&self, mask: &BooleanArray) -> EngineResult<Self> {
         let data = filter_record_batch(&self.data, mask)?;

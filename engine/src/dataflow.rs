@@ -50,6 +50,7 @@ use crate::recovery::{
     late_rows_counter, log_key, read_counter, record_late_rows, recorded_failure, render_row, source_position, system_tables,
     record_source_errors, source_errors_counter, LateRow, RejectedRecord, SourcePosition,
 };
+use crate::sink::{delivery_loop, next_outbox_seq, outbox_key, RunningSink, SinkDefinition};
 use crate::source::{ErrorPolicy, SourceBatch, SourceConnector};
 use crate::watermark::{split_late, Watermark, WatermarkGenerator};
 use crate::{ChangeBatch, EngineError, EngineResult, Operator, StateTable};
@@ -248,6 +249,8 @@ enum Command {
         rejected: Vec<RejectedRecord>,
     },
     CreateView { view: Box<ViewDefinition>, done: oneshot::Sender<EngineResult<()>> },
+    CreateSink { sink: Box<SinkDefinition>, done: oneshot::Sender<EngineResult<()>> },
+    DropSink { id: RelationId, catalog: WriteBatch, done: oneshot::Sender<EngineResult<()>> },
     DropView { id: RelationId, catalog: WriteBatch, done: oneshot::Sender<EngineResult<()>> },
     Barrier { done: Option<oneshot::Sender<EngineResult<Epoch>>> },
     ReaderFailed { relation: RelationId, error: String },
@@ -366,6 +369,7 @@ impl Dataflow {
             late_counts: HashMap::new(),
             errors_pending: HashMap::new(),
             error_counts: HashMap::new(),
+            sinks: Vec::new(),
         };
         std::thread::Builder::new()
             .name("sluice-dataflow".into())
@@ -423,6 +427,21 @@ impl Dataflow {
         let (done, result) = oneshot::channel();
         self.commands.send(Command::CreateView { view: Box::new(view), done }).await.map_err(|_| stopped())?;
         Ok(result)
+    }
+
+    /// Starts a sink of a running view; completes once its catalog entry and the view's
+    /// current rows (its first delivery) are committed.
+    pub async fn create_sink(&self, sink: SinkDefinition) -> EngineResult<()> {
+        let (done, result) = oneshot::channel();
+        self.commands.send(Command::CreateSink { sink: Box::new(sink), done }).await.map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
+    }
+
+    /// Stops a sink and deletes what it had not delivered, committing `catalog` with it.
+    pub async fn drop_sink(&self, id: RelationId, catalog: WriteBatch) -> EngineResult<()> {
+        let (done, result) = oneshot::channel();
+        self.commands.send(Command::DropSink { id, catalog, done }).await.map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
     }
 
     /// Stops a view, stops its source readers and deletes its state, committing `catalog`
@@ -507,6 +526,8 @@ struct Worker {
     errors_pending: HashMap<RelationId, Vec<RejectedRecord>>,
     /// Source readers' rejected records counted up to the last checkpoint.
     error_counts: HashMap<RelationId, u64>,
+    /// Sinks, each fed by one view.
+    sinks: Vec<RunningSink>,
 }
 
 fn physical(expr: &Expr, input: &DFSchema) -> EngineResult<Arc<dyn PhysicalExpr>> {
@@ -731,6 +752,9 @@ impl Worker {
                     Command::CreateView { done, .. } => {
                         let _ = done.send(Err(error()));
                     }
+                    Command::CreateSink { done, .. } | Command::DropSink { done, .. } => {
+                        let _ = done.send(Err(error()));
+                    }
                     Command::DropView { id, catalog, done } => {
                         let _ = done.send(self.drop_view(id, catalog));
                     }
@@ -781,6 +805,13 @@ impl Worker {
                     let result = self.create_view(*view);
                     let _ = done.send(result);
                 }
+                Command::CreateSink { sink, done } => {
+                    let result = self.create_sink(*sink);
+                    let _ = done.send(result);
+                }
+                Command::DropSink { id, catalog, done } => {
+                    let _ = done.send(self.drop_sink(id, catalog));
+                }
                 Command::DropView { id, catalog, done } => {
                     let _ = done.send(self.drop_view(id, catalog));
                 }
@@ -794,6 +825,9 @@ impl Worker {
         }
         for (_, reader) in self.readers.drain() {
             reader.abort();
+        }
+        for sink in self.sinks.drain(..) {
+            sink.delivery.abort();
         }
         // Everything the worker holds (operators, their instance threads, the store) goes
         // before the command channel closes, which is what `Dataflow::shutdown` waits for.
@@ -832,6 +866,11 @@ impl Worker {
         }
         let mut pending = VecDeque::from([(relation, message, only)]);
         while let Some((relation, message, only)) = pending.pop_front() {
+            if let (Message::Changes(changes), None) = (&message, only) {
+                for sink in self.sinks.iter_mut().filter(|s| s.view == relation) {
+                    sink.pending.push(changes.clone());
+                }
+            }
             if let Message::Watermark(w) = &message {
                 let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
                 let columns = status.watermarks.entry(relation).or_default();
@@ -891,6 +930,11 @@ impl Worker {
         for seq in self.absorbed_log.drain(..) {
             write.delete(system_tables::CHANGE_LOG, log_key(seq).to_vec());
         }
+        for sink in &mut self.sinks {
+            if let Err(e) = sink.checkpoint(&mut write) {
+                tracing::error!(sink = sink.id, error = %e, "a sink's changes could not be written");
+            }
+        }
         for (reader, position) in self.offsets.drain() {
             write.put(system_tables::SOURCE_OFFSETS, reader.to_be_bytes().to_vec(), position.encode());
         }
@@ -913,7 +957,12 @@ impl Worker {
     fn commit_checkpoint(&mut self, mut write: WriteBatch, force: bool) -> EngineResult<Epoch> {
         write.set_durable();
         match self.committer.commit_checkpoint(write, force) {
-            Ok(epoch) => Ok(epoch),
+            Ok(epoch) => {
+                for sink in &self.sinks {
+                    sink.notify.notify_one();
+                }
+                Ok(epoch)
+            }
             Err(e) => {
                 self.halt(&e.to_string());
                 Err(e.into())
@@ -1137,6 +1186,68 @@ impl Worker {
             }
         });
         self.readers.insert(relation, handle);
+    }
+
+    fn create_sink(&mut self, sink: SinkDefinition) -> EngineResult<()> {
+        let Some(view) = self.views.iter().find(|v| v.id == sink.view) else {
+            return Err(EngineError::Invalid(format!("materialized view {} is not running", sink.view)));
+        };
+        if view.failed {
+            return Err(EngineError::Invalid(format!("materialized view \"{}\" has failed", view.name)));
+        }
+        let next_seq = match sink.catalog {
+            None => next_outbox_seq(self.committer.store().snapshot().as_ref(), sink.id)?,
+            Some(catalog) => {
+                // Settle the view, then its current rows are the sink's first delivery,
+                // committed with the sink's catalog entry.
+                self.barrier(WriteBatch::new(), false)?;
+                let view = self.views.iter().find(|v| v.id == sink.view).ok_or_else(|| EngineError::Invalid("view gone".into()))?;
+                let snapshot = self.committer.store().snapshot();
+                let rows = view
+                    .materialized
+                    .scan_all(snapshot.as_ref())?
+                    .iter()
+                    .map(|b| expand_view_rows(b, &view.schema))
+                    .collect::<EngineResult<Vec<_>>>()?;
+                let mut write = catalog;
+                let rows: Vec<ChangeBatch> = rows.into_iter().filter(|b| b.num_rows() > 0).map(ChangeBatch::inserts).collect();
+                if !rows.is_empty() {
+                    let changes = ChangeBatch::concat(&rows)?;
+                    write.put(system_tables::SINK_OUTBOX, outbox_key(sink.id, 0), crate::recovery::encode_log_entry(sink.id, &changes, None)?);
+                }
+                write.set_durable();
+                self.committer.commit(write)?;
+                1
+            }
+        };
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let delivery = self.runtime.spawn(delivery_loop(
+            sink.id,
+            sink.name.clone(),
+            sink.connector,
+            Arc::clone(&self.committer),
+            Arc::clone(&notify),
+        ));
+        notify.notify_one();
+        self.sinks.push(RunningSink { id: sink.id, view: sink.view, pending: Vec::new(), next_seq, notify, delivery });
+        tracing::info!(sink = %sink.name, "sink started");
+        Ok(())
+    }
+
+    fn drop_sink(&mut self, id: RelationId, catalog: WriteBatch) -> EngineResult<()> {
+        let mut write = catalog;
+        if let Some(at) = self.sinks.iter().position(|s| s.id == id) {
+            let sink = self.sinks.remove(at);
+            sink.delivery.abort();
+        }
+        let snapshot = self.committer.store().snapshot();
+        for kv in snapshot.scan(system_tables::SINK_OUTBOX, sluice_storage::KeyRange::prefix(&id.to_be_bytes()))? {
+            let (key, _) = kv?;
+            write.delete(system_tables::SINK_OUTBOX, key.to_vec());
+        }
+        write.set_durable();
+        self.committer.commit(write)?;
+        Ok(())
     }
 
     fn drop_view(&mut self, id: RelationId, catalog: WriteBatch) -> EngineResult<()> {

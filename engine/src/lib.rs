@@ -26,6 +26,7 @@ pub mod exchange;
 pub mod operator;
 pub mod plan;
 pub mod recovery;
+pub mod sink;
 pub mod source;
 pub mod watermark;
 mod state_table;

@@ -54,6 +54,8 @@ pub mod system_tables {
     /// Records sources could not turn into rows, by (reader, sequence number), the last
     /// [`super::SOURCE_ERRORS_KEPT`] of each reader.
     pub const SOURCE_ERRORS: TableId = u32::MAX - 7;
+    /// Each sink's checkpointed changes not yet delivered, by (sink, sequence number).
+    pub const SINK_OUTBOX: TableId = u32::MAX - 8;
 }
 
 /// Rejected records kept per source reader in `sluice_errors` (older ones are dropped; every

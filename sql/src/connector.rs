@@ -60,6 +60,35 @@ fn from_connector(error: ConnectorError) -> SqlError {
     }
 }
 
+/// The connector sink `sink` declares, for a view of columns `schema`.
+pub fn sink_connector(
+    sink: &str,
+    options: &BTreeMap<String, String>,
+    format: Option<&FormatClause>,
+    schema: &SchemaRef,
+) -> SqlResult<Arc<dyn sluice_engine::sink::SinkConnector>> {
+    match options.get("connector").map(|c| c.to_ascii_lowercase()).as_deref() {
+        Some("kafka") => {}
+        Some(other) => {
+            return Err(SqlError::unsupported(format_args!("sink connector '{other}' (Sluice sinks to kafka today)")))
+        }
+        None => return Err(invalid(format!("sink \"{sink}\" needs WITH (connector = '...')"))),
+    }
+    let format = format.ok_or_else(|| {
+        invalid("a kafka sink needs FORMAT PLAIN | UPSERT | DEBEZIUM ENCODE JSON".into())
+    })?;
+    let connector = sluice_connectors::kafka_sink::KafkaSink::from_options(
+        sink,
+        options,
+        &format.format,
+        &format.encode,
+        &format.options,
+        SchemaRef::clone(schema),
+    )
+    .map_err(from_connector)?;
+    Ok(Arc::new(connector))
+}
+
 /// The connector source `source` of columns `schema` declares.
 pub fn source_setup(
     source: &str,

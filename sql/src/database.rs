@@ -56,6 +56,8 @@ pub struct Database {
     tables: RwLock<BTreeMap<String, Arc<StoredTable>>>,
     views: RwLock<BTreeMap<String, Arc<ViewEntry>>>,
     sources: RwLock<BTreeMap<String, Arc<SourceEntry>>>,
+    /// Sinks by name: (id, the view they send).
+    sinks: RwLock<BTreeMap<String, (TableId, String)>>,
     next_table_id: AtomicU32,
     /// Serializes DDL of views and sources (their planning, creation and dependency checks).
     ddl: tokio::sync::Mutex<()>,
@@ -120,6 +122,7 @@ impl Database {
             tables: RwLock::new(BTreeMap::new()),
             views: RwLock::new(BTreeMap::new()),
             sources: RwLock::new(BTreeMap::new()),
+            sinks: RwLock::new(BTreeMap::new()),
             next_table_id: AtomicU32::new(1),
             ddl: tokio::sync::Mutex::new(()),
         });
@@ -352,6 +355,10 @@ impl Database {
                     self.start_view(&name, &definition, &plan, &names, Some(restored), emit_on_close).await?;
                     summary.views += 1;
                 }
+                CatalogRecord::Sink { id, name, view, options, format } => {
+                    let definition = SinkDefinitionText { id, name, view, options, format };
+                    self.start_sink(definition, None).await?;
+                }
             }
         }
         summary.replayed_changes = pending.len();
@@ -515,6 +522,104 @@ impl Database {
         self.ctx.register_table(TableReference::bare(name.clone()), provider.clone())?;
         self.tables_write().insert(name, provider);
         Ok(())
+    }
+
+    /// Names of every sink, sorted.
+    pub fn sink_names(&self) -> Vec<String> {
+        self.sinks.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    }
+
+    /// The sinks reading view `view`.
+    fn sinks_of(&self, view: &str) -> Vec<String> {
+        self.sinks.read().unwrap_or_else(|p| p.into_inner()).iter().filter(|(_, (_, v))| v == view).map(|(n, _)| n.clone()).collect()
+    }
+
+    /// Executes `CREATE SINK ... FROM view`. Returns false if it existed and `IF NOT EXISTS`
+    /// was given.
+    pub(crate) async fn create_sink(&self, create: &crate::statement::CreateSink) -> SqlResult<bool> {
+        let _ddl = self.ddl.lock().await;
+        let name = table_name(&create.name)?;
+        if self.sinks.read().unwrap_or_else(|p| p.into_inner()).contains_key(&name) {
+            if create.if_not_exists {
+                return Ok(false);
+            }
+            return Err(SqlError::DuplicateTable(format!("sink \"{name}\"")));
+        }
+        if self.relation_kind(&name).is_some() {
+            return Err(SqlError::DuplicateTable(name));
+        }
+        let view = table_name(&create.from)?;
+        match self.relation_kind(&view) {
+            Some(RelationKind::MaterializedView) => {}
+            None => return Err(SqlError::UndefinedTable(view)),
+            Some(other) => {
+                return Err(SqlError::WrongObjectType(format!(
+                    "\"{view}\" is a {}: a sink sends the changes of a materialized view (CREATE SINK ... FROM view)",
+                    other.words()
+                )))
+            }
+        }
+        let definition = SinkDefinitionText {
+            id: self.allocate_id(),
+            name,
+            view,
+            options: create.options.clone(),
+            format: create.format.clone(),
+        };
+        let mut catalog = WriteBatch::new();
+        CatalogRecord::Sink {
+            id: definition.id,
+            name: definition.name.clone(),
+            view: definition.view.clone(),
+            options: definition.options.clone(),
+            format: definition.format.clone(),
+        }
+        .put(&mut catalog)?;
+        self.persist_next_id(&mut catalog);
+        self.start_sink(definition, Some(catalog)).await?;
+        Ok(true)
+    }
+
+    /// Builds sink `definition`'s connector and starts it (a new sink commits `catalog`).
+    async fn start_sink(&self, definition: SinkDefinitionText, catalog: Option<WriteBatch>) -> SqlResult<()> {
+        let view = self
+            .views_read()
+            .get(&definition.view)
+            .cloned()
+            .ok_or_else(|| SqlError::UndefinedTable(definition.view.clone()))?;
+        let connector = crate::connector::sink_connector(&definition.name, &definition.options, definition.format.as_ref(), &view.schema)?;
+        self.dataflow
+            .create_sink(sluice_engine::sink::SinkDefinition {
+                id: definition.id,
+                name: definition.name.clone(),
+                view: view.id,
+                connector,
+                catalog,
+            })
+            .await?;
+        self.sinks.write().unwrap_or_else(|p| p.into_inner()).insert(definition.name, (definition.id, definition.view));
+        Ok(())
+    }
+
+    /// Executes `DROP SINK name`.
+    pub(crate) async fn drop_sink(&self, name: &ObjectName, if_exists: bool) -> SqlResult<Vec<String>> {
+        let _ddl = self.ddl.lock().await;
+        let name = table_name(name)?;
+        self.drop_sink_entry(&name, if_exists).await
+    }
+
+    async fn drop_sink_entry(&self, name: &str, if_exists: bool) -> SqlResult<Vec<String>> {
+        let Some((id, _)) = self.sinks.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned() else {
+            if if_exists {
+                return Ok(vec![format!("sink \"{name}\" does not exist, skipping")]);
+            }
+            return Err(SqlError::UndefinedTable(format!("sink \"{name}\"")));
+        };
+        let mut catalog = WriteBatch::new();
+        persist::delete(&mut catalog, id);
+        self.dataflow.drop_sink(id, catalog).await?;
+        self.sinks.write().unwrap_or_else(|p| p.into_inner()).remove(name);
+        Ok(Vec::new())
     }
 
     /// Executes `CREATE SOURCE`. Returns false if it existed and `IF NOT EXISTS` was given.
@@ -847,6 +952,23 @@ impl Database {
         }
         let dependents = self.dependents(&name);
         let mut notices = Vec::new();
+        // Sinks of the view dropped and of the views dropped with it.
+        let mut sinks: Vec<String> = dependents.iter().flat_map(|d| self.sinks_of(&d.name)).collect();
+        if kind == RelationKind::MaterializedView {
+            sinks.extend(self.sinks_of(&name));
+        }
+        if !sinks.is_empty() && !cascade {
+            return Err(SqlError::DependentObjects(format!(
+                "cannot drop {words} {name} because sink{} {} depend{} on it; use DROP ... CASCADE to drop them too",
+                if sinks.len() > 1 { "s" } else { "" },
+                sinks.join(", "),
+                if sinks.len() > 1 { "" } else { "s" }
+            )));
+        }
+        for sink in &sinks {
+            self.drop_sink_entry(sink, true).await?;
+            notices.push(format!("drop cascades to sink {sink}"));
+        }
         if !dependents.is_empty() {
             let names: Vec<&str> = dependents.iter().rev().map(|d| d.name.as_str()).collect();
             if !cascade {
@@ -948,6 +1070,15 @@ pub struct RecoverySummary {
     pub views: usize,
     /// Table changes committed after the last checkpoint, replayed into the views.
     pub replayed_changes: usize,
+}
+
+/// A sink as its catalog record describes it.
+struct SinkDefinitionText {
+    id: TableId,
+    name: String,
+    view: String,
+    options: std::collections::BTreeMap<String, String>,
+    format: Option<crate::catalog::FormatClause>,
 }
 
 /// A view of the catalog being restarted.

@@ -47,6 +47,19 @@ pub enum CatalogRecord {
         #[serde(default)]
         format: Option<crate::catalog::FormatClause>,
     },
+    /// `CREATE SINK`: what rebuilds it; its undelivered changes are in the sink outbox.
+    Sink {
+        /// Object id (creation order: after its view).
+        id: TableId,
+        /// Name.
+        name: String,
+        /// The view it sends.
+        view: String,
+        /// `WITH` options.
+        options: BTreeMap<String, String>,
+        /// `FORMAT ... ENCODE ...`.
+        format: Option<crate::catalog::FormatClause>,
+    },
     /// `CREATE MATERIALIZED VIEW`: its statement, re-planned at start-up, and the state-table
     /// ids its plan was given, handed out again so that the new plan finds its state.
     View {
@@ -69,7 +82,7 @@ impl CatalogRecord {
     pub fn id(&self) -> TableId {
         match self {
             CatalogRecord::Table(def) => def.id,
-            CatalogRecord::Source { id, .. } | CatalogRecord::View { id, .. } => *id,
+            CatalogRecord::Source { id, .. } | CatalogRecord::View { id, .. } | CatalogRecord::Sink { id, .. } => *id,
         }
     }
 

@@ -254,9 +254,7 @@ pub fn parse_statements(sql: &str) -> SqlResult<Vec<ParsedStatement>> {
 /// user who types them gets 0A000 naming the statement, not a syntax error.
 fn planned_streaming_statement(sql: &str) -> Option<&'static str> {
     const PLANNED: &[(&[&str], &str)] = &[
-        (&["CREATE", "SINK"], "CREATE SINK"),
         (&["SUBSCRIBE"], "SUBSCRIBE"),
-        (&["DROP", "SINK"], "DROP SINK"),
     ];
     let words: Vec<String> = sql.split_whitespace().take(4).map(|w| w.trim_end_matches(';').to_ascii_uppercase()).collect();
     PLANNED
@@ -362,6 +360,8 @@ impl Session {
             ) | ParsedStatement::CreateSource(_)
                 | ParsedStatement::CreateTable(_)
                 | ParsedStatement::DropSource { .. }
+                | ParsedStatement::CreateSink(_)
+                | ParsedStatement::DropSink { .. }
         );
         match (&result, self.txn) {
             (Err(_), TxnState::InBlock { .. }) => self.txn = TxnState::Failed,
@@ -398,9 +398,23 @@ impl Session {
                 let names = match kind {
                     ObjectKind::Sources => self.db.source_names(),
                     ObjectKind::MaterializedViews => self.db.view_names(),
-                    ObjectKind::Sinks => return Err(SqlError::unsupported("SHOW SINKS")),
+                    ObjectKind::Sinks => self.db.sink_names(),
                 };
                 Ok(StatementOutcome { output: single_column("Name", names)?, notices: vec![], transaction: TransactionChange::None })
+            }
+            ParsedStatement::CreateSink(create) => {
+                let mut outcome = StatementOutcome::command("CREATE SINK", None);
+                if !self.db.create_sink(create).await? {
+                    outcome.notices.push(format!("sink \"{}\" already exists, skipping", table_name(&create.name)?));
+                }
+                Ok(outcome)
+            }
+            ParsedStatement::DropSink { names, if_exists } => {
+                let mut outcome = StatementOutcome::command("DROP SINK", None);
+                for name in names {
+                    outcome.notices.extend(self.db.drop_sink(name, *if_exists).await?);
+                }
+                Ok(outcome)
             }
             ParsedStatement::DropSource { names, if_exists, cascade } => {
                 let mut outcome = StatementOutcome::command("DROP SOURCE", None);

@@ -34,6 +34,15 @@ pub enum ParsedStatement {
     /// `CREATE TABLE` with Sluice's event-time clauses (`WATERMARK FOR`, `APPEND ONLY`);
     /// tables without them are plain [`ParsedStatement::Sql`].
     CreateTable(Box<CreateEventTable>),
+    /// `CREATE SINK name FROM view WITH (...) FORMAT ... ENCODE ...`.
+    CreateSink(CreateSink),
+    /// `DROP SINK`.
+    DropSink {
+        /// The sinks.
+        names: Vec<ObjectName>,
+        /// `IF EXISTS`.
+        if_exists: bool,
+    },
     /// `DROP SOURCE`.
     DropSource {
         /// The sources.
@@ -101,6 +110,21 @@ pub struct CreateSource {
     pub format: Option<crate::catalog::FormatClause>,
 }
 
+/// `CREATE SINK` as parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateSink {
+    /// The sink's name.
+    pub name: ObjectName,
+    /// `IF NOT EXISTS`.
+    pub if_not_exists: bool,
+    /// The materialized view whose changes it sends.
+    pub from: ObjectName,
+    /// The `WITH` options, keys lower-cased.
+    pub options: BTreeMap<String, String>,
+    /// `FORMAT ... ENCODE ...`.
+    pub format: Option<crate::catalog::FormatClause>,
+}
+
 impl fmt::Display for ParsedStatement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -108,6 +132,11 @@ impl fmt::Display for ParsedStatement {
             ParsedStatement::Flush => write!(f, "FLUSH"),
             ParsedStatement::CreateSource(source) => write!(f, "CREATE SOURCE {}", source.name),
             ParsedStatement::CreateTable(table) => write!(f, "CREATE TABLE {}", table.create.name),
+            ParsedStatement::CreateSink(sink) => write!(f, "CREATE SINK {}", sink.name),
+            ParsedStatement::DropSink { names, .. } => {
+                let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+                write!(f, "DROP SINK {}", names.join(", "))
+            }
             ParsedStatement::ShowObjects(kind) => write!(f, "SHOW {}", kind.plural()),
             ParsedStatement::DropSource { names, .. } => {
                 let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
@@ -283,6 +312,27 @@ pub(crate) fn parse_sluice_statement(parser: &mut Parser<'_>) -> Result<Option<P
             return Ok(Some(ParsedStatement::ShowObjects(kind)));
         }
     }
+    if peek_words(parser, &["DROP", "SINK"]) {
+        skip(parser, 2);
+        let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+        let names = parser.parse_comma_separated(|p| p.parse_object_name(false))?;
+        return Ok(Some(ParsedStatement::DropSink { names, if_exists }));
+    }
+    if peek_words(parser, &["CREATE", "SINK"]) {
+        skip(parser, 2);
+        let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+        let name = parser.parse_object_name(false)?;
+        if parser.parse_keyword(Keyword::AS) {
+            return Err(ParserError::ParserError(
+                "CREATE SINK ... AS SELECT is not supported yet: create a materialized view and CREATE SINK ... FROM it".into(),
+            ));
+        }
+        parser.expect_keyword(Keyword::FROM)?;
+        let from = parser.parse_object_name(false)?;
+        let options = if parser.parse_keyword(Keyword::WITH) { parse_options(parser)? } else { BTreeMap::new() };
+        let format = parse_format(parser)?;
+        return Ok(Some(ParsedStatement::CreateSink(CreateSink { name, if_not_exists, from, options, format })));
+    }
     if peek_words(parser, &["DROP", "SOURCE"]) {
         skip(parser, 2);
         let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
@@ -299,19 +349,7 @@ pub(crate) fn parse_sluice_statement(parser: &mut Parser<'_>) -> Result<Option<P
         let name = parser.parse_object_name(false)?;
         let (columns, constraints, watermark) = parse_columns_with_watermark(parser)?;
         let options = if parser.parse_keyword(Keyword::WITH) { parse_options(parser)? } else { BTreeMap::new() };
-        let format = if peek_words(parser, &["FORMAT"]) {
-            skip(parser, 1);
-            let format = parser.parse_identifier()?.value.to_ascii_uppercase();
-            if !peek_words(parser, &["ENCODE"]) {
-                return parser.expected("ENCODE after FORMAT ...", parser.peek_token());
-            }
-            skip(parser, 1);
-            let encode = parser.parse_identifier()?.value.to_ascii_uppercase();
-            let options = if parser.peek_token().token == Token::LParen { parse_options(parser)? } else { BTreeMap::new() };
-            Some(crate::catalog::FormatClause { format, encode, options })
-        } else {
-            None
-        };
+        let format = parse_format(parser)?;
         return Ok(Some(ParsedStatement::CreateSource(CreateSource {
             name,
             if_not_exists,
@@ -323,6 +361,22 @@ pub(crate) fn parse_sluice_statement(parser: &mut Parser<'_>) -> Result<Option<P
         })));
     }
     Ok(None)
+}
+
+/// `FORMAT <format> ENCODE <encode> [( options )]`, if next.
+fn parse_format(parser: &mut Parser) -> Result<Option<crate::catalog::FormatClause>, ParserError> {
+    if !peek_words(parser, &["FORMAT"]) {
+        return Ok(None);
+    }
+    skip(parser, 1);
+    let format = parser.parse_identifier()?.value.to_ascii_uppercase();
+    if !peek_words(parser, &["ENCODE"]) {
+        return parser.expected("ENCODE after FORMAT ...", parser.peek_token());
+    }
+    skip(parser, 1);
+    let encode = parser.parse_identifier()?.value.to_ascii_uppercase();
+    let options = if parser.peek_token().token == Token::LParen { parse_options(parser)? } else { BTreeMap::new() };
+    Ok(Some(crate::catalog::FormatClause { format, encode, options }))
 }
 
 /// `( key = value, ... )`: keys are dotted names, lower-cased; values are literals, as text.

@@ -1,0 +1,151 @@
+//! Sinks: a view's changes delivered to the outside world, per checkpoint, at least once.
+//!
+//! ```text
+//!  view output ──changes──► RunningSink.pending
+//!  barrier     ──► outbox entry (sink, seq) = the epoch's changes, in the checkpoint's batch
+//!  commit      ──► delivery task: outbox entries in seq order → SinkConnector::deliver
+//!                   (retried until it succeeds) → entry deleted (its own commit)
+//!  restart     ──► entries still in the outbox are delivered again
+//! ```
+//!
+//! Why an outbox: the changes a sink must send are final only once their checkpoint commits
+//! (before that, a crash replays them and the view may produce them again), and a connector
+//! that fails (a broker down) must not stop the views. The outbox holds each epoch's changes
+//! durably with the state that produced them; delivery trails the checkpoints. A crash after
+//! an entry was sent but before its deletion committed sends it again: at-least-once, which
+//! an upsert consumer absorbs (the same keys get the same values).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sluice_storage::{KeyRange, StateSnapshot, WriteBatch};
+use tokio::sync::Notify;
+
+use crate::commit::EpochCommitter;
+use crate::plan::RelationId;
+use crate::recovery::{decode_log_entry, encode_log_entry, system_tables};
+use crate::{ChangeBatch, EngineError, EngineResult};
+
+/// Where a sink sends its view's changes.
+#[async_trait]
+pub trait SinkConnector: Send + Sync + std::fmt::Debug {
+    /// Sends one checkpoint's changes; returns once the destination has them (or fails, and
+    /// is called again with the same changes).
+    async fn deliver(&self, changes: &ChangeBatch) -> EngineResult<()>;
+}
+
+/// Everything the dataflow needs to run a sink.
+pub struct SinkDefinition {
+    /// The sink's id.
+    pub id: RelationId,
+    /// Its name, for logs.
+    pub name: String,
+    /// The view whose changes it sends.
+    pub view: RelationId,
+    /// Where it sends them.
+    pub connector: Arc<dyn SinkConnector>,
+    /// A new sink: its catalog entry, committed with its first outbox entry (the view's
+    /// current rows, as inserts). None: a sink restored after a restart.
+    pub catalog: Option<WriteBatch>,
+}
+
+/// A sink in the dataflow.
+pub(crate) struct RunningSink {
+    pub(crate) id: RelationId,
+    pub(crate) view: RelationId,
+    /// Changes since the last checkpoint.
+    pub(crate) pending: Vec<ChangeBatch>,
+    /// The next outbox entry's number.
+    pub(crate) next_seq: u64,
+    pub(crate) notify: Arc<Notify>,
+    pub(crate) delivery: tokio::task::JoinHandle<()>,
+}
+
+/// The key of outbox entry `seq` of sink `sink`.
+pub(crate) fn outbox_key(sink: RelationId, seq: u64) -> Vec<u8> {
+    let mut key = sink.to_be_bytes().to_vec();
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Sink `sink`'s outbox entries, in order.
+pub(crate) fn outbox(snapshot: &dyn StateSnapshot, sink: RelationId) -> EngineResult<Vec<(Vec<u8>, ChangeBatch)>> {
+    let mut out = Vec::new();
+    for kv in snapshot.scan(system_tables::SINK_OUTBOX, KeyRange::prefix(&sink.to_be_bytes()))? {
+        let (key, value) = kv?;
+        let (_, changes, _) = decode_log_entry(&value)?;
+        out.push((key.to_vec(), changes));
+    }
+    Ok(out)
+}
+
+/// The number after the last outbox entry of `sink` (0 if none).
+pub(crate) fn next_outbox_seq(snapshot: &dyn StateSnapshot, sink: RelationId) -> EngineResult<u64> {
+    let mut next = 0;
+    for kv in snapshot.scan(system_tables::SINK_OUTBOX, KeyRange::prefix(&sink.to_be_bytes()))? {
+        let (key, _) = kv?;
+        let seq = key.get(4..12).and_then(|s| s.try_into().ok()).map(u64::from_be_bytes);
+        next = seq.ok_or_else(|| EngineError::Invalid("corrupt outbox key".into()))? + 1;
+    }
+    Ok(next)
+}
+
+impl RunningSink {
+    /// Writes the changes gathered since the last checkpoint as the next outbox entry.
+    pub(crate) fn checkpoint(&mut self, write: &mut WriteBatch) -> EngineResult<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batches = std::mem::take(&mut self.pending);
+        let changes = ChangeBatch::concat(&batches)?;
+        if changes.num_rows() == 0 {
+            return Ok(());
+        }
+        write.put(system_tables::SINK_OUTBOX, outbox_key(self.id, self.next_seq), encode_log_entry(self.id, &changes, None)?);
+        self.next_seq += 1;
+        Ok(())
+    }
+}
+
+/// Delivers sink `sink`'s outbox entries each time `notify` fires, oldest first, retrying a
+/// failed delivery with backoff (the views go on meanwhile; the outbox grows).
+pub(crate) async fn delivery_loop(
+    sink: RelationId,
+    name: String,
+    connector: Arc<dyn SinkConnector>,
+    committer: Arc<EpochCommitter>,
+    notify: Arc<Notify>,
+) {
+    loop {
+        notify.notified().await;
+        loop {
+            let snapshot = committer.store().snapshot();
+            let entries = match outbox(snapshot.as_ref(), sink) {
+                Ok(entries) => entries,
+                Err(e) => {
+                    tracing::error!(sink = %name, error = %e, "cannot read the sink's outbox");
+                    break;
+                }
+            };
+            drop(snapshot);
+            if entries.is_empty() {
+                break;
+            }
+            for (key, changes) in entries {
+                let mut backoff = Duration::from_millis(100);
+                while let Err(e) = connector.deliver(&changes).await {
+                    tracing::warn!(sink = %name, error = %e, retry_in = ?backoff, "sink delivery failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+                let mut write = WriteBatch::new();
+                write.delete(system_tables::SINK_OUTBOX, key);
+                if let Err(e) = committer.commit(write) {
+                    tracing::error!(sink = %name, error = %e, "cannot record a sink delivery");
+                    return;
+                }
+            }
+        }
+    }
+}
