@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use crate::{bench, demo, serve, shutdown_signal, ServerConfig};
+use crate::{bench, bench_ingest, demo, serve, shutdown_signal, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
 /// Sluice: a SQL-first streaming database speaking the PostgreSQL protocol.
@@ -35,6 +35,17 @@ enum Command {
         /// Print the views once all `--rows` page views are in, then exit.
         #[arg(long)]
         once: bool,
+    },
+    /// Measure parse and ingest throughput of a file in a source format (see BENCHMARKS.md).
+    BenchIngest {
+        /// The input file.
+        input: PathBuf,
+        /// Its format: csv (bid rows), json (bid rows) or log (combined access log).
+        #[arg(long)]
+        format: String,
+        /// Where operator state lives: rocksdb or memory.
+        #[arg(long, default_value = "rocksdb")]
+        store: String,
     },
     /// Measure view maintenance throughput on the peers' bid stream (see BENCHMARKS.md).
     Bench {
@@ -157,6 +168,9 @@ pub fn main() -> ExitCode {
                 let options =
                     bench::BenchOptions { events, auctions: auctions.max(1), queries, chunk, parallelism, store, memory_limit };
                 bench::run(options).await.map_err(|e| e.to_string())
+            }
+            Command::BenchIngest { input, format, store } => {
+                bench_ingest::run(bench_ingest::IngestBenchOptions { input, format, store }).await.map_err(|e| e.to_string())
             }
             Command::Demo { server, rate, rows, once } => {
                 let options = demo::DemoOptions { rate, rows, once };

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod bench;
 pub mod demo;
 mod encode;
+pub mod bench_ingest;
 pub mod http;
 pub mod metrics;
 pub mod pg;

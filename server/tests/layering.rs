@@ -12,7 +12,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("sluice-engine", &["sluice-storage"]),
     ("sluice-connectors", &["sluice-engine"]),
     ("sluice-sql", &["sluice-connectors", "sluice-engine", "sluice-storage"]),
-    ("sluice-server", &["sluice-sql", "sluice-engine", "sluice-storage"]),
+    ("sluice-server", &["sluice-sql", "sluice-connectors", "sluice-engine", "sluice-storage"]),
     ("sluice-sqllogictest", &["sluice-server", "sluice-sql"]),
 ];
 

@@ -205,6 +205,20 @@ impl Database {
         crate::ingest::ingest(&entry, &self.writer, body).await
     }
 
+    /// Records consumed so far by each reader of source `source` (for benchmarks).
+    pub fn source_records(&self, source: &str) -> Vec<u64> {
+        let status = self.dataflow.event_time_status();
+        let mut out = Vec::new();
+        for view in self.views_read().values() {
+            for (reader, name) in &view.readers {
+                if name == source {
+                    out.push(status.records.get(reader).copied().unwrap_or(0));
+                }
+            }
+        }
+        out
+    }
+
     /// The rows of `sluice_sources`: every view's reader of every source.
     pub(crate) fn source_reader_rows(
         &self,

@@ -12,6 +12,7 @@
 
 mod client;
 pub mod crash;
+pub mod probe;
 mod processes;
 
 pub use client::{Protocol, WireClient, WireError};

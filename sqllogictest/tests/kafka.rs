@@ -16,40 +16,11 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluice_sqllogictest::{KafkaBroker, SluiceServer};
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use sluice_sqllogictest::probe::{connect, rows, wait_for_records};
+use tokio_postgres::Client;
 
-async fn connect(port: u16) -> Client {
-    let (client, connection) =
-        tokio_postgres::Config::new().host("127.0.0.1").port(port).user("sluice").dbname("sluice").connect(NoTls).await.unwrap();
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
-}
 
-async fn rows(client: &Client, sql: &str) -> Vec<Vec<String>> {
-    let mut out = Vec::new();
-    for message in client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")) {
-        if let SimpleQueryMessage::Row(row) = message {
-            out.push((0..row.len()).map(|i| row.get(i).unwrap_or("NULL").to_string()).collect());
-        }
-    }
-    out
-}
 
-async fn wait_for_records(client: &Client, source: &str, records: u64) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        client.simple_query("FLUSH").await.unwrap();
-        let counts = rows(client, &format!("SELECT records FROM sluice_sources WHERE source = '{source}'")).await;
-        if !counts.is_empty() && counts.iter().all(|r| r[0] == records.to_string()) {
-            client.simple_query("FLUSH").await.unwrap();
-            return;
-        }
-        assert!(Instant::now() < deadline, "readers of {source} stuck at {counts:?}, want {records}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn broker() -> Option<KafkaBroker> {
     match KafkaBroker::start().unwrap() {
