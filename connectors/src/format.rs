@@ -200,9 +200,9 @@ impl TextRows {
                 continue;
             }
             let typed = cast_with_options(&text, field.data_type(), &CastOptions { safe: true, ..Default::default() })?;
-            for row in 0..text.len() {
-                if reasons[row].is_none() && text.is_valid(row) && typed.is_null(row) {
-                    reasons[row] = Some(format!(
+            for (row, reason) in reasons.iter_mut().enumerate() {
+                if reason.is_none() && text.is_valid(row) && typed.is_null(row) {
+                    *reason = Some(format!(
                         "column {}: '{}' is not a valid {}",
                         field.name(),
                         text.value(row),

@@ -47,7 +47,7 @@ use crate::operator::{
 };
 use crate::plan::{NodeKind, RelationId, StreamPlan};
 use crate::recovery::{
-    late_rows_counter, log_key, read_counter, record_late_rows, recorded_failure, render_row, source_position, system_tables,
+    late_rows_counter, log_key, read_counter, record_late_rows, recorded_failure, source_position, system_tables,
     record_source_errors, source_errors_counter, LateRow, RejectedRecord, SourcePosition,
 };
 use crate::sink::{delivery_loop, next_outbox_seq, outbox_key, RunningSink, SinkDefinition};
@@ -236,6 +236,9 @@ enum Message {
     Watermark(Watermark),
 }
 
+// Changes is by far the most frequent command, so boxing it to shrink the others would cost an
+// allocation per batch for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     Changes {
         relation: RelationId,
@@ -272,17 +275,7 @@ fn apply_source_watermark(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or_default();
-    let late = split
-        .late_times
-        .iter()
-        .enumerate()
-        .map(|(i, (event_time, watermark))| LateRow {
-            event_time: *event_time,
-            watermark: *watermark,
-            arrived_at,
-            row: render_row(&split.late, i),
-        })
-        .collect();
+    let late = split.late_rows(arrived_at);
     let watermark = generator.current().map(|value| Watermark { column: spec.time_column, value });
     Ok((ChangeBatch::inserts(split.accepted), watermark, late))
 }

@@ -50,6 +50,23 @@ pub struct SplitRows {
     pub late_times: Vec<(Option<i64>, Option<i64>)>,
 }
 
+impl SplitRows {
+    /// The late rows as `sluice_late_rows` records, arrived at `arrived_at` (microseconds
+    /// since the Unix epoch).
+    pub fn late_rows(&self, arrived_at: i64) -> Vec<crate::recovery::LateRow> {
+        self.late_times
+            .iter()
+            .enumerate()
+            .map(|(i, (event_time, watermark))| crate::recovery::LateRow {
+                event_time: *event_time,
+                watermark: *watermark,
+                arrived_at,
+                row: crate::recovery::render_row(&self.late, i),
+            })
+            .collect()
+    }
+}
+
 /// Splits `batch` (rows in arrival order, all from `partition`) by the watermark of
 /// `generator`, advancing it row by row: a row is late when its event time (column
 /// `time_column`) is below the watermark of the rows before it, or NULL (a row with no time

@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use sluice_engine::recovery::{
-    late_rows_counter, read_counter, record_late_rows, record_source_errors, render_row, source_errors_counter,
+    late_rows_counter, read_counter, record_late_rows, record_source_errors, source_errors_counter,
     system_tables, table_watermark, LateRow,
 };
 use sluice_engine::source::{ErrorPolicy, RejectedRecord};
@@ -104,18 +104,7 @@ pub async fn ingest(entry: &SourceEntry, writer: &TableWriter, body: &[u8]) -> R
                     let values = spec.expr.evaluate(&rows)?.into_array(rows.num_rows())?;
                     let mut generator = WatermarkGenerator::new(table_watermark(snapshot, id)?, std::time::Duration::MAX);
                     let split = split_late(&rows, spec.time_column, values.as_ref(), &mut generator, 0, std::time::Instant::now())?;
-                    let arrived_at = chrono::Utc::now().timestamp_micros();
-                    let late: Vec<LateRow> = split
-                        .late_times
-                        .iter()
-                        .enumerate()
-                        .map(|(i, (event_time, watermark))| LateRow {
-                            event_time: *event_time,
-                            watermark: *watermark,
-                            arrived_at,
-                            row: render_row(&split.late, i),
-                        })
-                        .collect();
+                    let late: Vec<LateRow> = split.late_rows(chrono::Utc::now().timestamp_micros());
                     let watermark = generator.current().map(|value| Watermark { column: spec.time_column, value });
                     (split.accepted, late, watermark)
                 }

@@ -17,7 +17,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluice_sqllogictest::{KafkaBroker, SluiceServer};
 use sluice_sqllogictest::probe::{connect, rows, wait_for_records};
-use tokio_postgres::Client;
 
 
 
