@@ -315,6 +315,8 @@ pub struct EventTimeStatus {
     pub source_errors: HashMap<RelationId, u64>,
     /// Source reader → records consumed (as of the last batch absorbed).
     pub records: HashMap<RelationId, u64>,
+    /// Sink → its deliveries since the server started.
+    pub sinks: HashMap<RelationId, crate::sink::SinkStatus>,
 }
 
 /// Handle to the dataflow thread. Cheap to clone.
@@ -1220,6 +1222,7 @@ impl Worker {
             sink.connector,
             Arc::clone(&self.committer),
             Arc::clone(&notify),
+            Arc::clone(&self.status),
         ));
         notify.notify_one();
         self.sinks.push(RunningSink { id: sink.id, view: sink.view, pending: Vec::new(), next_seq, notify, delivery });
@@ -1233,6 +1236,7 @@ impl Worker {
             let sink = self.sinks.remove(at);
             sink.delivery.abort();
         }
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).sinks.remove(&id);
         let snapshot = self.committer.store().snapshot();
         for kv in snapshot.scan(system_tables::SINK_OUTBOX, sluice_storage::KeyRange::prefix(&id.to_be_bytes()))? {
             let (key, _) = kv?;

@@ -50,6 +50,27 @@ pub struct SinkDefinition {
     pub catalog: Option<WriteBatch>,
 }
 
+/// How a sink's deliveries went since the server started (for `sluice_sinks`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SinkStatus {
+    /// Outbox entries (checkpoints' changes) delivered.
+    pub delivered_entries: u64,
+    /// Changes (rows inserted or deleted) in them.
+    pub delivered_changes: u64,
+    /// Why the last delivery attempt failed, if it did (cleared by a success).
+    pub last_error: Option<String>,
+}
+
+/// How many outbox entries of `sink` wait for delivery.
+pub fn pending_entries(snapshot: &dyn StateSnapshot, sink: RelationId) -> EngineResult<u64> {
+    let mut count = 0;
+    for kv in snapshot.scan(system_tables::SINK_OUTBOX, KeyRange::prefix(&sink.to_be_bytes()))? {
+        kv?;
+        count += 1;
+    }
+    Ok(count)
+}
+
 /// A sink in the dataflow.
 pub(crate) struct RunningSink {
     pub(crate) id: RelationId,
@@ -116,7 +137,12 @@ pub(crate) async fn delivery_loop(
     connector: Arc<dyn SinkConnector>,
     committer: Arc<EpochCommitter>,
     notify: Arc<Notify>,
+    status: Arc<std::sync::Mutex<crate::dataflow::EventTimeStatus>>,
 ) {
+    let record = |update: &dyn Fn(&mut SinkStatus)| {
+        let mut status = status.lock().unwrap_or_else(|p| p.into_inner());
+        update(status.sinks.entry(sink).or_default());
+    };
     loop {
         notify.notified().await;
         loop {
@@ -136,9 +162,17 @@ pub(crate) async fn delivery_loop(
                 let mut backoff = Duration::from_millis(100);
                 while let Err(e) = connector.deliver(&changes).await {
                     tracing::warn!(sink = %name, error = %e, retry_in = ?backoff, "sink delivery failed");
+                    let reason = e.to_string();
+                    record(&|s| s.last_error = Some(reason.clone()));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
+                let rows = changes.num_rows() as u64;
+                record(&|s| {
+                    s.delivered_entries += 1;
+                    s.delivered_changes += rows;
+                    s.last_error = None;
+                });
                 let mut write = WriteBatch::new();
                 write.delete(system_tables::SINK_OUTBOX, key);
                 if let Err(e) = committer.commit(write) {

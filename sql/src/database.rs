@@ -56,8 +56,8 @@ pub struct Database {
     tables: RwLock<BTreeMap<String, Arc<StoredTable>>>,
     views: RwLock<BTreeMap<String, Arc<ViewEntry>>>,
     sources: RwLock<BTreeMap<String, Arc<SourceEntry>>>,
-    /// Sinks by name: (id, the view they send).
-    sinks: RwLock<BTreeMap<String, (TableId, String)>>,
+    /// Sinks by name: (id, the view they send, "connector FORMAT x ENCODE y").
+    sinks: RwLock<BTreeMap<String, (TableId, String, String)>>,
     next_table_id: AtomicU32,
     /// Serializes DDL of views and sources (their planning, creation and dependency checks).
     ddl: tokio::sync::Mutex<()>,
@@ -126,7 +126,13 @@ impl Database {
             next_table_id: AtomicU32::new(1),
             ddl: tokio::sync::Mutex::new(()),
         });
-        for kind in [SystemTableKind::Watermarks, SystemTableKind::LateRows, SystemTableKind::Sources, SystemTableKind::Errors] {
+        for kind in [
+            SystemTableKind::Watermarks,
+            SystemTableKind::LateRows,
+            SystemTableKind::Sources,
+            SystemTableKind::Errors,
+            SystemTableKind::Sinks,
+        ] {
             let table = SystemTable::new(kind, Arc::downgrade(&db));
             db.ctx.register_table(TableReference::bare(kind.name()), Arc::new(table))?;
         }
@@ -217,6 +223,23 @@ impl Database {
             }
         }
         out
+    }
+
+    /// The rows of `sluice_sinks`.
+    pub(crate) fn sink_rows(&self, snapshot: &dyn sluice_storage::StateSnapshot) -> SqlResult<Vec<crate::source_status::SinkRow>> {
+        let status = self.dataflow.event_time_status();
+        let mut rows = Vec::new();
+        for (name, (id, view, kind)) in self.sinks.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            let delivered = status.sinks.get(id).cloned().unwrap_or_default();
+            rows.push(crate::source_status::SinkRow {
+                name: name.clone(),
+                view: view.clone(),
+                kind: kind.clone(),
+                pending: sluice_engine::sink::pending_entries(snapshot, *id)?,
+                delivered,
+            });
+        }
+        Ok(rows)
     }
 
     /// The rows of `sluice_sources`: every view's reader of every source.
@@ -545,7 +568,7 @@ impl Database {
 
     /// The sinks reading view `view`.
     fn sinks_of(&self, view: &str) -> Vec<String> {
-        self.sinks.read().unwrap_or_else(|p| p.into_inner()).iter().filter(|(_, (_, v))| v == view).map(|(n, _)| n.clone()).collect()
+        self.sinks.read().unwrap_or_else(|p| p.into_inner()).iter().filter(|(_, (_, v, _))| v == view).map(|(n, _)| n.clone()).collect()
     }
 
     /// Executes `CREATE SINK ... FROM view`. Returns false if it existed and `IF NOT EXISTS`
@@ -611,7 +634,12 @@ impl Database {
                 catalog,
             })
             .await?;
-        self.sinks.write().unwrap_or_else(|p| p.into_inner()).insert(definition.name, (definition.id, definition.view));
+        let kind = format!(
+            "{} {}",
+            definition.options.get("connector").map(|c| c.to_ascii_lowercase()).unwrap_or_default(),
+            definition.format.as_ref().map(|f| format!("FORMAT {} ENCODE {}", f.format, f.encode)).unwrap_or_default()
+        );
+        self.sinks.write().unwrap_or_else(|p| p.into_inner()).insert(definition.name, (definition.id, definition.view, kind));
         Ok(())
     }
 
@@ -623,7 +651,7 @@ impl Database {
     }
 
     async fn drop_sink_entry(&self, name: &str, if_exists: bool) -> SqlResult<Vec<String>> {
-        let Some((id, _)) = self.sinks.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned() else {
+        let Some((id, _, _)) = self.sinks.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned() else {
             if if_exists {
                 return Ok(vec![format!("sink \"{name}\" does not exist, skipping")]);
             }

@@ -197,6 +197,8 @@ pub enum SystemTableKind {
     Sources,
     /// `sluice_errors`.
     Errors,
+    /// `sluice_sinks`.
+    Sinks,
 }
 
 impl SystemTableKind {
@@ -207,6 +209,7 @@ impl SystemTableKind {
             SystemTableKind::LateRows => "sluice_late_rows",
             SystemTableKind::Sources => "sluice_sources",
             SystemTableKind::Errors => "sluice_errors",
+            SystemTableKind::Sinks => "sluice_sinks",
         }
     }
 }
@@ -238,6 +241,7 @@ impl TableProvider for SystemTable {
             SystemTableKind::LateRows => late_rows_schema(),
             SystemTableKind::Sources => crate::source_status::sources_schema(),
             SystemTableKind::Errors => crate::source_status::errors_schema(),
+            SystemTableKind::Sinks => crate::source_status::sinks_schema(),
         }
     }
 
@@ -266,6 +270,7 @@ impl TableProvider for SystemTable {
             SystemTableKind::Errors => {
                 crate::source_status::errors_batch(&database.error_rows(snapshot.as_ref()).map_err(to_datafusion)?)
             }
+            SystemTableKind::Sinks => crate::source_status::sinks_batch(&database.sink_rows(snapshot.as_ref()).map_err(to_datafusion)?),
         }
         .map_err(to_datafusion)?;
         Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema(), projection.cloned())?)

@@ -1,5 +1,6 @@
-//! The system tables about what sources read: `sluice_sources` (per source reader: records
-//! read, records rejected, late rows) and `sluice_errors` (the rejected records themselves).
+//! The system tables about what sources read and sinks send: `sluice_sources` (per source
+//! reader: records read, records rejected, late rows), `sluice_errors` (the rejected records
+//! themselves) and `sluice_sinks` (per sink: checkpoints waiting, delivered, last error).
 //!
 //! Why per reader: every materialized view over a source runs its own reader (its own copy
 //! of the stream, at its own position), so each reader meets a bad record once.
@@ -42,6 +43,49 @@ pub fn errors_schema() -> SchemaRef {
         Field::new("error", DataType::Utf8, false),
         Field::new("error_time", utc_time(), false),
     ]))
+}
+
+/// The columns of `sluice_sinks`.
+pub fn sinks_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("sink", DataType::Utf8, false),
+        Field::new("view", DataType::Utf8, false),
+        Field::new("connector", DataType::Utf8, false),
+        Field::new("pending_checkpoints", DataType::Int64, false),
+        Field::new("delivered_checkpoints", DataType::Int64, false),
+        Field::new("delivered_changes", DataType::Int64, false),
+        Field::new("last_error", DataType::Utf8, true),
+    ]))
+}
+
+/// One row of `sluice_sinks`.
+pub struct SinkRow {
+    /// The sink.
+    pub name: String,
+    /// The view it sends.
+    pub view: String,
+    /// Its connector and format.
+    pub kind: String,
+    /// Checkpoints' changes in its outbox.
+    pub pending: u64,
+    /// Deliveries since the server started.
+    pub delivered: sluice_engine::sink::SinkStatus,
+}
+
+/// `sluice_sinks` as one batch.
+pub fn sinks_batch(rows: &[SinkRow]) -> SqlResult<RecordBatch> {
+    Ok(RecordBatch::try_new(
+        sinks_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.name.as_str()))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.view.as_str()))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.kind.as_str()))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.pending as i64))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.delivered.delivered_entries as i64))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.delivered.delivered_changes as i64))),
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.delivered.last_error.as_deref()))),
+        ],
+    )?)
 }
 
 /// One row of `sluice_sources`.

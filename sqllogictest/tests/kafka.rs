@@ -371,6 +371,20 @@ async fn kafka_to_view_to_kafka_sinks_with_retractions_through_kill_9() {
     assert_eq!(ops, ["c", "d", "u"].iter().map(|s| s.to_string()).collect());
     assert!(plain_messages.len() >= sampled.len());
 
+    // Every checkpoint's changes were delivered and left the outboxes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = rows(&client, "SELECT sink, pending_checkpoints, last_error FROM sluice_sinks ORDER BY sink").await;
+        if status.iter().all(|r| r[1] == "0" && r[2] == "NULL") {
+            assert_eq!(status.len(), 3);
+            break;
+        }
+        assert!(Instant::now() < deadline, "sinks still pending: {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let delivered = rows(&client, "SELECT sum(delivered_changes) FROM sluice_sinks WHERE sink = 'sampled_plain'").await;
+    assert!(delivered[0][0].parse::<u64>().unwrap() > 0, "{delivered:?}");
+
     // A view with sinks is not dropped without CASCADE; DROP SINK removes a sink.
     let error = client.batch_execute("DROP MATERIALIZED VIEW rare").await.unwrap_err();
     assert_eq!(error.as_db_error().unwrap().code().code(), "2BP01");
