@@ -1,9 +1,12 @@
 //! `sluice demo`: a live website-activity pipeline — a datagen source of page views and the
-//! materialized views a web analytics team would keep — shown updating in the terminal.
+//! materialized views a web analytics team would keep — shown updating in the terminal; beside
+//! it, a real Apache access log (10,000 lines from 2015, embedded in the binary) written line
+//! by line into the data directory, as a web server would, and followed by a file source.
 //!
 //! Everything is plain SQL through a session, the same path a psql user takes.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use datafusion::arrow::util::pretty::pretty_format_batches;
@@ -54,6 +57,49 @@ pub fn setup_sql(rate: u64, rows: Option<u64>) -> String {
     )
 }
 
+/// The real access log the demo writes out as a web server would.
+const ACCESS_LOG: &[u8] = include_bytes!("../../testdata/apache_combined_2015.log");
+
+/// Lines of [`ACCESS_LOG`].
+pub const ACCESS_LOG_LINES: u64 = 10_000;
+
+/// The statements that follow the access log at `path`.
+pub fn access_log_sql(path: &Path) -> String {
+    format!(
+        "CREATE SOURCE access_log (
+            remote_addr VARCHAR, ts TIMESTAMPTZ, method VARCHAR, path VARCHAR, status INT, bytes BIGINT,
+            user_agent VARCHAR
+         ) WITH (connector = 'file', path = '{}', follow = 'true', poll.interval = '100ms')
+         FORMAT PLAIN ENCODE LOG (format = 'combined');
+         CREATE MATERIALIZED VIEW status_codes AS
+            SELECT status, count(*) AS requests, count(DISTINCT remote_addr) AS clients, sum(bytes) AS bytes
+            FROM access_log GROUP BY status;",
+        path.display().to_string().replace('\'', "''")
+    )
+}
+
+/// Appends the access log's lines to `path` from where the file ends, `per_tick` lines every
+/// 100 ms (all at once if 0), as a web server writes its log.
+async fn write_access_log(path: PathBuf, per_tick: usize) {
+    let lines: Vec<&[u8]> = ACCESS_LOG.split_inclusive(|b| *b == b'\n').collect();
+    let written = std::fs::read(&path).map(|b| b.iter().filter(|c| **c == b'\n').count()).unwrap_or(0);
+    let mut next = written.min(lines.len());
+    while next < lines.len() {
+        let end = if per_tick == 0 { lines.len() } else { (next + per_tick).min(lines.len()) };
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(&lines[next..end].concat()));
+        if let Err(e) = appended {
+            tracing::warn!(error = %e, path = %path.display(), "the demo cannot write its access log");
+            return;
+        }
+        next = end;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// What the demo shows on each refresh: a title and a query over the views.
 pub const PANELS: &[(&str, &str)] = &[
     (
@@ -76,6 +122,12 @@ pub const PANELS: &[(&str, &str)] = &[
         "Busiest pages, sliding 5 minutes (busiest_pages)",
         "SELECT url, views, bytes FROM busiest_pages
          WHERE window_start = (SELECT max(window_start) FROM busiest_pages) ORDER BY views DESC, url LIMIT 5",
+    ),
+    (
+        "A real access log, followed as it is written (access_log file source: status_codes; bad lines in sluice_errors)",
+        "SELECT s.status, s.requests, s.clients, s.bytes, r.records AS lines_read, r.errors AS bad_lines
+         FROM status_codes s, (SELECT records, errors FROM sluice_sources WHERE source = 'access_log') r
+         ORDER BY s.requests DESC LIMIT 4",
     ),
 ];
 
@@ -144,25 +196,34 @@ async fn render(session: &mut Session, server: &RunningServer) -> Result<String,
 /// Starts a server with the demo pipeline and shows its views until `until` completes (or,
 /// with `once`, prints them once after all rows are in).
 pub async fn run(config: ServerConfig, options: DemoOptions, until: impl std::future::Future<Output = ()>) -> Result<(), DemoError> {
+    let log_dir = config.data_dir.join("demo");
     let server = RunningServer::start(config).await?;
     let mut session = server.db.session("sluice", "sluice", 0);
+    std::fs::create_dir_all(&log_dir).map_err(|e| SqlError::InvalidParameterValue(format!("cannot create {}: {e}", log_dir.display())))?;
+    let log = log_dir.join("access.log");
     if server.db.source_names().iter().any(|s| s == "page_views") {
         // The data directory keeps the pipeline: it resumes where the last run stopped.
         println!("Resuming the demo pipeline kept in the data directory ...");
     } else {
-        println!("Creating source page_views (datagen) and five materialized views ...");
+        println!("Creating sources page_views (datagen) and access_log (file) and six materialized views ...");
         run_sql(&mut session, &setup_sql(options.rate, options.rows)).await?;
+        run_sql(&mut session, &access_log_sql(&log)).await?;
     }
+    // About 100 lines a second, so the log is seen growing (all at once with --once).
+    let writer = tokio::spawn(write_access_log(log, if options.once { 0 } else { 10 }));
     if options.once {
         let target = options.rows.unwrap_or(1);
         loop {
             run_sql(&mut session, "FLUSH").await?;
-            if page_views_so_far(&mut session).await? >= target {
+            let log_read = server.db.source_records("access_log").iter().all(|r| *r >= ACCESS_LOG_LINES);
+            if page_views_so_far(&mut session).await? >= target && log_read {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        run_sql(&mut session, "FLUSH").await?;
         print!("{}", render(&mut session, &server).await?);
+        writer.abort();
         server.stop().await;
         return Ok(());
     }
@@ -181,6 +242,7 @@ pub async fn run(config: ServerConfig, options: DemoOptions, until: impl std::fu
             }
         }
     }
+    writer.abort();
     server.stop().await;
     Ok(())
 }
