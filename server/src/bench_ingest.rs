@@ -8,6 +8,10 @@
 //!   dataflow, checkpoints), with the process's CPU seconds, so rows per CPU-second is the
 //!   figure per core.
 //!
+//! With `--kafka host:port`, the ingest stage reads the file's lines from a Kafka topic
+//! instead (produced first, in batches, to a fresh topic of `--partitions` partitions), so
+//! the figure covers the Kafka connector end to end.
+//!
 //! Inputs: `csv` and `json` files of the peers' bid rows (`auction, bidder, price,
 //! date_time`; `scripts/bench_ingest_inputs.py` writes the JSON twin of `gen_bids.py`'s
 //! CSV), `log` files of combined-format access-log lines.
@@ -31,6 +35,51 @@ pub struct IngestBenchOptions {
     pub format: String,
     /// `memory` or `rocksdb`.
     pub store: String,
+    /// A Kafka broker to ingest through, instead of the file.
+    pub kafka: Option<String>,
+    /// Partitions of the Kafka topic.
+    pub partitions: i32,
+}
+
+/// Produces every line of `bytes` as one message to a fresh topic; returns its name.
+async fn produce_lines(bootstrap: &str, partitions: i32, bytes: &[u8]) -> Result<String, SqlError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let kafka = |e: rdkafka::error::KafkaError| SqlError::Internal(format!("kafka: {e}"));
+    let topic = format!("sluice_bench_{}", std::process::id());
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", bootstrap).create().map_err(kafka)?;
+    for result in admin
+        .create_topics(&[NewTopic::new(&topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .await
+        .map_err(kafka)?
+    {
+        result.map_err(|(t, e)| SqlError::Internal(format!("kafka: cannot create {t}: {e}")))?;
+    }
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .create()
+        .map_err(kafka)?;
+    let started = Instant::now();
+    let mut pending = Vec::new();
+    let mut produced = 0u64;
+    for (i, line) in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+        let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(&topic).partition(i as i32 % partitions.max(1)).payload(line);
+        pending.push(producer.send(record, Duration::from_secs(60)));
+        produced += 1;
+        if pending.len() >= 50_000 {
+            for result in futures::future::join_all(pending.drain(..)).await {
+                result.map_err(|(e, _)| kafka(e))?;
+            }
+        }
+    }
+    for result in futures::future::join_all(pending).await {
+        result.map_err(|(e, _)| kafka(e))?;
+    }
+    println!("PRODUCED topic={topic} messages={produced} wall_s={:.2}", started.elapsed().as_secs_f64());
+    Ok(topic)
 }
 
 /// Bytes per parse chunk (as the file source reads).
@@ -121,9 +170,13 @@ pub async fn run(options: IngestBenchOptions) -> Result<(), SqlError> {
         rows as f64 / wall,
         megabytes / wall
     );
+    let topic = match &options.kafka {
+        Some(bootstrap) => Some(produce_lines(bootstrap, options.partitions, &bytes).await?),
+        None => None,
+    };
     drop(bytes);
 
-    // The whole path: a file source read by a count(*) view.
+    // The whole path: a file (or Kafka) source read by a count(*) view.
     let store: Arc<dyn StateStore> = match options.store.as_str() {
         "memory" => Arc::new(MemoryStateStore::new()),
         "rocksdb" => {
@@ -136,9 +189,13 @@ pub async fn run(options: IngestBenchOptions) -> Result<(), SqlError> {
     let db = Database::with_dataflow(store, DataflowConfig::default())?;
     let mut session = db.session("sluice", "bench", 0);
     let path = options.input.display().to_string().replace('\'', "''");
-    let ddl = format!(
-        "CREATE SOURCE input ({ddl_columns}) WITH (connector = 'file', path = '{path}') FORMAT PLAIN {encode_clause}"
-    );
+    let with = match (&options.kafka, &topic) {
+        (Some(bootstrap), Some(topic)) => {
+            format!("connector = 'kafka', topic = '{topic}', properties.bootstrap.server = '{bootstrap}'")
+        }
+        _ => format!("connector = 'file', path = '{path}'"),
+    };
+    let ddl = format!("CREATE SOURCE input ({ddl_columns}) WITH ({with}) FORMAT PLAIN {encode_clause}");
     for stmt in parse_statements(&ddl)? {
         session.execute(&stmt).await?;
     }
@@ -159,8 +216,9 @@ pub async fn run(options: IngestBenchOptions) -> Result<(), SqlError> {
     let wall = started.elapsed().as_secs_f64();
     let cpu = process_cpu_seconds() - cpu_before;
     println!(
-        "RESULT system=sluice stage=ingest format={} rows={rows} wall_s={wall:.2} rows_per_s={:.0} cpu_s={cpu:.2} \
+        "RESULT system=sluice stage=ingest from={} format={} rows={rows} wall_s={wall:.2} rows_per_s={:.0} cpu_s={cpu:.2} \
          rows_per_cpu_s={:.0}",
+        if options.kafka.is_some() { "kafka" } else { "file" },
         options.format,
         rows as f64 / wall,
         rows as f64 / cpu.max(0.01)

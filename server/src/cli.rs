@@ -46,6 +46,12 @@ enum Command {
         /// Where operator state lives: rocksdb or memory.
         #[arg(long, default_value = "rocksdb")]
         store: String,
+        /// Ingest through this Kafka broker (host:port) instead of reading the file.
+        #[arg(long)]
+        kafka: Option<String>,
+        /// Partitions of the Kafka topic.
+        #[arg(long, default_value_t = 2)]
+        partitions: i32,
     },
     /// Measure view maintenance throughput on the peers' bid stream (see BENCHMARKS.md).
     Bench {
@@ -169,8 +175,9 @@ pub fn main() -> ExitCode {
                     bench::BenchOptions { events, auctions: auctions.max(1), queries, chunk, parallelism, store, memory_limit };
                 bench::run(options).await.map_err(|e| e.to_string())
             }
-            Command::BenchIngest { input, format, store } => {
-                bench_ingest::run(bench_ingest::IngestBenchOptions { input, format, store }).await.map_err(|e| e.to_string())
+            Command::BenchIngest { input, format, store, kafka, partitions } => {
+                let options = bench_ingest::IngestBenchOptions { input, format, store, kafka, partitions };
+                bench_ingest::run(options).await.map_err(|e| e.to_string())
             }
             Command::Demo { server, rate, rows, once } => {
                 let options = demo::DemoOptions { rate, rows, once };
