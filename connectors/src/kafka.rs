@@ -17,6 +17,10 @@
 //! checkpoint. Partitions added to the topic are found every `partition.discovery.interval`
 //! and read from their start.
 //!
+//! Tasks: a gathering task receives all partitions' messages and hands each partition's chunk
+//! to that partition's parsing task; the reader delivers parsed chunks in each partition's
+//! order, advancing that partition's offset with each.
+//!
 //! Records: a message's value is one record (a JSON value's line breaks are blanks; a CSV or
 //! log message may hold several lines); a message without a value is rejected. A rejected
 //! record names `topic/partition` and its Kafka offset. The source's watermark is the minimum
@@ -169,15 +173,61 @@ struct PartitionChunk {
     records: u64,
 }
 
-struct Reader<'a> {
-    source: &'a KafkaSource,
-    consumer: Arc<StreamConsumer>,
-    position: KafkaPosition,
-    parsers: BTreeMap<i32, Box<dyn RecordParser>>,
+/// One partition's chunk, parsed.
+struct Parsed {
+    rows: datafusion::arrow::array::RecordBatch,
+    rejected: Vec<RejectedRecord>,
+    next_offset: i64,
     records: u64,
 }
 
-impl Reader<'_> {
+/// What the gathering task tells the reader, in order.
+enum Event {
+    /// A partition discovered after the start is read from this offset.
+    Assigned(i32, i64),
+    /// A partition's next chunk, parsed (chunks of one partition arrive in order).
+    Parsed(i32, Parsed),
+    /// Reading cannot go on.
+    Failed(EngineError),
+}
+
+/// Tasks aborted when this is dropped (the reader stopped or failed).
+#[derive(Default)]
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Parses one partition's chunk; rejected records get their message's Kafka offset.
+fn parse_chunk(parser: &mut dyn RecordParser, name: &str, chunk: PartitionChunk) -> EngineResult<Parsed> {
+    let mut rejected = chunk.rejected;
+    let first_rejected = rejected.len();
+    let rows = parser.parse(&chunk.bytes, 0, name, &mut rejected)?;
+    // A record's byte position in the chunk → the offset of the message holding it.
+    for record in &mut rejected[first_rejected..] {
+        let at = chunk.starts.partition_point(|(start, _)| *start <= record.offset);
+        record.offset = chunk.starts.get(at.saturating_sub(1)).map_or(0, |(_, offset)| *offset as u64);
+    }
+    rejected.sort_by_key(|r| r.offset);
+    Ok(Parsed { rows, rejected, next_offset: chunk.next_offset, records: chunk.records })
+}
+
+/// Owns the consumer's side: assigns partitions, gathers their messages into chunks and hands
+/// each chunk to its partition's parsing task (one per partition, on the runtime's threads).
+struct Gatherer {
+    source: Arc<KafkaSource>,
+    consumer: Arc<StreamConsumer>,
+    workers: BTreeMap<i32, tokio::sync::mpsc::Sender<PartitionChunk>>,
+    events: tokio::sync::mpsc::Sender<Event>,
+    tasks: Tasks,
+}
+
+impl Gatherer {
     /// The topic's partitions, from the broker.
     async fn partitions(&self) -> EngineResult<Vec<i32>> {
         let consumer = Arc::clone(&self.consumer);
@@ -196,124 +246,93 @@ impl Reader<'_> {
         .map_err(|e| kafka_error("metadata", e))?
     }
 
-    /// Assigns the partitions not yet read: at their checkpointed offset, or else at the
-    /// startup mode resolved to an offset (`initial`: the reader's first assignment; later
-    /// partitions start at their beginning). Returns whether any was added.
-    async fn assign_new(&mut self, initial: bool) -> EngineResult<bool> {
+    /// Assigns the partitions not yet read, each at `known`'s offset (the checkpoint's), else
+    /// at the startup mode resolved to an offset (`initial`: the reader's first assignment;
+    /// partitions found later start at their beginning). Returns the new partitions' starts.
+    async fn assign_new(&mut self, known: &BTreeMap<i32, i64>, initial: bool) -> EngineResult<Vec<(i32, i64)>> {
         let partitions = self.partitions().await?;
-        let assigned: Vec<i32> = self.parsers.keys().copied().collect();
-        let fresh: Vec<i32> = partitions.into_iter().filter(|p| !assigned.contains(p)).collect();
-        if fresh.is_empty() {
-            return Ok(false);
+        let fresh: Vec<i32> = partitions.into_iter().filter(|p| !self.workers.contains_key(p)).collect();
+        let mut starts = Vec::with_capacity(fresh.len());
+        for partition in fresh {
+            let start = match known.get(&partition) {
+                Some(offset) => *offset,
+                None => {
+                    let consumer = Arc::clone(&self.consumer);
+                    let topic = self.source.topic.clone();
+                    let (low, high) =
+                        tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10)))
+                            .await
+                            .map_err(|e| kafka_error("offsets", e))?
+                            .map_err(|e| kafka_error("offsets", e))?;
+                    if initial && self.source.startup == StartupMode::Latest {
+                        high
+                    } else {
+                        low
+                    }
+                }
+            };
+            starts.push((partition, start));
         }
-        for partition in &fresh {
-            if self.position.partitions.contains_key(partition) {
-                continue;
-            }
-            let consumer = Arc::clone(&self.consumer);
-            let topic = self.source.topic.clone();
-            let partition = *partition;
-            let (low, high) = tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10)))
-                .await
-                .map_err(|e| kafka_error("offsets", e))?
-                .map_err(|e| kafka_error("offsets", e))?;
-            let start = if initial && self.source.startup == StartupMode::Latest { high } else { low };
-            self.position.partitions.insert(partition, start);
+        if starts.is_empty() {
+            return Ok(starts);
         }
         let mut list = TopicPartitionList::new();
-        for partition in &fresh {
-            let offset = self.position.partitions.get(partition).copied().unwrap_or(0);
-            list.add_partition_offset(&self.source.topic, *partition, Offset::Offset(offset)).map_err(|e| kafka_error("assign", e))?;
-            let parser = self.source.encode.parser(SchemaRef::clone(&self.source.schema)).map_err(|e| EngineError::Invalid(e.to_string()))?;
-            self.parsers.insert(*partition, parser);
+        for (partition, start) in &starts {
+            list.add_partition_offset(&self.source.topic, *partition, Offset::Offset(*start)).map_err(|e| kafka_error("assign", e))?;
+            let mut parser =
+                self.source.encode.parser(SchemaRef::clone(&self.source.schema)).map_err(|e| EngineError::Invalid(e.to_string()))?;
+            let (chunks, mut incoming) = tokio::sync::mpsc::channel::<PartitionChunk>(2);
+            let events = self.events.clone();
+            let name = format!("{}/{partition}", self.source.topic);
+            let partition = *partition;
+            self.tasks.0.push(tokio::spawn(async move {
+                while let Some(chunk) = incoming.recv().await {
+                    let event = match parse_chunk(parser.as_mut(), &name, chunk) {
+                        Ok(parsed) => Event::Parsed(partition, parsed),
+                        Err(e) => Event::Failed(e),
+                    };
+                    if events.send(event).await.is_err() {
+                        return;
+                    }
+                }
+            }));
+            self.workers.insert(partition, chunks);
         }
         self.consumer.incremental_assign(&list).map_err(|e| kafka_error("assign", e))?;
-        tracing::info!(topic = %self.source.topic, partitions = ?fresh, "kafka partitions assigned");
-        Ok(true)
+        tracing::info!(topic = %self.source.topic, partitions = ?starts, "kafka partitions assigned");
+        Ok(starts)
     }
 
-    fn state(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.position).unwrap_or_default()
-    }
-
-    /// The batch of one partition's gathered messages.
-    fn parse(&mut self, partition: i32, chunk: PartitionChunk) -> EngineResult<SourceBatch> {
-        let name = format!("{}/{partition}", self.source.topic);
-        let parser = self.parsers.get_mut(&partition).ok_or_else(|| kafka_error("partition", "not assigned"))?;
-        let mut rejected = chunk.rejected;
-        let first_rejected = rejected.len();
-        let rows = parser.parse(&chunk.bytes, 0, &name, &mut rejected)?;
-        // A record's byte position in the chunk → the offset of the message holding it.
-        for record in &mut rejected[first_rejected..] {
-            let at = chunk.starts.partition_point(|(start, _)| *start <= record.offset);
-            record.offset = chunk.starts.get(at.saturating_sub(1)).map_or(0, |(_, offset)| *offset as u64);
-        }
-        rejected.sort_by_key(|r| r.offset);
-        self.position.partitions.insert(partition, chunk.next_offset);
-        self.records += chunk.records;
-        Ok(SourceBatch { partition: partition as u32, rows, rejected, offset: self.records, state: self.state() })
-    }
-
-    /// Commits the offsets reached to the consumer group, for monitoring.
-    fn commit_for_monitoring(&self) {
-        let mut list = TopicPartitionList::new();
-        for (partition, offset) in &self.position.partitions {
-            if list.add_partition_offset(&self.source.topic, *partition, Offset::Offset(*offset)).is_err() {
-                return;
-            }
-        }
-        if let Err(e) = self.consumer.commit(&list, CommitMode::Async) {
-            tracing::debug!(error = %e, "kafka offset commit (monitoring only) failed");
-        }
-    }
-}
-
-#[async_trait]
-impl SourceConnector for KafkaSource {
-    async fn run(&self, from: SourcePosition, out: &mut SourceOutput) -> EngineResult<()> {
-        let position: KafkaPosition = if from.state.is_empty() {
-            KafkaPosition::default()
-        } else {
-            serde_json::from_slice(&from.state).map_err(|e| EngineError::Invalid(format!("corrupt kafka source position: {e}")))?
-        };
-        let group = self.client.get("group.id").cloned().unwrap_or_else(|| format!("sluice-{}-{}", self.source, out.reader_id()));
-        let consumer: StreamConsumer = config(&self.client, &group).create().map_err(|e| kafka_error("client", e))?;
-        let mut reader = Reader { source: self, consumer: Arc::new(consumer), position, parsers: BTreeMap::new(), records: from.offset };
-        let had_position = !from.state.is_empty();
-        reader.assign_new(true).await?;
-        if !had_position {
-            // The resolved start offsets become the position at once.
-            let batch = SourceBatch {
-                partition: 0,
-                rows: datafusion::arrow::array::RecordBatch::new_empty(SchemaRef::clone(&self.schema)),
-                rejected: Vec::new(),
-                offset: reader.records,
-                state: reader.state(),
-            };
-            if !out.emit(batch).await {
-                return Ok(());
-            }
-        }
-        let json = self.encode == Encode::Json;
+    /// Gathers messages into per-partition chunks and dispatches them, looking for new
+    /// partitions every discovery interval, until the reader stops listening.
+    async fn run(mut self) {
+        let json = self.source.encode == Encode::Json;
         let mut last_discovery = Instant::now();
         loop {
-            if last_discovery.elapsed() >= self.discovery_interval {
+            if last_discovery.elapsed() >= self.source.discovery_interval {
                 last_discovery = Instant::now();
-                if let Err(e) = reader.assign_new(false).await {
-                    tracing::warn!(error = %e, topic = %self.topic, "looking for new kafka partitions failed");
+                match self.assign_new(&BTreeMap::new(), false).await {
+                    Ok(starts) => {
+                        for (partition, start) in starts {
+                            if self.events.send(Event::Assigned(partition, start)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, topic = %self.source.topic, "looking for new kafka partitions failed"),
                 }
             }
-            // Gather a batch: the first message waits up to the discovery interval, the rest
-            // up to BATCH_WAIT after it.
+            // A batch: the first message waits up to the discovery interval, the rest up to
+            // BATCH_WAIT after it.
             let mut chunks: BTreeMap<i32, PartitionChunk> = BTreeMap::new();
             let mut gathered = 0;
-            let mut deadline = Instant::now() + self.discovery_interval;
+            let mut deadline = Instant::now() + self.source.discovery_interval;
             while gathered < BATCH_MESSAGES {
                 let wait = deadline.saturating_duration_since(Instant::now());
-                let message = match tokio::time::timeout(wait, reader.consumer.recv()).await {
+                let message = match tokio::time::timeout(wait, self.consumer.recv()).await {
                     Err(_) => break,
                     Ok(Err(e)) => {
-                        tracing::warn!(error = %e, topic = %self.topic, "kafka fetch failed; retrying");
+                        tracing::warn!(error = %e, topic = %self.source.topic, "kafka fetch failed; retrying");
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         break;
                     }
@@ -328,7 +347,7 @@ impl SourceConnector for KafkaSource {
                 chunk.records += 1;
                 match message.payload() {
                     None => chunk.rejected.push(RejectedRecord::new(
-                        format!("{}/{}", self.topic, message.partition()),
+                        format!("{}/{}", self.source.topic, message.partition()),
                         message.offset() as u64,
                         &[],
                         "the message has no value",
@@ -348,16 +367,95 @@ impl SourceConnector for KafkaSource {
                     }
                 }
             }
-            if chunks.is_empty() {
-                continue;
-            }
             for (partition, chunk) in chunks {
-                let batch = reader.parse(partition, chunk)?;
-                if !out.emit(batch).await {
-                    return Ok(());
+                let Some(worker) = self.workers.get(&partition) else {
+                    let _ = self.events.send(Event::Failed(kafka_error("partition", format!("{partition} is not assigned")))).await;
+                    return;
+                };
+                if worker.send(chunk).await.is_err() {
+                    return;
                 }
             }
-            reader.commit_for_monitoring();
         }
+    }
+}
+
+/// Commits `position` to the consumer group, for monitoring.
+fn commit_for_monitoring(consumer: &StreamConsumer, topic: &str, position: &KafkaPosition) {
+    let mut list = TopicPartitionList::new();
+    for (partition, offset) in &position.partitions {
+        if list.add_partition_offset(topic, *partition, Offset::Offset(*offset)).is_err() {
+            return;
+        }
+    }
+    if let Err(e) = consumer.commit(&list, CommitMode::Async) {
+        tracing::debug!(error = %e, "kafka offset commit (monitoring only) failed");
+    }
+}
+
+#[async_trait]
+impl SourceConnector for KafkaSource {
+    async fn run(&self, from: SourcePosition, out: &mut SourceOutput) -> EngineResult<()> {
+        let mut position: KafkaPosition = if from.state.is_empty() {
+            KafkaPosition::default()
+        } else {
+            serde_json::from_slice(&from.state).map_err(|e| EngineError::Invalid(format!("corrupt kafka source position: {e}")))?
+        };
+        let group = self.client.get("group.id").cloned().unwrap_or_else(|| format!("sluice-{}-{}", self.source, out.reader_id()));
+        let consumer: StreamConsumer = config(&self.client, &group).create().map_err(|e| kafka_error("client", e))?;
+        let consumer = Arc::new(consumer);
+        let (events, mut incoming) = tokio::sync::mpsc::channel(16);
+        let mut gatherer = Gatherer {
+            source: Arc::new(self.clone()),
+            consumer: Arc::clone(&consumer),
+            workers: BTreeMap::new(),
+            events,
+            tasks: Tasks::default(),
+        };
+        for (partition, start) in gatherer.assign_new(&position.partitions, true).await? {
+            position.partitions.insert(partition, start);
+        }
+        let state = |position: &KafkaPosition| serde_json::to_vec(position).unwrap_or_default();
+        let mut records = from.offset;
+        if from.state.is_empty() {
+            // The resolved start offsets become the position at once.
+            let batch = SourceBatch {
+                partition: 0,
+                rows: datafusion::arrow::array::RecordBatch::new_empty(SchemaRef::clone(&self.schema)),
+                rejected: Vec::new(),
+                offset: records,
+                state: state(&position),
+            };
+            if !out.emit(batch).await {
+                return Ok(());
+            }
+        }
+        let _gathering = Tasks(vec![tokio::spawn(gatherer.run())]);
+        while let Some(event) = incoming.recv().await {
+            match event {
+                Event::Assigned(partition, start) => {
+                    position.partitions.entry(partition).or_insert(start);
+                }
+                Event::Parsed(partition, parsed) => {
+                    position.partitions.insert(partition, parsed.next_offset);
+                    records += parsed.records;
+                    let batch = SourceBatch {
+                        partition: partition as u32,
+                        rows: parsed.rows,
+                        rejected: parsed.rejected,
+                        offset: records,
+                        state: state(&position),
+                    };
+                    if !out.emit(batch).await {
+                        return Ok(());
+                    }
+                    if incoming.is_empty() {
+                        commit_for_monitoring(&consumer, &self.topic, &position);
+                    }
+                }
+                Event::Failed(e) => return Err(e),
+            }
+        }
+        Err(kafka_error("reader", "the gathering task stopped"))
     }
 }
