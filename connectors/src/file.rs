@@ -66,12 +66,7 @@ impl FileSource {
         schema: SchemaRef,
         parse_duration: impl Fn(&str, &str) -> Result<Duration, String>,
     ) -> ConnectorResult<Self> {
-        const OWN: [&str; 4] = ["connector", "path", "follow", "poll.interval"];
-        if let Some(unknown) = options.keys().find(|k| !OWN.contains(&k.as_str()) && !used.contains(&k.as_str())) {
-            return Err(ConnectorError::InvalidOption(format!(
-                "unknown option {unknown} for a file source (known: path, follow, poll.interval)"
-            )));
-        }
+        crate::check_options(options, &["connector", "path", "follow", "poll.interval"], used, false, "a file source")?;
         let pattern = options
             .get("path")
             .cloned()

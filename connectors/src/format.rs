@@ -120,24 +120,6 @@ pub fn lines(chunk: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
     })
 }
 
-/// How PostgreSQL names `t`, for messages.
-pub fn type_name(t: &DataType) -> String {
-    match t {
-        DataType::Boolean => "boolean".into(),
-        DataType::Int16 => "smallint".into(),
-        DataType::Int32 => "integer".into(),
-        DataType::Int64 => "bigint".into(),
-        DataType::Float32 => "real".into(),
-        DataType::Float64 => "double precision".into(),
-        DataType::Decimal128(p, s) => format!("numeric({p},{s})"),
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text".into(),
-        DataType::Date32 => "date".into(),
-        DataType::Timestamp(_, None) => "timestamp".into(),
-        DataType::Timestamp(_, Some(_)) => "timestamp with time zone".into(),
-        other => other.to_string(),
-    }
-}
-
 /// Records read as text fields, being turned into rows.
 ///
 /// Why text first: CSV and log fields are text; building one string column per field and
@@ -149,8 +131,8 @@ pub(crate) struct TextRows {
     columns: Vec<StringBuilder>,
     /// Columns already typed by the parser (a log's time), replacing the text column.
     typed: Vec<Option<Box<dyn TypedColumn>>>,
-    /// Each row's (byte offset, raw record).
-    records: Vec<(u64, Vec<u8>)>,
+    /// Each row's bytes in the chunk (its raw text, should it be rejected).
+    records: Vec<std::ops::Range<usize>>,
 }
 
 /// A column a parser fills with typed values itself.
@@ -167,14 +149,15 @@ impl TextRows {
         Self { schema, columns, typed, records: Vec::new() }
     }
 
-    /// Appends one record: `value(i)` is column `i`'s text (None: NULL).
-    pub(crate) fn push<'a>(&mut self, offset: u64, raw: &[u8], value: impl Fn(usize) -> Option<&'a str>) {
+    /// Appends the record at `raw` (its bytes in the chunk): `value(i)` is column `i`'s text
+    /// (None: NULL).
+    pub(crate) fn push<'a>(&mut self, raw: std::ops::Range<usize>, value: impl Fn(usize) -> Option<&'a str>) {
         for (i, builder) in self.columns.iter_mut().enumerate() {
             if self.typed[i].is_none() {
                 builder.append_option(value(i).filter(|v| !v.is_empty()));
             }
         }
-        self.records.push((offset, raw.to_vec()));
+        self.records.push(raw);
     }
 
     /// Appends a value to typed column `i`.
@@ -184,8 +167,15 @@ impl TextRows {
         }
     }
 
-    /// The rows; records with a value their column's type cannot hold go to `rejected`.
-    pub(crate) fn finish(&mut self, partition: &str, rejected: &mut Vec<RejectedRecord>) -> EngineResult<RecordBatch> {
+    /// The rows; records with a value their column's type cannot hold go to `rejected` (their
+    /// text taken from `chunk`, which starts at byte `first_offset` of `partition`).
+    pub(crate) fn finish(
+        &mut self,
+        chunk: &[u8],
+        first_offset: u64,
+        partition: &str,
+        rejected: &mut Vec<RejectedRecord>,
+    ) -> EngineResult<RecordBatch> {
         let records = std::mem::take(&mut self.records);
         let mut reasons: Vec<Option<String>> = vec![None; records.len()];
         let mut columns = Vec::with_capacity(self.columns.len());
@@ -206,7 +196,7 @@ impl TextRows {
                         "column {}: '{}' is not a valid {}",
                         field.name(),
                         text.value(row),
-                        type_name(field.data_type())
+                        sluice_engine::postgres_type_name(field.data_type())
                     ));
                 }
             }
@@ -217,9 +207,9 @@ impl TextRows {
             return Ok(batch);
         }
         let keep = BooleanArray::from_iter(reasons.iter().map(|r| Some(r.is_none())));
-        for ((offset, raw), reason) in records.iter().zip(reasons) {
+        for (raw, reason) in records.into_iter().zip(reasons) {
             if let Some(reason) = reason {
-                rejected.push(RejectedRecord::new(partition, *offset, raw, reason));
+                rejected.push(RejectedRecord::new(partition, first_offset + raw.start as u64, &chunk[raw], reason));
             }
         }
         Ok(filter_record_batch(&batch, &keep)?)
@@ -360,39 +350,32 @@ impl RecordParser for CsvParser {
                 self.mapping = Some(mapping);
                 continue;
             }
-            let fields: Vec<&[u8]> = record.iter().collect();
             let expected = match &self.mapping {
                 Some(mapping) => mapping.iter().flatten().max().map_or(0, |m| m + 1),
                 None => width,
             };
-            let enough = if self.mapping.is_some() { fields.len() >= expected } else { fields.len() == width };
+            let enough = if self.mapping.is_some() { record.len() >= expected } else { record.len() == width };
             if !enough {
-                let reason = format!("expected {expected} fields, found {}", fields.len());
+                let reason = format!("expected {expected} fields, found {}", record.len());
                 rejected.push(RejectedRecord::new(partition, offset, raw, reason));
                 continue;
             }
-            let mut texts: Vec<Option<&str>> = Vec::with_capacity(width);
-            let mut bad = None;
-            for column in 0..width {
-                let field = match &self.mapping {
-                    Some(mapping) => mapping[column].map(|f| fields[f]),
-                    None => Some(fields[column]),
+            // One UTF-8 check for the whole record; fields are slices of it (no allocation
+            // per record).
+            let Ok(text) = std::str::from_utf8(record.as_slice()) else {
+                rejected.push(RejectedRecord::new(partition, offset, raw, "the record is not UTF-8"));
+                continue;
+            };
+            let field = |column: usize| {
+                let at = match &self.mapping {
+                    Some(mapping) => mapping[column]?,
+                    None => column,
                 };
-                match field.map(std::str::from_utf8).transpose() {
-                    Ok(text) => texts.push(text),
-                    Err(_) => {
-                        bad = Some(format!("column {}: the value is not UTF-8", self.schema.field(column).name()));
-                        break;
-                    }
-                }
-            }
-            if let Some(reason) = bad {
-                rejected.push(RejectedRecord::new(partition, offset, raw, reason));
-                continue;
-            }
-            rows.push(offset, raw, |i| texts[i]);
+                record.range(at).map(|range| &text[range])
+            };
+            rows.push(start..start + raw.len(), field);
         }
-        let batch = rows.finish(partition, rejected)?;
+        let batch = rows.finish(chunk, first_offset, partition, rejected)?;
         rejected[first_rejected..].sort_by_key(|r| r.offset);
         Ok(batch)
     }

@@ -88,29 +88,9 @@ impl KafkaSource {
         schema: SchemaRef,
         parse_duration: impl Fn(&str, &str) -> Result<Duration, String>,
     ) -> ConnectorResult<Self> {
-        const OWN: [&str; 4] = ["connector", "topic", "scan.startup.mode", "partition.discovery.interval"];
-        let mut client = BTreeMap::new();
-        for (key, value) in options {
-            if let Some(property) = key.strip_prefix("properties.") {
-                // RisingWave and Flink spell it without the s.
-                let property = if property == "bootstrap.server" { "bootstrap.servers" } else { property };
-                client.insert(property.to_string(), value.clone());
-            } else if !OWN.contains(&key.as_str()) && !used.contains(&key.as_str()) {
-                return Err(ConnectorError::InvalidOption(format!(
-                    "unknown option {key} for a kafka source (known: topic, properties.bootstrap.server, \
-                     scan.startup.mode, partition.discovery.interval, properties.*)"
-                )));
-            }
-        }
-        let topic = options
-            .get("topic")
-            .cloned()
-            .ok_or_else(|| ConnectorError::InvalidOption("a kafka source needs WITH (topic = '...')".into()))?;
-        if !client.contains_key("bootstrap.servers") {
-            return Err(ConnectorError::InvalidOption(
-                "a kafka source needs WITH (properties.bootstrap.server = 'host:port')".into(),
-            ));
-        }
+        let own = ["connector", "topic", "properties.bootstrap.server", "scan.startup.mode", "partition.discovery.interval"];
+        crate::check_options(options, &own, used, true, "a kafka source")?;
+        let (topic, client) = topic_and_client(options, "a kafka source")?;
         for managed in ["enable.auto.commit", "enable.auto.offset.store"] {
             if client.contains_key(managed) {
                 return Err(ConnectorError::InvalidOption(format!(
@@ -140,6 +120,30 @@ impl KafkaSource {
         })?;
         Ok(Self { topic, client, startup, discovery_interval, encode, schema, source: source.to_string() })
     }
+}
+
+/// The `topic` option and the Kafka client settings (every `properties.*` option, with
+/// `bootstrap.server` spelled as librdkafka wants it) of `what`; both are required.
+pub(crate) fn topic_and_client(
+    options: &BTreeMap<String, String>,
+    what: &str,
+) -> ConnectorResult<(String, BTreeMap<String, String>)> {
+    let mut client = BTreeMap::new();
+    for (key, value) in options {
+        if let Some(property) = key.strip_prefix("properties.") {
+            // RisingWave and Flink spell it without the s.
+            let property = if property == "bootstrap.server" { "bootstrap.servers" } else { property };
+            client.insert(property.to_string(), value.clone());
+        }
+    }
+    let topic = options
+        .get("topic")
+        .cloned()
+        .ok_or_else(|| ConnectorError::InvalidOption(format!("{what} needs WITH (topic = '...')")))?;
+    if !client.contains_key("bootstrap.servers") {
+        return Err(ConnectorError::InvalidOption(format!("{what} needs WITH (properties.bootstrap.server = 'host:port')")));
+    }
+    Ok((topic, client))
 }
 
 fn config(client: &BTreeMap<String, String>, group: &str) -> ClientConfig {

@@ -82,34 +82,15 @@ impl KafkaSink {
         encode_options: &BTreeMap<String, String>,
         schema: SchemaRef,
     ) -> ConnectorResult<Self> {
-        const OWN: [&str; 4] = ["connector", "topic", "primary_key", "force_append_only"];
-        let mut client = BTreeMap::new();
-        for (key, value) in options {
-            if let Some(property) = key.strip_prefix("properties.") {
-                let property = if property == "bootstrap.server" { "bootstrap.servers" } else { property };
-                client.insert(property.to_string(), value.clone());
-            } else if !OWN.contains(&key.as_str()) {
-                return Err(ConnectorError::InvalidOption(format!(
-                    "unknown option {key} for a kafka sink (known: topic, properties.bootstrap.server, primary_key, \
-                     force_append_only, properties.*)"
-                )));
-            }
-        }
+        let own = ["connector", "topic", "properties.bootstrap.server", "primary_key", "force_append_only"];
+        crate::check_options(options, &own, &[], true, "a kafka sink")?;
         if !encode.eq_ignore_ascii_case("JSON") {
             return Err(ConnectorError::InvalidOption(format!("a kafka sink writes ENCODE JSON, not {encode}")));
         }
         if let Some(unknown) = encode_options.keys().next() {
             return Err(ConnectorError::InvalidOption(format!("unknown option {unknown} for ENCODE JSON")));
         }
-        let topic = options
-            .get("topic")
-            .cloned()
-            .ok_or_else(|| ConnectorError::InvalidOption("a kafka sink needs WITH (topic = '...')".into()))?;
-        if !client.contains_key("bootstrap.servers") {
-            return Err(ConnectorError::InvalidOption(
-                "a kafka sink needs WITH (properties.bootstrap.server = 'host:port')".into(),
-            ));
-        }
+        let (topic, client) = crate::kafka::topic_and_client(options, "a kafka sink")?;
         let key: Vec<usize> = match options.get("primary_key") {
             None => Vec::new(),
             Some(list) => list

@@ -37,6 +37,29 @@ pub enum ConnectorError {
 /// Results of setting up connectors.
 pub type ConnectorResult<T> = Result<T, ConnectorError>;
 
+/// Refuses the first option that is neither one of `own` (the connector's, `connector`
+/// among them), nor one of `used` (understood by the caller), nor — with `properties` — a
+/// `properties.*` pass-through; the error names `what` and the options it knows.
+pub fn check_options(
+    options: &std::collections::BTreeMap<String, String>,
+    own: &[&str],
+    used: &[&str],
+    properties: bool,
+    what: &str,
+) -> ConnectorResult<()> {
+    let known = |key: &str| own.contains(&key) || used.contains(&key) || (properties && key.starts_with("properties."));
+    match options.keys().find(|k| !known(k)) {
+        None => Ok(()),
+        Some(unknown) => {
+            let mut names: Vec<&str> = own.iter().copied().filter(|k| *k != "connector").collect();
+            if properties {
+                names.push("properties.*");
+            }
+            Err(ConnectorError::InvalidOption(format!("unknown option {unknown} for {what} (known: {})", names.join(", "))))
+        }
+    }
+}
+
 /// A boolean option (`true`/`false`, any case), or `default` when absent.
 pub fn bool_option(options: &std::collections::BTreeMap<String, String>, key: &str, default: bool) -> ConnectorResult<bool> {
     match options.get(key).map(|v| v.trim().to_ascii_lowercase()) {

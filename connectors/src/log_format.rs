@@ -11,6 +11,7 @@
 //! `\"` and `\\` are unescaped (Apache's escaping; nginx's `\x22` is kept as written). Fields
 //! after the format's last one are ignored (many servers append more).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, TimestampMicrosecondBuilder};
@@ -18,7 +19,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use sluice_engine::source::RejectedRecord;
 use sluice_engine::EngineResult;
 
-use crate::format::{lines, type_name, RecordParser, TextRows, TypedColumn};
+use crate::format::{lines, RecordParser, TextRows, TypedColumn};
 use crate::{ConnectorError, ConnectorResult};
 
 /// Which access-log layout.
@@ -120,11 +121,11 @@ fn parse_line(line: &[u8], format: LogFormat) -> Result<LogLine<'_>, String> {
     out.fields[slot(LogField::Time)] = Some(time.into());
     let request = scanner.quoted("request")?;
     if request.as_ref() != "-" {
-        let mut parts = request.split(' ').filter(|p| !p.is_empty());
-        if let (Some(method), Some(path)) = (parts.next(), parts.next()) {
-            out.fields[slot(LogField::Method)] = Some(method.to_string().into());
-            out.fields[slot(LogField::Path)] = Some(path.to_string().into());
-            out.fields[slot(LogField::Protocol)] = parts.next().map(|p| p.to_string().into());
+        // Method, path and protocol borrow the line unless the request had escapes.
+        let part = |p: &str| -> Cow<'_, str> { p.to_string().into() };
+        match &request {
+            Cow::Borrowed(text) => split_request(text, &mut out.fields, Cow::Borrowed),
+            Cow::Owned(text) => split_request(text, &mut out.fields, part),
         }
         out.fields[slot(LogField::Request)] = Some(request);
     }
@@ -135,6 +136,20 @@ fn parse_line(line: &[u8], format: LogFormat) -> Result<LogLine<'_>, String> {
         out.fields[slot(LogField::UserAgent)] = dash_owned(scanner.quoted("user agent")?);
     }
     Ok(out)
+}
+
+/// Method, path and protocol of a request line, into `fields` through `keep`.
+fn split_request<'t, 'a>(
+    request: &'t str,
+    fields: &mut [Option<Cow<'a, str>>; 12],
+    keep: impl Fn(&'t str) -> Cow<'a, str>,
+) {
+    let mut parts = request.split(' ').filter(|p| !p.is_empty());
+    if let (Some(method), Some(path)) = (parts.next(), parts.next()) {
+        fields[slot(LogField::Method)] = Some(keep(method));
+        fields[slot(LogField::Path)] = Some(keep(path));
+        fields[slot(LogField::Protocol)] = parts.next().map(keep);
+    }
 }
 
 fn dash(token: &str) -> Option<std::borrow::Cow<'_, str>> {
@@ -296,7 +311,7 @@ impl LogParser {
                 return Err(ConnectorError::InvalidColumn(format!(
                     "column \"{}\" holds the log time: declare it TIMESTAMP, TIMESTAMPTZ or VARCHAR, not {}",
                     column.name(),
-                    type_name(column.data_type())
+                    sluice_engine::postgres_type_name(column.data_type())
                 )));
             }
             fields.push(field);
@@ -342,12 +357,12 @@ impl RecordParser for LogParser {
                             rows.push_typed(i, parsed.time);
                         }
                     }
-                    rows.push(offset, line, |i| parsed.fields[slot(self.fields[i])].as_deref());
+                    rows.push(at..at + line.len(), |i| parsed.fields[slot(self.fields[i])].as_deref());
                 }
                 Err(reason) => rejected.push(RejectedRecord::new(partition, offset, line, reason)),
             }
         }
-        let batch = rows.finish(partition, rejected)?;
+        let batch = rows.finish(chunk, first_offset, partition, rejected)?;
         rejected[first_rejected..].sort_by_key(|r| r.offset);
         Ok(batch)
     }

@@ -38,5 +38,28 @@ pub use error::{EngineError, EngineResult};
 pub use operator::Operator;
 pub use state_table::StateTable;
 
+/// How PostgreSQL names the SQL type Sluice stores as Arrow type `t` (`integer`, `numeric(10,2)`,
+/// `timestamp with time zone`, ...), for messages and DESCRIBE: one mapping, so an error from
+/// a connector and a column's description name a type the same way.
+pub fn postgres_type_name(t: &datafusion::arrow::datatypes::DataType) -> String {
+    use datafusion::arrow::datatypes::DataType;
+    match t {
+        DataType::Boolean => "boolean".into(),
+        DataType::Int16 => "smallint".into(),
+        DataType::Int32 => "integer".into(),
+        DataType::Int64 => "bigint".into(),
+        DataType::Float32 => "real".into(),
+        DataType::Float64 => "double precision".into(),
+        DataType::Decimal128(p, s) => format!("numeric({p},{s})"),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text".into(),
+        DataType::Date32 => "date".into(),
+        DataType::Timestamp(_, None) => "timestamp without time zone".into(),
+        DataType::Timestamp(_, Some(_)) => "timestamp with time zone".into(),
+        DataType::Interval(_) => "interval".into(),
+        DataType::Binary | DataType::LargeBinary => "bytea".into(),
+        other => other.to_string(),
+    }
+}
+
 /// Arrow, as re-exported by DataFusion: one copy of the crate for the whole workspace.
 pub use datafusion::arrow;

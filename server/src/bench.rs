@@ -152,15 +152,19 @@ fn dataflow_cpu_seconds() -> f64 {
         if !matches!(comm.trim(), "sluice-dataflow" | "sluice-shard") {
             continue;
         }
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        // Fields after the parenthesised command: state is field 3; utime, stime are 14, 15.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return 0.0 };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
-            + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-        total += ticks / 100.0;
+        total += stat_cpu_seconds(&std::fs::read_to_string(task.path().join("stat")).unwrap_or_default());
     }
     total
+}
+
+/// User plus system CPU seconds in a `/proc/.../stat` line (0 if it cannot be read).
+pub(crate) fn stat_cpu_seconds(stat: &str) -> f64 {
+    // Fields after the parenthesised command: state is field 3; utime, stime are 14, 15.
+    let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
 }
 
 async fn query_text(session: &mut Session, sql: &str) -> Result<String, SqlError> {

@@ -291,9 +291,10 @@ impl Database {
         Ok(rows)
     }
 
-    /// The rows of `sluice_errors`, by source reader, oldest first.
-    pub(crate) fn error_rows(&self, snapshot: &dyn sluice_storage::StateSnapshot) -> SqlResult<Vec<crate::source_status::ErrorRow>> {
-        let mut owners: std::collections::HashMap<TableId, (String, Option<String>)> = std::collections::HashMap::new();
+    /// Who records source rows under each relation id: a pushed source under its own id, a
+    /// view's reader of a pulled source under the reader's (source name, view name).
+    fn source_relations(&self) -> std::collections::HashMap<TableId, (String, Option<String>)> {
+        let mut owners = std::collections::HashMap::new();
         for entry in self.sources_read().values() {
             owners.insert(entry.id, (entry.name.clone(), None));
         }
@@ -302,6 +303,12 @@ impl Database {
                 owners.insert(*reader, (source.clone(), Some(view.name.clone())));
             }
         }
+        owners
+    }
+
+    /// The rows of `sluice_errors`, by source reader, oldest first.
+    pub(crate) fn error_rows(&self, snapshot: &dyn sluice_storage::StateSnapshot) -> SqlResult<Vec<crate::source_status::ErrorRow>> {
+        let owners = self.source_relations();
         let mut rows = Vec::new();
         for (reader, seq, record) in sluice_engine::recovery::source_errors(snapshot)? {
             let Some((source, view)) = owners.get(&reader) else { continue };
@@ -314,17 +321,9 @@ impl Database {
     /// The rows of `sluice_late_rows`, by table or source reader, oldest first.
     pub(crate) fn late_row_entries(&self, snapshot: &dyn sluice_storage::StateSnapshot) -> SqlResult<Vec<LateRowEntry>> {
         let mut owners: std::collections::HashMap<TableId, (String, &'static str, Option<String>)> =
-            std::collections::HashMap::new();
+            self.source_relations().into_iter().map(|(id, (source, view))| (id, (source, "source", view))).collect();
         for table in self.tables_read().values() {
             owners.insert(table.def().id, (table.def().name.clone(), "table", None));
-        }
-        for entry in self.sources_read().values() {
-            owners.insert(entry.id, (entry.name.clone(), "source", None));
-        }
-        for view in self.views_read().values() {
-            for (reader, source) in &view.readers {
-                owners.insert(*reader, (source.clone(), "source", Some(view.name.clone())));
-            }
         }
         let mut entries = Vec::new();
         for (relation, seq, row) in sluice_engine::recovery::late_rows(snapshot)? {

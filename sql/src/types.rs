@@ -212,21 +212,8 @@ pub fn field_type_name(field: &Field) -> String {
         return "jsonb".into();
     }
     match field.data_type() {
-        DataType::Boolean => "boolean".into(),
-        DataType::Int16 => "smallint".into(),
-        DataType::Int32 => "integer".into(),
-        DataType::Int64 => "bigint".into(),
-        DataType::Float32 => "real".into(),
-        DataType::Float64 => "double precision".into(),
-        DataType::Decimal128(p, s) => format!("numeric({p},{s})"),
         DataType::Utf8 if is_varchar_field(field) => "character varying".into(),
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text".into(),
-        DataType::Date32 => "date".into(),
-        DataType::Timestamp(_, None) => "timestamp without time zone".into(),
-        DataType::Timestamp(_, Some(_)) => "timestamp with time zone".into(),
-        DataType::Interval(_) => "interval".into(),
-        DataType::Binary | DataType::LargeBinary => "bytea".into(),
-        other => other.to_string(),
+        other => sluice_engine::postgres_type_name(other),
     }
 }
 

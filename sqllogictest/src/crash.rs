@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::SluiceServer;
 
@@ -300,21 +300,6 @@ async fn query(client: &Client, sql: &str) -> Result<Rows, String> {
     Ok(rows)
 }
 
-async fn connect(port: u16) -> Result<Client, String> {
-    let (client, connection) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(port)
-        .user("sluice")
-        .dbname("sluice")
-        .connect(NoTls)
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
-}
-
 fn setup_sql(source_rows: u64) -> Vec<String> {
     let mut statements = vec![
         "CREATE TABLE events (id BIGINT PRIMARY KEY, user_id BIGINT, url VARCHAR, bytes BIGINT, ts TIMESTAMP)".to_string(),
@@ -476,7 +461,7 @@ async fn start(options: &CrashOptions, report: &mut CrashReport) -> Result<(Slui
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("restart failed: {e}"))?;
     report.recoveries.push(server.recovery.clone());
-    let client = connect(server.port).await?;
+    let client = crate::probe::try_connect(server.port).await?;
     Ok((server, client))
 }
 

@@ -9,6 +9,11 @@ use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 /// # Panics
 /// When the server does not accept the connection (these are test helpers).
 pub async fn connect(port: u16) -> Client {
+    try_connect(port).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A client connected to the server on `port`, or why not.
+pub async fn try_connect(port: u16) -> Result<Client, String> {
     let (client, connection) = tokio_postgres::Config::new()
         .host("127.0.0.1")
         .port(port)
@@ -16,11 +21,11 @@ pub async fn connect(port: u16) -> Client {
         .dbname("sluice")
         .connect(NoTls)
         .await
-        .unwrap_or_else(|e| panic!("cannot connect to sluice on port {port}: {e}"));
+        .map_err(|e| format!("cannot connect to sluice on port {port}: {e}"))?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    client
+    Ok(client)
 }
 
 /// The rows `sql` returns, as text (NULL as `NULL`).
