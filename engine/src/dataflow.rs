@@ -38,6 +38,7 @@ use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
 use sluice_storage::{Epoch, StateSnapshot, TableId, WriteBatch};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::archive::{clear_queue, next_queue_seq, ArchiveDefinition, RunningArchive};
 use crate::commit::EpochCommitter;
 use crate::exchange::ShardedOperator;
 use datafusion::physical_expr::expressions::Column;
@@ -253,6 +254,8 @@ enum Command {
     },
     CreateView { view: Box<ViewDefinition>, done: oneshot::Sender<EngineResult<()>> },
     CreateSink { sink: Box<SinkDefinition>, done: oneshot::Sender<EngineResult<()>> },
+    CreateArchive { archive: Box<ArchiveDefinition>, done: oneshot::Sender<EngineResult<()>> },
+    DropArchive { id: RelationId, catalog: WriteBatch, done: oneshot::Sender<EngineResult<()>> },
     DropSink { id: RelationId, catalog: WriteBatch, done: oneshot::Sender<EngineResult<()>> },
     DropView { id: RelationId, catalog: WriteBatch, done: oneshot::Sender<EngineResult<()>> },
     Barrier { done: Option<oneshot::Sender<EngineResult<Epoch>>> },
@@ -365,6 +368,7 @@ impl Dataflow {
             errors_pending: HashMap::new(),
             error_counts: HashMap::new(),
             sinks: Vec::new(),
+            archives: Vec::new(),
         };
         std::thread::Builder::new()
             .name("sluice-dataflow".into())
@@ -436,6 +440,24 @@ impl Dataflow {
     pub async fn drop_sink(&self, id: RelationId, catalog: WriteBatch) -> EngineResult<()> {
         let (done, result) = oneshot::channel();
         self.commands.send(Command::DropSink { id, catalog, done }).await.map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
+    }
+
+    /// Starts feeding a source's accepted rows into its history queue: a pulled source's
+    /// reader resumes at its committed position (the start, for a new source). Completes once
+    /// the feed runs.
+    pub async fn create_archive(&self, archive: ArchiveDefinition) -> EngineResult<()> {
+        let (done, result) = oneshot::channel();
+        self.commands.send(Command::CreateArchive { archive: Box::new(archive), done }).await.map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
+    }
+
+    /// Stops a source's history feed and deletes its queue, its file list, its reader's
+    /// position and records, committing `catalog` in the same epoch. (The files themselves
+    /// are the archiver's to delete.)
+    pub async fn drop_archive(&self, id: RelationId, catalog: WriteBatch) -> EngineResult<()> {
+        let (done, result) = oneshot::channel();
+        self.commands.send(Command::DropArchive { id, catalog, done }).await.map_err(|_| stopped())?;
         result.await.map_err(|_| stopped())?
     }
 
@@ -523,6 +545,8 @@ struct Worker {
     error_counts: HashMap<RelationId, u64>,
     /// Sinks, each fed by one view.
     sinks: Vec<RunningSink>,
+    /// Sources' history feeds.
+    archives: Vec<RunningArchive>,
 }
 
 fn physical(expr: &Expr, input: &DFSchema) -> EngineResult<Arc<dyn PhysicalExpr>> {
@@ -747,8 +771,13 @@ impl Worker {
                     Command::CreateView { done, .. } => {
                         let _ = done.send(Err(error()));
                     }
-                    Command::CreateSink { done, .. } | Command::DropSink { done, .. } => {
+                    Command::CreateSink { done, .. }
+                    | Command::DropSink { done, .. }
+                    | Command::CreateArchive { done, .. } => {
                         let _ = done.send(Err(error()));
+                    }
+                    Command::DropArchive { id, catalog, done } => {
+                        let _ = done.send(self.drop_archive(id, catalog));
                     }
                     Command::DropView { id, catalog, done } => {
                         let _ = done.send(self.drop_view(id, catalog));
@@ -768,7 +797,7 @@ impl Worker {
                         InputPosition::Log(seq) => self.absorbed_log.push(seq),
                         InputPosition::Source(position) => {
                             // A dropped view's reader may have queued rows before it stopped.
-                            if self.views.iter().any(|v| v.scans.iter().any(|(r, _)| *r == relation)) {
+                            if self.reads(relation) {
                                 self.status.lock().unwrap_or_else(|p| p.into_inner()).records.insert(relation, position.offset);
                                 self.offsets.insert(relation, position);
                                 if !late.is_empty() {
@@ -807,11 +836,24 @@ impl Worker {
                 Command::DropSink { id, catalog, done } => {
                     let _ = done.send(self.drop_sink(id, catalog));
                 }
+                Command::CreateArchive { archive, done } => {
+                    let _ = done.send(self.create_archive(*archive));
+                }
+                Command::DropArchive { id, catalog, done } => {
+                    let _ = done.send(self.drop_archive(id, catalog));
+                }
                 Command::DropView { id, catalog, done } => {
                     let _ = done.send(self.drop_view(id, catalog));
                 }
                 Command::ReaderFailed { relation, error } => {
-                    if let Some(at) = self.views.iter().position(|v| v.scans.iter().any(|(r, _)| *r == relation)) {
+                    if let Some(archive) = self.archives.iter_mut().find(|a| a.id == relation && a.has_reader && !a.failed) {
+                        let reason = format!("source reader failed: {error}");
+                        tracing::error!(source = %archive.name, %reason, "history feed stopped");
+                        archive.failed = true;
+                        archive.pending.clear();
+                        self.failures.lock().unwrap_or_else(|p| p.into_inner()).insert(relation, reason.clone());
+                        self.newly_failed.push((relation, reason));
+                    } else if let Some(at) = self.views.iter().position(|v| v.scans.iter().any(|(r, _)| *r == relation)) {
                         self.fail(at, format!("source reader failed: {error}"));
                     }
                 }
@@ -864,6 +906,9 @@ impl Worker {
             if let (Message::Changes(changes), None) = (&message, only) {
                 for sink in self.sinks.iter_mut().filter(|s| s.view == relation) {
                     sink.pending.push(changes.clone());
+                }
+                for archive in self.archives.iter_mut().filter(|a| a.id == relation && !a.failed) {
+                    archive.pending.push(changes.clone());
                 }
             }
             if let Message::Watermark(w) = &message {
@@ -930,6 +975,11 @@ impl Worker {
                 tracing::error!(sink = sink.id, error = %e, "a sink's changes could not be written");
             }
         }
+        for archive in &mut self.archives {
+            if let Err(e) = archive.checkpoint(&mut write) {
+                tracing::error!(source = %archive.name, error = %e, "a source's rows could not be queued for history");
+            }
+        }
         for (reader, position) in self.offsets.drain() {
             write.put(system_tables::SOURCE_OFFSETS, reader.to_be_bytes().to_vec(), position.encode());
         }
@@ -977,6 +1027,9 @@ impl Worker {
         self.offsets.clear();
         self.late_pending.clear();
         self.errors_pending.clear();
+        for archive in &mut self.archives {
+            archive.pending.clear();
+        }
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         for view in &mut self.views {
             if !view.failed {
@@ -1027,16 +1080,7 @@ impl Worker {
                     return Ok(());
                 }
                 for reader in view.readers {
-                    let from = source_position(snapshot.as_ref(), reader.relation)?;
-                    let late = read_counter(snapshot.as_ref(), &late_rows_counter(reader.relation))?.unwrap_or(0);
-                    let errors = read_counter(snapshot.as_ref(), &source_errors_counter(reader.relation))?.unwrap_or(0);
-                    self.late_counts.insert(reader.relation, late);
-                    self.error_counts.insert(reader.relation, errors);
-                    let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-                    status.late_rows.insert(reader.relation, late);
-                    status.source_errors.insert(reader.relation, errors);
-                    drop(status);
-                    self.start_reader(reader, from);
+                    self.resume_reader(reader, snapshot.as_ref())?;
                 }
                 tracing::info!(view = %view.name, "materialized view restored");
                 return Ok(());
@@ -1126,32 +1170,106 @@ impl Worker {
         let snapshot = self.committer.store().snapshot();
         // Only the view's own readers go with it: tables and views it read keep their state.
         for relation in &view.readers {
-            write.delete(system_tables::SOURCE_OFFSETS, relation.to_be_bytes().to_vec());
-            self.offsets.remove(relation);
-            // A reader's late rows and count go with it.
-            self.late_counts.remove(relation);
-            self.late_pending.remove(relation);
-            self.error_counts.remove(relation);
-            self.errors_pending.remove(relation);
-            for table in [system_tables::LATE_ROWS, system_tables::SOURCE_ERRORS] {
-                for kv in snapshot.scan(table, sluice_storage::KeyRange::prefix(&relation.to_be_bytes()))? {
-                    let (key, _) = kv?;
-                    write.delete(table, key.to_vec());
-                }
-            }
-            write.delete(system_tables::COUNTERS, late_rows_counter(*relation).into_bytes());
-            write.delete(system_tables::COUNTERS, source_errors_counter(*relation).into_bytes());
-            let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-            status.late_rows.remove(relation);
-            status.source_errors.remove(relation);
-            status.records.remove(relation);
-            status.watermarks.remove(relation);
+            self.forget_reader(*relation, snapshot.as_ref(), &mut write)?;
         }
         self.status.lock().unwrap_or_else(|p| p.into_inner()).watermarks.remove(&view.id);
         write.delete(system_tables::FAILED_VIEWS, view.id.to_be_bytes().to_vec());
         self.newly_failed.retain(|(id, _)| *id != view.id);
         self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&view.id);
         write.append(extra);
+        write.set_durable();
+        self.committer.commit(write)?;
+        Ok(())
+    }
+
+    /// Deletes a removed source reader's position, late rows, rejected records and counters.
+    fn forget_reader(&mut self, relation: RelationId, snapshot: &dyn StateSnapshot, write: &mut WriteBatch) -> EngineResult<()> {
+        write.delete(system_tables::SOURCE_OFFSETS, relation.to_be_bytes().to_vec());
+        self.offsets.remove(&relation);
+        self.late_counts.remove(&relation);
+        self.late_pending.remove(&relation);
+        self.error_counts.remove(&relation);
+        self.errors_pending.remove(&relation);
+        for table in [system_tables::LATE_ROWS, system_tables::SOURCE_ERRORS] {
+            for kv in snapshot.scan(table, sluice_storage::KeyRange::prefix(&relation.to_be_bytes()))? {
+                let (key, _) = kv?;
+                write.delete(table, key.to_vec());
+            }
+        }
+        write.delete(system_tables::COUNTERS, late_rows_counter(relation).into_bytes());
+        write.delete(system_tables::COUNTERS, source_errors_counter(relation).into_bytes());
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.late_rows.remove(&relation);
+        status.source_errors.remove(&relation);
+        status.records.remove(&relation);
+        status.watermarks.remove(&relation);
+        Ok(())
+    }
+
+    /// Whether some running view or history feed reads `relation` with its own reader.
+    fn reads(&self, relation: RelationId) -> bool {
+        self.views.iter().any(|v| v.scans.iter().any(|(r, _)| *r == relation))
+            || self.archives.iter().any(|a| a.id == relation && a.has_reader && !a.failed)
+    }
+
+    /// Resumes a reader at its committed position, with its committed counters.
+    fn resume_reader(&mut self, reader: SourceReader, snapshot: &dyn StateSnapshot) -> EngineResult<()> {
+        let from = source_position(snapshot, reader.relation)?;
+        let late = read_counter(snapshot, &late_rows_counter(reader.relation))?.unwrap_or(0);
+        let errors = read_counter(snapshot, &source_errors_counter(reader.relation))?.unwrap_or(0);
+        self.late_counts.insert(reader.relation, late);
+        self.error_counts.insert(reader.relation, errors);
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.late_rows.insert(reader.relation, late);
+        status.source_errors.insert(reader.relation, errors);
+        drop(status);
+        self.start_reader(reader, from);
+        Ok(())
+    }
+
+    fn create_archive(&mut self, archive: ArchiveDefinition) -> EngineResult<()> {
+        if self.archives.iter().any(|a| a.id == archive.id) {
+            return Err(EngineError::Invalid(format!("source \"{}\" already feeds its history", archive.name)));
+        }
+        let snapshot = self.committer.store().snapshot();
+        let mut running = RunningArchive {
+            id: archive.id,
+            name: archive.name.clone(),
+            pending: Vec::new(),
+            next_seq: next_queue_seq(snapshot.as_ref(), archive.id)?,
+            has_reader: archive.reader.is_some(),
+            failed: false,
+        };
+        if let Some(reason) = recorded_failure(snapshot.as_ref(), archive.id)? {
+            running.failed = true;
+            self.failures.lock().unwrap_or_else(|p| p.into_inner()).insert(archive.id, reason);
+            self.archives.push(running);
+            return Ok(());
+        }
+        self.archives.push(running);
+        if let Some(reader) = archive.reader {
+            self.resume_reader(reader, snapshot.as_ref())?;
+        }
+        tracing::info!(source = %archive.name, "history feed started");
+        Ok(())
+    }
+
+    fn drop_archive(&mut self, id: RelationId, catalog: WriteBatch) -> EngineResult<()> {
+        let mut write = catalog;
+        let snapshot = self.committer.store().snapshot();
+        if let Some(at) = self.archives.iter().position(|a| a.id == id) {
+            let archive = self.archives.remove(at);
+            if archive.has_reader {
+                if let Some(reader) = self.readers.remove(&id) {
+                    reader.abort();
+                }
+                self.forget_reader(id, snapshot.as_ref(), &mut write)?;
+            }
+        }
+        clear_queue(snapshot.as_ref(), id, &mut write)?;
+        write.delete(system_tables::FAILED_VIEWS, id.to_be_bytes().to_vec());
+        self.newly_failed.retain(|(failed, _)| *failed != id);
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         write.set_durable();
         self.committer.commit(write)?;
         Ok(())

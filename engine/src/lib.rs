@@ -18,6 +18,7 @@
 //! The engine depends only on `storage` (and Arrow through DataFusion's re-export); it never
 //! sees SQL text, the catalog or the wire protocol.
 
+pub mod archive;
 pub mod changelog;
 mod commit;
 pub mod dataflow;

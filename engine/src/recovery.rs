@@ -56,6 +56,11 @@ pub mod system_tables {
     pub const SOURCE_ERRORS: TableId = u32::MAX - 7;
     /// Each sink's checkpointed changes not yet delivered, by (sink, sequence number).
     pub const SINK_OUTBOX: TableId = u32::MAX - 8;
+    /// Each source's checkpointed rows not yet archived, by (source, sequence number).
+    pub const HISTORY_QUEUE: TableId = u32::MAX - 9;
+    /// Each source's archived files, by (source, path): what a batch query over the source
+    /// reads besides the queue.
+    pub const HISTORY_FILES: TableId = u32::MAX - 10;
 }
 
 /// Rejected records kept per source reader in `sluice_errors` (older ones are dropped; every

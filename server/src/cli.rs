@@ -100,6 +100,11 @@ struct ServeArgs {
     /// `2GiB`); state beyond it stays on disk.
     #[arg(long, default_value = "512MB", value_parser = parse_bytes)]
     memory_limit: usize,
+    /// Where every source's history is kept as Parquet: a directory (`/path` or
+    /// `file:///path`) or `s3://bucket/prefix` (credentials and endpoint from the AWS_*
+    /// environment variables). Default: `<data-dir>/history`.
+    #[arg(long)]
+    object_store: Option<String>,
 }
 
 /// A size written `<n>`, `<n>KB`, `<n>MB`, `<n>GB` (or KiB, MiB, GiB; all powers of 1024).
@@ -139,6 +144,7 @@ impl ServeArgs {
             checkpoint_interval: self.checkpoint_interval,
             parallelism: self.parallelism,
             memory_limit: self.memory_limit,
+            object_store: self.object_store,
         }
     }
 }

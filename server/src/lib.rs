@@ -14,6 +14,7 @@ pub mod bench;
 pub mod demo;
 mod encode;
 pub mod bench_ingest;
+mod history_store;
 pub mod http;
 pub mod metrics;
 pub mod pg;
@@ -66,6 +67,9 @@ pub enum ServerError {
     /// The database could not start.
     #[error("cannot start the database: {0}")]
     Database(#[from] sluice_sql::SqlError),
+    /// The history store cannot be used.
+    #[error("{0}")]
+    History(#[from] sluice_history::HistoryError),
 }
 
 /// Where the server keeps its data and where it listens.
@@ -83,6 +87,8 @@ pub struct ServerConfig {
     pub parallelism: Option<usize>,
     /// Bytes the state store may keep in memory (cached blocks and write buffers).
     pub memory_limit: usize,
+    /// Where sources' history goes (`--object-store`); None: `<data_dir>/history`.
+    pub object_store: Option<String>,
 }
 
 /// A running server: its database and the addresses it actually listens on (useful when a
@@ -129,7 +135,8 @@ impl RunningServer {
             parallelism: config.parallelism.unwrap_or(defaults.parallelism).max(1),
             ..defaults
         };
-        let (db, recovered) = Database::open(Arc::new(store), dataflow).await?;
+        let history = crate::history_store::open(config.object_store.as_deref(), &config.data_dir)?;
+        let (db, recovered) = Database::open_with_history(Arc::new(store), dataflow, Some(history)).await?;
         let took = started.elapsed();
         info!(
             epoch = recovered.epoch,

@@ -38,6 +38,8 @@ pub fn sqlstate(e: &SqlError) -> &'static str {
         SqlError::ViewFailed(_) => "55000",
         SqlError::ResourcesExhausted(_) => "53000",
         SqlError::Storage(_) => "58030",
+        SqlError::History(sluice_history::HistoryError::Corrupt(_) | sluice_history::HistoryError::Parquet(_)) => "XX001",
+        SqlError::History(_) => "58030",
         SqlError::Internal(_) => "XX000",
     }
 }

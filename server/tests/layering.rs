@@ -10,9 +10,10 @@ use std::process::Command;
 const ALLOWED: &[(&str, &[&str])] = &[
     ("sluice-storage", &[]),
     ("sluice-engine", &["sluice-storage"]),
+    ("sluice-history", &["sluice-engine", "sluice-storage"]),
     ("sluice-connectors", &["sluice-engine"]),
-    ("sluice-sql", &["sluice-connectors", "sluice-engine", "sluice-storage"]),
-    ("sluice-server", &["sluice-sql", "sluice-connectors", "sluice-engine", "sluice-storage"]),
+    ("sluice-sql", &["sluice-connectors", "sluice-history", "sluice-engine", "sluice-storage"]),
+    ("sluice-server", &["sluice-sql", "sluice-connectors", "sluice-history", "sluice-engine", "sluice-storage"]),
     ("sluice-sqllogictest", &["sluice-server", "sluice-sql"]),
 ];
 

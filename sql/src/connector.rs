@@ -7,7 +7,8 @@
 //! connector = 'kafka'    topic, properties.bootstrap.server, scan.startup.mode, properties.*
 //!                        + FORMAT PLAIN ENCODE JSON | CSV | LOG
 //! connector = 'http'     rows POSTed to /ingest/<source> + FORMAT PLAIN ENCODE JSON | CSV | LOG
-//! every connector        error.policy = 'skip' | 'fail', watermark.idle.timeout
+//! every connector        error.policy = 'skip' | 'fail', watermark.idle.timeout,
+//!                        history = 'true' | 'false', history.retention, history.flush.interval
 //! ```
 
 use std::collections::BTreeMap;
@@ -23,7 +24,55 @@ use crate::catalog::FormatClause;
 use crate::error::{SqlError, SqlResult};
 
 /// Options every connector understands.
-const COMMON_OPTIONS: [&str; 3] = ["connector", "error.policy", "watermark.idle.timeout"];
+const COMMON_OPTIONS: [&str; 6] = [
+    "connector",
+    "error.policy",
+    "watermark.idle.timeout",
+    "history",
+    "history.retention",
+    "history.flush.interval",
+];
+
+/// How a source's history is kept (`history`, `history.retention`, `history.flush.interval`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryOptions {
+    /// Whether accepted rows are archived (`history = 'false'` turns it off).
+    pub enabled: bool,
+    /// Partitions older than this are deleted, with the text as written.
+    pub retention: Option<(std::time::Duration, String)>,
+    /// How often the queued rows are written as files.
+    pub flush_interval: std::time::Duration,
+}
+
+/// The default time between two archiving rounds: files of about this much data each, merged
+/// later by compaction.
+const DEFAULT_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn history_options(options: &BTreeMap<String, String>) -> SqlResult<HistoryOptions> {
+    let enabled = match options.get("history").map(|v| v.to_ascii_lowercase()).as_deref() {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(other) => return Err(invalid(format!("history = '{other}' is not a boolean ('true' or 'false')"))),
+    };
+    let retention = match options.get("history.retention") {
+        Some(text) => {
+            let retention = crate::datagen::parse_duration("history.retention", text)?;
+            if retention.is_zero() {
+                return Err(invalid("option history.retention: must be longer than 0".into()));
+            }
+            Some((retention, text.clone()))
+        }
+        None => None,
+    };
+    let flush_interval = match options.get("history.flush.interval") {
+        Some(text) => crate::datagen::parse_duration("history.flush.interval", text)?,
+        None => DEFAULT_FLUSH_INTERVAL,
+    };
+    if !enabled && (retention.is_some() || options.contains_key("history.flush.interval")) {
+        return Err(invalid("history options given with history = 'false'".into()));
+    }
+    Ok(HistoryOptions { enabled, retention, flush_interval })
+}
 
 /// What reads a source, and how it treats bad records.
 #[derive(Debug, Clone)]
@@ -36,6 +85,8 @@ pub struct SourceSetup {
     pub error_policy: ErrorPolicy,
     /// How long a partition may be silent before the watermark stops waiting for it.
     pub idle_timeout: std::time::Duration,
+    /// How its history is kept.
+    pub history: HistoryOptions,
 }
 
 /// How a source's rows arrive.
@@ -110,6 +161,7 @@ pub fn source_setup(
         Some(text) => crate::datagen::parse_duration("watermark.idle.timeout", text)?,
         None => std::time::Duration::from_secs(60),
     };
+    let history = history_options(options)?;
     let encode = match format {
         None => None,
         Some(clause) => {
@@ -156,5 +208,5 @@ pub fn source_setup(
         )),
         other => return Err(invalid(format!("unknown connector '{other}' for source \"{source}\" (known: datagen, file, http, kafka)"))),
     };
-    Ok(SourceSetup { kind, input, error_policy, idle_timeout })
+    Ok(SourceSetup { kind, input, error_policy, idle_timeout, history })
 }

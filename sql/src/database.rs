@@ -61,6 +61,9 @@ pub struct Database {
     next_table_id: AtomicU32,
     /// Serializes DDL of views and sources (their planning, creation and dependency checks).
     ddl: tokio::sync::Mutex<()>,
+    /// Sources' history (set once, before the catalog is restored; unset: no history store,
+    /// as in embedded tests and benchmarks).
+    history: std::sync::OnceLock<Arc<sluice_history::History>>,
 }
 
 /// What kind of relation a name denotes, for DROP and error messages.
@@ -125,6 +128,7 @@ impl Database {
             sinks: RwLock::new(BTreeMap::new()),
             next_table_id: AtomicU32::new(1),
             ddl: tokio::sync::Mutex::new(()),
+            history: std::sync::OnceLock::new(),
         });
         for kind in [
             SystemTableKind::Watermarks,
@@ -132,6 +136,8 @@ impl Database {
             SystemTableKind::Sources,
             SystemTableKind::Errors,
             SystemTableKind::Sinks,
+            SystemTableKind::History,
+            SystemTableKind::HistoryFiles,
         ] {
             let table = SystemTable::new(kind, Arc::downgrade(&db));
             db.ctx.register_table(TableReference::bare(kind.name()), Arc::new(table))?;
@@ -341,9 +347,75 @@ impl Database {
     /// Fails, rather than starting empty, if the catalog cannot be read or a view cannot be
     /// rebuilt exactly as it was planned.
     pub async fn open(store: Arc<dyn StateStore>, config: DataflowConfig) -> SqlResult<(Arc<Self>, RecoverySummary)> {
+        Self::open_with_history(store, config, None).await
+    }
+
+    /// [`Database::open`], keeping every source's history in `history`: files no checkpoint
+    /// committed are deleted first, then each source's archiving resumes with the catalog.
+    pub async fn open_with_history(
+        store: Arc<dyn StateStore>,
+        config: DataflowConfig,
+        history: Option<sluice_history::HistoryStore>,
+    ) -> SqlResult<(Arc<Self>, RecoverySummary)> {
         let db = Self::with_dataflow(store, config)?;
+        if let Some(store) = history {
+            let history = sluice_history::History::open(store, Arc::clone(db.writer.committer())).await?;
+            history.store().register(&db.ctx);
+            let _ = db.history.set(Arc::new(history));
+        }
         let summary = db.restore().await?;
         Ok((db, summary))
+    }
+
+    /// Starts archiving `entry`'s accepted rows, if it keeps history and the database has a
+    /// history store: a pulled source gets its own reader (resuming at its checkpointed
+    /// position), a pushed source's writes are logged for the feed.
+    async fn start_history(&self, entry: &SourceEntry) -> SqlResult<()> {
+        let (Some(history), Some(spec)) = (self.history.get(), &entry.history) else { return Ok(()) };
+        let reader = match &entry.setup.input {
+            crate::connector::SourceInput::Pull(connector) => Some(SourceReader {
+                relation: entry.id,
+                source: entry.name.clone(),
+                connector: Arc::clone(connector),
+                watermark: entry.watermark.clone(),
+                error_policy: entry.setup.error_policy,
+            }),
+            crate::connector::SourceInput::Push(_) => {
+                self.writer.lock().await.add(entry.id);
+                None
+            }
+        };
+        let definition = sluice_engine::archive::ArchiveDefinition { id: entry.id, name: entry.name.clone(), reader };
+        self.dataflow.create_archive(definition).await?;
+        history.start(spec.clone());
+        Ok(())
+    }
+
+    /// The rows of `sluice_history` (and `sluice_history_files`): every source that keeps
+    /// history.
+    pub(crate) fn history_rows(&self, snapshot: &dyn sluice_storage::StateSnapshot) -> SqlResult<Vec<crate::history_status::HistoryRow>> {
+        let Some(history) = self.history.get() else { return Ok(Vec::new()) };
+        let mut rows = Vec::new();
+        for entry in self.sources_read().values() {
+            if entry.history.is_none() {
+                continue;
+            }
+            let (_, queued_rows) = sluice_engine::archive::queued_counts(snapshot, entry.id)?;
+            rows.push(crate::history_status::HistoryRow {
+                source: entry.name.clone(),
+                location: history.store().location().to_string(),
+                files: sluice_history::manifest::files(snapshot, entry.id)?,
+                queued_rows,
+                retention: entry.setup.history.retention.as_ref().map(|(_, text)| text.clone()),
+                activity: history.status().of(entry.id),
+            });
+        }
+        Ok(rows)
+    }
+
+    /// Whether a source named `name` exists.
+    pub(crate) fn has_source(&self, name: &str) -> bool {
+        self.sources_read().contains_key(name)
     }
 
     async fn restore(self: &Arc<Self>) -> SqlResult<RecoverySummary> {
@@ -373,7 +445,8 @@ impl Database {
                     summary.tables += 1;
                 }
                 CatalogRecord::Source { id, name, columns, options, created_at_micros, watermark, format } => {
-                    self.add_source(source_entry(id, name, columns, &options, format.as_ref(), created_at_micros, watermark)?)?;
+                    let entry = self.add_source(source_entry(id, name, columns, &options, format.as_ref(), created_at_micros, watermark)?)?;
+                    self.start_history(&entry).await?;
                     summary.sources += 1;
                 }
                 CatalogRecord::View { id, name, definition, plan_ids, explain } => {
@@ -711,16 +784,18 @@ impl Database {
         let mut batch = WriteBatch::new();
         record.put(&mut batch)?;
         self.commit_ddl(batch)?;
-        self.add_source(entry)?;
+        let entry = self.add_source(entry)?;
+        self.start_history(&entry).await?;
         Ok(true)
     }
 
-    fn add_source(&self, entry: SourceEntry) -> SqlResult<()> {
+    fn add_source(&self, entry: SourceEntry) -> SqlResult<Arc<SourceEntry>> {
         let entry = Arc::new(entry);
         let name = entry.name.clone();
-        self.ctx.register_table(TableReference::bare(name.clone()), Arc::new(SourceTable::new(Arc::clone(&entry))))?;
-        self.sources_write().insert(name, entry);
-        Ok(())
+        let table = SourceTable::new(Arc::clone(&entry), self.history.get().cloned(), Arc::clone(self.store()), self.dataflow.clone());
+        self.ctx.register_table(TableReference::bare(name.clone()), Arc::new(table))?;
+        self.sources_write().insert(name, Arc::clone(&entry));
+        Ok(entry)
     }
 
     /// Plans the stream of a materialized view over `plan` (DataFusion's optimized plan of its
@@ -1034,10 +1109,24 @@ impl Database {
                 }
             }
             RelationKind::Source => {
-                if let Some(source) = self.sources_read().get(&name).cloned() {
+                let source = self.sources_read().get(&name).cloned();
+                if let Some(source) = source {
                     let mut batch = WriteBatch::new();
                     persist::delete(&mut batch, source.id);
-                    self.commit_ddl(batch)?;
+                    match (self.history.get(), &source.history) {
+                        (Some(history), Some(_)) => {
+                            // The archiver stops before the catalog entry, queue and file list
+                            // go, so no round can list a file of a dropped source.
+                            history.stop(source.id).await;
+                            self.persist_next_id(&mut batch);
+                            self.dataflow.drop_archive(source.id, batch).await?;
+                            if matches!(source.setup.input, crate::connector::SourceInput::Push(_)) {
+                                self.writer.lock().await.remove(source.id);
+                            }
+                            history.delete_files(source.id, &source.name);
+                        }
+                        _ => self.commit_ddl(batch)?,
+                    }
                 }
                 self.ctx.deregister_table(TableReference::bare(name.clone()))?;
                 self.sources_write().remove(&name);
@@ -1148,7 +1237,15 @@ fn source_entry(
         }
         None => None,
     };
-    Ok(SourceEntry { id, name, schema, setup, watermark })
+    let history = setup.history.enabled.then(|| sluice_history::HistorySpec {
+        id,
+        name: name.clone(),
+        schema: Arc::clone(&schema),
+        time_column: sluice_history::HistorySpec::time_column_of(&schema, watermark.as_ref().map(|w| w.time_column)),
+        flush_interval: setup.history.flush_interval,
+        retention: setup.history.retention.as_ref().map(|(d, _)| *d),
+    });
+    Ok(SourceEntry { id, name, schema, setup, watermark, history })
 }
 
 /// Normalizes an identifier as PostgreSQL does: unquoted names fold to lower case.

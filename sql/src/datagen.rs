@@ -105,7 +105,7 @@ pub fn parse_duration(key: &str, text: &str) -> SqlResult<std::time::Duration> {
 }
 
 /// A duration written as a whole number and a unit: `500ms`, `5s`, `30 seconds`, `2 min`,
-/// `1 hour` (no unit: seconds). One parser for every duration Sluice reads, options and flags.
+/// `1 hour`, `90 days` (no unit: seconds). One parser for every duration Sluice reads, options and flags.
 pub fn parse_duration_text(text: &str) -> Result<std::time::Duration, String> {
     let bad = || format!("'{text}' is not a duration (like '30 seconds', '5s' or '500ms')");
     let trimmed = text.trim();
@@ -117,6 +117,7 @@ pub fn parse_duration_text(text: &str) -> Result<std::time::Duration, String> {
         "" | "s" | "second" | "seconds" => 1_000,
         "m" | "min" | "minute" | "minutes" => 60_000,
         "h" | "hour" | "hours" => 3_600_000,
+        "d" | "day" | "days" => 86_400_000,
         _ => return Err(bad()),
     };
     Ok(std::time::Duration::from_millis(number.checked_mul(millis).ok_or_else(bad)?))

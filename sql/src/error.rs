@@ -122,6 +122,10 @@ pub enum SqlError {
     /// The state store failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// Source history could not be written or read (the object store failed, a file is
+    /// missing or unreadable).
+    #[error(transparent)]
+    History(#[from] sluice_history::HistoryError),
     /// A broken invariant inside Sluice.
     #[error("internal error: {0}")]
     Internal(String),
@@ -245,6 +249,8 @@ pub fn from_datafusion(e: DataFusionError) -> SqlError {
             },
         },
         DataFusionError::SQL(p, _) => SqlError::Syntax(format!("syntax error: {p}")),
+        DataFusionError::ObjectStore(e) => SqlError::History(sluice_history::HistoryError::ObjectStore(*e)),
+        DataFusionError::ParquetError(e) => SqlError::History(sluice_history::HistoryError::Parquet(*e)),
         DataFusionError::SchemaError(s, _) => match *s {
             SchemaError::FieldNotFound { field, .. } => {
                 SqlError::UndefinedColumn(format!("\"{}\"", field.name))

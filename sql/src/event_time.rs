@@ -199,6 +199,10 @@ pub enum SystemTableKind {
     Errors,
     /// `sluice_sinks`.
     Sinks,
+    /// `sluice_history`.
+    History,
+    /// `sluice_history_files`.
+    HistoryFiles,
 }
 
 impl SystemTableKind {
@@ -210,6 +214,8 @@ impl SystemTableKind {
             SystemTableKind::Sources => "sluice_sources",
             SystemTableKind::Errors => "sluice_errors",
             SystemTableKind::Sinks => "sluice_sinks",
+            SystemTableKind::History => "sluice_history",
+            SystemTableKind::HistoryFiles => "sluice_history_files",
         }
     }
 }
@@ -242,6 +248,8 @@ impl TableProvider for SystemTable {
             SystemTableKind::Sources => crate::source_status::sources_schema(),
             SystemTableKind::Errors => crate::source_status::errors_schema(),
             SystemTableKind::Sinks => crate::source_status::sinks_schema(),
+            SystemTableKind::History => crate::history_status::history_schema(),
+            SystemTableKind::HistoryFiles => crate::history_status::files_schema(),
         }
     }
 
@@ -271,6 +279,12 @@ impl TableProvider for SystemTable {
                 crate::source_status::errors_batch(&database.error_rows(snapshot.as_ref()).map_err(to_datafusion)?)
             }
             SystemTableKind::Sinks => crate::source_status::sinks_batch(&database.sink_rows(snapshot.as_ref()).map_err(to_datafusion)?),
+            SystemTableKind::History => {
+                crate::history_status::history_batch(&database.history_rows(snapshot.as_ref()).map_err(to_datafusion)?)
+            }
+            SystemTableKind::HistoryFiles => {
+                crate::history_status::files_batch(&database.history_rows(snapshot.as_ref()).map_err(to_datafusion)?)
+            }
         }
         .map_err(to_datafusion)?;
         Ok(MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema(), projection.cloned())?)

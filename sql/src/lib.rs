@@ -19,6 +19,7 @@ mod datagen;
 mod error;
 mod event_time;
 mod functions;
+mod history_status;
 mod ingest;
 mod naming;
 mod params;

@@ -79,6 +79,8 @@ pub struct SourceEntry {
     pub setup: crate::connector::SourceSetup,
     /// Its event time, if it declares a watermark.
     pub watermark: Option<sluice_engine::dataflow::SourceWatermark>,
+    /// How its history is archived; None with `history = 'false'`.
+    pub history: Option<sluice_history::HistorySpec>,
 }
 
 /// Reads a materialized view's rows as of the statement's snapshot.
@@ -144,16 +146,32 @@ impl TableProvider for ViewTable {
     }
 }
 
-/// A source in DataFusion's catalog, so that views can name it; it holds no rows to SELECT.
-#[derive(Debug)]
+/// A source in DataFusion's catalog: views name it, and a SELECT over it is a batch query
+/// over its history (archived files plus the rows not yet archived, as of the statement's
+/// snapshot).
 pub struct SourceTable {
     entry: Arc<SourceEntry>,
+    history: Option<Arc<sluice_history::History>>,
+    store: Arc<dyn StateStore>,
+    dataflow: Dataflow,
+}
+
+impl fmt::Debug for SourceTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceTable").field("name", &self.entry.name).finish()
+    }
 }
 
 impl SourceTable {
-    /// The provider of `entry`.
-    pub fn new(entry: Arc<SourceEntry>) -> Self {
-        Self { entry }
+    /// The provider of `entry`, reading its history from `history` (None: the database keeps
+    /// no history).
+    pub fn new(
+        entry: Arc<SourceEntry>,
+        history: Option<Arc<sluice_history::History>>,
+        store: Arc<dyn StateStore>,
+        dataflow: Dataflow,
+    ) -> Self {
+        Self { entry, history, store, dataflow }
     }
 
     /// The catalog entry.
@@ -174,16 +192,31 @@ impl TableProvider for SourceTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
-        _projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        Err(to_datafusion(SqlError::unsupported(format_args!(
-            "SELECT from source \"{}\" (a source keeps no rows until source history arrives; \
-             create a materialized view over it)",
-            self.entry.name
-        ))))
+        let name = &self.entry.name;
+        let Some(history) = &self.history else {
+            return Err(to_datafusion(SqlError::unsupported(format_args!(
+                "SELECT from source \"{name}\" in a server without a history store (sources keep their rows \
+                 in history under `sluice serve`; create a materialized view over it)"
+            ))));
+        };
+        let Some(spec) = &self.entry.history else {
+            return Err(to_datafusion(SqlError::unsupported(format_args!(
+                "SELECT from source \"{name}\", which keeps no history (history = 'false'); \
+                 create a materialized view over it"
+            ))));
+        };
+        if let Some(reason) = self.dataflow.failure(self.entry.id) {
+            return Err(to_datafusion(SqlError::ViewFailed(format!(
+                "the history of source \"{name}\" stopped on an error: {reason}"
+            ))));
+        }
+        let snapshot = ReadSnapshot::of(state, &self.store);
+        history.scan(state, snapshot.as_ref(), spec, projection, filters, limit)
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {

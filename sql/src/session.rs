@@ -402,6 +402,18 @@ impl Session {
                 };
                 Ok(StatementOutcome { output: single_column("Name", names)?, notices: vec![], transaction: TransactionChange::None })
             }
+            ParsedStatement::ShowHistory(name) => {
+                let name = table_name(name)?;
+                if !self.db.has_source(&name) {
+                    return Err(SqlError::UndefinedTable(format!("source \"{name}\"")));
+                }
+                let query = crate::history_status::show_history_query(&name);
+                let statements = crate::parse_statements(&query)?;
+                let [statement] = statements.as_slice() else {
+                    return Err(SqlError::Internal(format!("SHOW HISTORY made {} statements", statements.len())));
+                };
+                Box::pin(self.execute(statement)).await
+            }
             ParsedStatement::CreateSink(create) => {
                 let mut outcome = StatementOutcome::command("CREATE SINK", None);
                 if !self.db.create_sink(create).await? {
@@ -794,6 +806,13 @@ impl Session {
                 })
             }
             ParsedStatement::Sql(stmt) => self.describe_sql(stmt).await,
+            ParsedStatement::ShowHistory(name) => {
+                let statements = crate::parse_statements(&crate::history_status::show_history_query(&table_name(name)?))?;
+                match statements.as_slice() {
+                    [ParsedStatement::Sql(stmt)] => self.describe_sql(stmt).await,
+                    _ => Err(SqlError::Internal("SHOW HISTORY is not one query".into())),
+                }
+            }
             ParsedStatement::ShowObjects(_) => Ok(StatementDescription {
                 parameter_types: vec![],
                 columns: Some(Arc::new(Schema::new(vec![Field::new("Name", DataType::Utf8, true)]))),

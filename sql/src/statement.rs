@@ -31,6 +31,8 @@ pub enum ParsedStatement {
     CreateSource(CreateSource),
     /// `SHOW SOURCES`, `SHOW MATERIALIZED VIEWS`, `SHOW SINKS`.
     ShowObjects(ObjectKind),
+    /// `SHOW HISTORY FOR source`: the source's archived partitions.
+    ShowHistory(ObjectName),
     /// `CREATE TABLE` with Sluice's event-time clauses (`WATERMARK FOR`, `APPEND ONLY`);
     /// tables without them are plain [`ParsedStatement::Sql`].
     CreateTable(Box<CreateEventTable>),
@@ -138,6 +140,7 @@ impl fmt::Display for ParsedStatement {
                 write!(f, "DROP SINK {}", names.join(", "))
             }
             ParsedStatement::ShowObjects(kind) => write!(f, "SHOW {}", kind.plural()),
+            ParsedStatement::ShowHistory(name) => write!(f, "SHOW HISTORY FOR {name}"),
             ParsedStatement::DropSource { names, .. } => {
                 let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
                 write!(f, "DROP SOURCE {}", names.join(", "))
@@ -311,6 +314,10 @@ pub(crate) fn parse_sluice_statement(parser: &mut Parser<'_>) -> Result<Option<P
             skip(parser, words.len());
             return Ok(Some(ParsedStatement::ShowObjects(kind)));
         }
+    }
+    if peek_words(parser, &["SHOW", "HISTORY", "FOR"]) {
+        skip(parser, 3);
+        return Ok(Some(ParsedStatement::ShowHistory(parser.parse_object_name(false)?)));
     }
     if peek_words(parser, &["DROP", "SINK"]) {
         skip(parser, 2);

@@ -1,0 +1,305 @@
+//! Turning a source's history queue into Parquet files, exactly once.
+//!
+//! One round: read the committed queue entries (up to [`ROWS_PER_ROUND`] rows), split their
+//! rows by the hour of their event time, write one Parquet file per hour, then commit, in one
+//! epoch, the files' listing and the entries' removal. The file names are made of the
+//! source id and the entries' sequence numbers, so a round that a crash cut short (files
+//! written, commit lost) writes the same files under the same names when it runs again, and
+//! anything else unlisted is deleted at start-up: no duplicates, no gaps, no half files.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, TimestampMicrosecondArray, UInt32Array};
+use datafusion::arrow::compute::{cast, concat_batches, take_record_batch};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use datafusion::object_store::path::Path;
+use datafusion::object_store::{ObjectStoreExt, PutPayload};
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::Compression;
+use datafusion::parquet::file::properties::WriterProperties;
+use futures::StreamExt;
+use sluice_engine::archive::{queue_key, queued_rows, QueuedRows};
+use sluice_engine::plan::RelationId;
+use sluice_engine::recovery::system_tables;
+use sluice_engine::EpochCommitter;
+use sluice_storage::WriteBatch;
+
+use crate::manifest::{self, ArchivedFile};
+use crate::store::HistoryStore;
+use crate::HistoryError;
+
+/// Rows archived per round at most (bounds the memory a round takes).
+pub const ROWS_PER_ROUND: usize = 1_000_000;
+
+const HOUR_MICROS: i64 = 3_600_000_000;
+
+/// How a source's history is kept.
+#[derive(Debug, Clone)]
+pub struct HistorySpec {
+    /// The source's id.
+    pub id: RelationId,
+    /// Its name: the prefix of its files.
+    pub name: String,
+    /// Its columns, as archived.
+    pub schema: SchemaRef,
+    /// The column whose hour places a row (the watermark column, else the first timestamp
+    /// column); None: rows go by the time their checkpoint was written.
+    pub time_column: Option<usize>,
+    /// How often the queue is archived.
+    pub flush_interval: Duration,
+    /// Partitions whose hour ended longer ago than this are deleted; None keeps everything.
+    pub retention: Option<Duration>,
+}
+
+impl HistorySpec {
+    /// The event-time column for `schema`: `watermark` if declared, else the first timestamp
+    /// column.
+    pub fn time_column_of(schema: &SchemaRef, watermark: Option<usize>) -> Option<usize> {
+        watermark.or_else(|| schema.fields().iter().position(|f| matches!(f.data_type(), DataType::Timestamp(_, _))))
+    }
+}
+
+/// `date=YYYY-MM-DD/hour=HH` of the hour starting at `hour` (None: rows without event time).
+pub fn partition_name(hour: Option<i64>) -> String {
+    const NONE: &str = "__HIVE_DEFAULT_PARTITION__";
+    match hour.and_then(chrono::DateTime::from_timestamp_micros) {
+        Some(t) => t.format("date=%Y-%m-%d/hour=%H").to_string(),
+        None => format!("date={NONE}/hour={NONE}"),
+    }
+}
+
+/// A source's time column as microseconds (whatever its unit and zone).
+fn micros(column: &ArrayRef) -> Result<TimestampMicrosecondArray, HistoryError> {
+    let as_micros = cast(column, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
+    as_micros
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .cloned()
+        .ok_or_else(|| HistoryError::Corrupt("the event-time column is not a timestamp".into()))
+}
+
+/// The rows of `entries` grouped by the hour they belong to.
+fn split_by_hour(spec: &HistorySpec, entries: &[QueuedRows]) -> Result<BTreeMap<Option<i64>, Vec<RecordBatch>>, HistoryError> {
+    let mut groups: BTreeMap<Option<i64>, Vec<RecordBatch>> = BTreeMap::new();
+    for entry in entries {
+        let Some(column) = spec.time_column else {
+            groups.entry(Some(entry.written_at.div_euclid(HOUR_MICROS) * HOUR_MICROS)).or_default().push(entry.rows.clone());
+            continue;
+        };
+        let times = micros(entry.rows.column(column))?;
+        let hour_of = |i: usize| times.is_valid(i).then(|| times.value(i).div_euclid(HOUR_MICROS) * HOUR_MICROS);
+        let first = if times.is_empty() { None } else { hour_of(0) };
+        if (0..times.len()).all(|i| hour_of(i) == first) {
+            groups.entry(first).or_default().push(entry.rows.clone());
+            continue;
+        }
+        let mut indices: BTreeMap<Option<i64>, Vec<u32>> = BTreeMap::new();
+        for i in 0..times.len() {
+            indices.entry(hour_of(i)).or_default().push(i as u32);
+        }
+        for (hour, rows) in indices {
+            groups.entry(hour).or_default().push(take_record_batch(&entry.rows, &UInt32Array::from(rows))?);
+        }
+    }
+    Ok(groups)
+}
+
+/// Encodes `rows` as one Parquet file (Snappy pages, statistics on every column).
+pub fn encode_parquet(rows: &RecordBatch) -> Result<Vec<u8>, HistoryError> {
+    let properties = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+    let mut out = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut out, rows.schema(), Some(properties))?;
+    writer.write(rows)?;
+    writer.close()?;
+    Ok(out)
+}
+
+/// The smallest and largest event time of `rows`.
+fn time_range(spec: &HistorySpec, rows: &RecordBatch) -> Result<(Option<i64>, Option<i64>), HistoryError> {
+    let Some(column) = spec.time_column else { return Ok((None, None)) };
+    let times = micros(rows.column(column))?;
+    Ok((datafusion::arrow::compute::min(&times), datafusion::arrow::compute::max(&times)))
+}
+
+/// Archives up to [`ROWS_PER_ROUND`] queued rows of `spec`'s source; returns how many.
+pub async fn archive_round(spec: &HistorySpec, store: &HistoryStore, committer: &EpochCommitter) -> Result<usize, HistoryError> {
+    let snapshot = committer.store().snapshot();
+    let entries = queued_rows(snapshot.as_ref(), spec.id, &spec.schema, ROWS_PER_ROUND)?;
+    drop(snapshot);
+    let (Some(first), Some(last)) = (entries.first().map(|e| e.seq), entries.last().map(|e| e.seq)) else {
+        return Ok(0);
+    };
+    let rows: usize = entries.iter().map(|e| e.rows.num_rows()).sum();
+    let groups = split_by_hour(spec, &entries)?;
+    let mut write = WriteBatch::new();
+    let now = chrono::Utc::now().timestamp_micros();
+    for (hour, batches) in groups {
+        let rows = concat_batches(&spec.schema, &batches)?;
+        if rows.num_rows() == 0 {
+            continue;
+        }
+        let (min_time, max_time) = time_range(spec, &rows)?;
+        let encode_rows = rows.clone();
+        let bytes = tokio::task::spawn_blocking(move || encode_parquet(&encode_rows))
+            .await
+            .map_err(|e| HistoryError::Corrupt(format!("the Parquet encoder stopped: {e}")))??;
+        let partition = partition_name(hour);
+        let path = format!("{}/{partition}/{}-{first:012}-{last:012}.parquet", spec.name, spec.id);
+        let size = bytes.len() as u64;
+        store.object_store().put(&Path::from(path.as_str()), PutPayload::from(bytes)).await?;
+        let file = ArchivedFile {
+            path,
+            partition,
+            hour,
+            rows: rows.num_rows() as u64,
+            bytes: size,
+            min_time,
+            max_time,
+            first_seq: first,
+            last_seq: last,
+            written_at: now,
+        };
+        manifest::add(&mut write, spec.id, &file)?;
+    }
+    for entry in &entries {
+        write.delete(system_tables::HISTORY_QUEUE, queue_key(spec.id, entry.seq));
+    }
+    write.set_durable();
+    committer.commit(write)?;
+    tracing::debug!(source = %spec.name, rows, first, last, "archived");
+    Ok(rows)
+}
+
+/// Removes from `spec`'s history the partitions whose hour ended more than the retention
+/// ago; returns the paths removed (to delete once no query can be reading them).
+pub fn expire(spec: &HistorySpec, committer: &EpochCommitter) -> Result<Vec<String>, HistoryError> {
+    let Some(retention) = spec.retention else { return Ok(Vec::new()) };
+    let horizon = chrono::Utc::now().timestamp_micros() - i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
+    let snapshot = committer.store().snapshot();
+    let expired: Vec<ArchivedFile> = manifest::files(snapshot.as_ref(), spec.id)?
+        .into_iter()
+        .filter(|f| f.hour.is_some_and(|h| h + HOUR_MICROS <= horizon))
+        .collect();
+    drop(snapshot);
+    if expired.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut write = WriteBatch::new();
+    for file in &expired {
+        manifest::remove(&mut write, spec.id, &file.path);
+    }
+    write.set_durable();
+    committer.commit(write)?;
+    tracing::info!(source = %spec.name, files = expired.len(), "history past its retention removed");
+    Ok(expired.into_iter().map(|f| f.path).collect())
+}
+
+/// Whether `path` is named like a file the archiver writes.
+fn is_history_file(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let Some(stem) = name.strip_suffix(".parquet") else { return false };
+    let stem = stem.strip_suffix("-c").unwrap_or(stem);
+    let parts: Vec<&str> = stem.split('-').collect();
+    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Deletes every history file in `store` under `prefix` that `keep` does not hold and whose
+/// source id `owned` accepts: what a crash left between writing files and committing them,
+/// or a dropped source's files. Returns how many were deleted.
+pub async fn delete_unlisted(
+    store: &HistoryStore,
+    prefix: Option<&str>,
+    keep: &std::collections::HashSet<String>,
+    owned: &(dyn Fn(RelationId) -> bool + Sync),
+) -> Result<usize, HistoryError> {
+    let prefix = prefix.map(Path::from);
+    let mut listing = store.object_store().list(prefix.as_ref());
+    let mut doomed = Vec::new();
+    while let Some(meta) = listing.next().await {
+        let path = meta?.location.to_string();
+        if !is_history_file(&path) || keep.contains(&path) {
+            continue;
+        }
+        let name = path.rsplit('/').next().unwrap_or(&path);
+        let id = name.split('-').next().and_then(|id| id.parse::<RelationId>().ok());
+        if id.is_some_and(owned) {
+            doomed.push(path);
+        }
+    }
+    for path in &doomed {
+        delete_quietly(store, path).await;
+    }
+    Ok(doomed.len())
+}
+
+/// Deletes `path`, logging (not failing on) an error: an undeleted file is only garbage.
+pub async fn delete_quietly(store: &HistoryStore, path: &str) {
+    match store.object_store().delete(&Path::from(path)).await {
+        Ok(()) | Err(datafusion::object_store::Error::NotFound { .. }) => {}
+        Err(e) => tracing::warn!(%path, error = %e, "cannot delete a history file"),
+    }
+}
+
+/// Files a running query may still be reading: deleted after this long.
+pub const DELETE_GRACE: Duration = Duration::from_secs(120);
+
+/// Paths waiting to be deleted, with when they were retired.
+pub type Retired = Vec<(std::time::Instant, String)>;
+
+/// Deletes the retired files older than [`DELETE_GRACE`].
+pub async fn delete_retired(store: &HistoryStore, retired: &mut Retired) {
+    let now = std::time::Instant::now();
+    let (due, keep): (Retired, Retired) = retired.drain(..).partition(|(at, _)| now.duration_since(*at) >= DELETE_GRACE);
+    *retired = keep;
+    for (_, path) in due {
+        delete_quietly(store, &path).await;
+    }
+}
+
+/// Runs `spec`'s archiving until aborted: every flush interval, the whole committed queue is
+/// archived, then expired partitions are removed.
+pub async fn run(spec: HistorySpec, store: HistoryStore, committer: Arc<EpochCommitter>, status: Arc<crate::HistoryStatus>) {
+    let mut retired = Retired::new();
+    let mut timer = tokio::time::interval(spec.flush_interval.max(Duration::from_millis(10)));
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        timer.tick().await;
+        loop {
+            match archive_round(&spec, &store, &committer).await {
+                Ok(rows) => {
+                    status.record_round(spec.id, rows, None);
+                    if rows < ROWS_PER_ROUND {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(source = %spec.name, error = %e, "archiving failed; retrying at the next interval");
+                    status.record_round(spec.id, 0, Some(e.to_string()));
+                    break;
+                }
+            }
+        }
+        match expire(&spec, &committer) {
+            Ok(paths) => retired.extend(paths.into_iter().map(|p| (std::time::Instant::now(), p))),
+            Err(e) => tracing::warn!(source = %spec.name, error = %e, "cannot expire history"),
+        }
+        delete_retired(&store, &mut retired).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_and_file_names() {
+        assert_eq!(partition_name(Some(1_431_856_800_000_000)), "date=2015-05-17/hour=10");
+        assert_eq!(partition_name(None), "date=__HIVE_DEFAULT_PARTITION__/hour=__HIVE_DEFAULT_PARTITION__");
+        assert!(is_history_file("s/date=2015-05-17/hour=10/12-000000000001-000000000004.parquet"));
+        assert!(is_history_file("s/date=2015-05-17/hour=10/12-000000000001-000000000004-c.parquet"));
+        assert!(!is_history_file("s/date=2015-05-17/hour=10/notes.parquet"));
+        assert!(!is_history_file("_sluice_probe"));
+    }
+}

@@ -1,0 +1,191 @@
+//! # sluice-history: every source's events kept as Parquet, and batch queries over them
+//!
+//! The job HDFS and Spark batch did in the old stack. Each source's accepted rows reach a
+//! durable queue in the state store with the checkpoint that read them (`sluice-engine`'s
+//! `archive` module); this crate turns that queue into Parquet files on an `object_store`,
+//! laid out by event time, and answers a plain `SELECT` over a source with the files plus the
+//! queue, as of one snapshot.
+//!
+//! ```text
+//!   HISTORY_QUEUE (state store) ──archiver round──► <source>/date=YYYY-MM-DD/hour=HH/<id>-<first>-<last>.parquet
+//!                                 one commit: HISTORY_FILES += files, HISTORY_QUEUE -= entries
+//!   SELECT … FROM source ──► HISTORY_FILES pruned by time ──► Parquet scan ─┐
+//!                            HISTORY_QUEUE (same snapshot) ──► memory scan ─┴► UNION ALL
+//! ```
+//!
+//! Exactly once: at every committed epoch each accepted row is either in the queue or in
+//! exactly one listed file. Files a crash left unlisted are deleted at start-up, before any
+//! archiver runs.
+
+mod archiver;
+pub mod manifest;
+mod scan;
+mod store;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use datafusion::catalog::Session;
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use sluice_engine::plan::RelationId;
+use sluice_engine::EpochCommitter;
+use sluice_storage::StateSnapshot;
+
+pub use archiver::{archive_round, encode_parquet, partition_name, HistorySpec, ROWS_PER_ROUND};
+pub use manifest::ArchivedFile;
+pub use store::HistoryStore;
+
+/// Why history could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// The object store cannot be used (unreachable, refuses writes, misconfigured).
+    #[error("{0}")]
+    Unusable(String),
+    /// The object store failed an operation.
+    #[error("history store: {0}")]
+    ObjectStore(#[from] datafusion::object_store::Error),
+    /// The state store failed.
+    #[error(transparent)]
+    Storage(#[from] sluice_storage::StorageError),
+    /// The queue could not be read.
+    #[error(transparent)]
+    Engine(#[from] sluice_engine::EngineError),
+    /// Rows could not be split or converted.
+    #[error(transparent)]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    /// A Parquet file could not be written or read.
+    #[error("parquet: {0}")]
+    Parquet(#[from] datafusion::parquet::errors::ParquetError),
+    /// Stored history metadata is unreadable.
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+/// What the archiver and the scans of one source did since the server started.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SourceActivity {
+    /// Rows archived.
+    pub rows_archived: u64,
+    /// Why the last round failed, if it did (cleared by a success).
+    pub last_error: Option<String>,
+    /// Batch queries over the source.
+    pub scans: u64,
+    /// Archived files those queries read (after pruning).
+    pub files_scanned: u64,
+}
+
+/// Per-source activity counters, shared by the archivers and the scans.
+#[derive(Debug, Default)]
+pub struct HistoryStatus {
+    sources: Mutex<HashMap<RelationId, SourceActivity>>,
+}
+
+impl HistoryStatus {
+    fn update(&self, id: RelationId, f: impl FnOnce(&mut SourceActivity)) {
+        f(self.sources.lock().unwrap_or_else(|p| p.into_inner()).entry(id).or_default());
+    }
+
+    fn record_round(&self, id: RelationId, rows: usize, error: Option<String>) {
+        self.update(id, |a| {
+            a.rows_archived += rows as u64;
+            a.last_error = error;
+        });
+    }
+
+    /// Source `id`'s counters.
+    pub fn of(&self, id: RelationId) -> SourceActivity {
+        self.sources.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned().unwrap_or_default()
+    }
+}
+
+/// The history of every source of one database: the store, the archivers, the scans.
+pub struct History {
+    store: HistoryStore,
+    committer: Arc<EpochCommitter>,
+    archivers: Mutex<HashMap<RelationId, tokio::task::JoinHandle<()>>>,
+    status: Arc<HistoryStatus>,
+}
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("History").field("store", &self.store.location()).finish_non_exhaustive()
+    }
+}
+
+impl History {
+    /// Opens the history kept in `store` for the database whose state `committer` commits:
+    /// checks that the store works, then deletes the files no committed epoch lists (a crash
+    /// between writing files and committing them). Must run before any archiver starts.
+    pub async fn open(store: HistoryStore, committer: Arc<EpochCommitter>) -> Result<Self, HistoryError> {
+        store.probe().await?;
+        let listed = manifest::all_paths(committer.store().snapshot().as_ref())?;
+        let deleted = archiver::delete_unlisted(&store, None, &listed, &|_| true).await?;
+        if deleted > 0 {
+            tracing::info!(files = deleted, "deleted history files no checkpoint committed");
+        }
+        Ok(Self { store, committer, archivers: Mutex::new(HashMap::new()), status: Arc::default() })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &HistoryStore {
+        &self.store
+    }
+
+    /// Activity counters.
+    pub fn status(&self) -> &HistoryStatus {
+        &self.status
+    }
+
+    /// Starts archiving `spec`'s source (its queue is fed by the dataflow).
+    pub fn start(&self, spec: HistorySpec) {
+        let id = spec.id;
+        let task = tokio::spawn(archiver::run(spec, self.store.clone(), Arc::clone(&self.committer), Arc::clone(&self.status)));
+        if let Some(old) = self.archivers.lock().unwrap_or_else(|p| p.into_inner()).insert(id, task) {
+            old.abort();
+        }
+    }
+
+    /// Stops archiving source `id`; returns once no round of it can commit any more.
+    pub async fn stop(&self, id: RelationId) {
+        let task = self.archivers.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Deletes the files of dropped source `id` (named `name`), in the background.
+    pub fn delete_files(&self, id: RelationId, name: &str) {
+        let store = self.store.clone();
+        let prefix = format!("{name}/");
+        tokio::spawn(async move {
+            let keep = std::collections::HashSet::new();
+            match archiver::delete_unlisted(&store, Some(&prefix), &keep, &|owner| owner == id).await {
+                Ok(n) => tracing::info!(source = id, files = n, "dropped source's history deleted"),
+                Err(e) => tracing::warn!(source = id, error = %e, "cannot delete a dropped source's history"),
+            }
+        });
+    }
+
+    /// Plans a batch query over `spec`'s source as of `snapshot`, counting the files it reads.
+    #[allow(clippy::too_many_arguments)]
+    pub fn scan(
+        &self,
+        state: &dyn Session,
+        snapshot: &dyn StateSnapshot,
+        spec: &HistorySpec,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let scan = scan::plan_scan(state, snapshot, &self.store, spec, projection, filters, limit)?;
+        tracing::debug!(source = %spec.name, files = scan.files_scanned, of = scan.files_total, "history scan");
+        self.status.update(spec.id, |a| {
+            a.scans += 1;
+            a.files_scanned += scan.files_scanned as u64;
+        });
+        Ok(scan.plan)
+    }
+}
