@@ -30,9 +30,9 @@ if [ ! -f /usr/share/java/postgresql.jar ] || ! command -v java >/dev/null; then
 fi
 
 # Python drivers for the client tests.
-if ! python3 -c 'import psycopg, asyncpg' 2>/dev/null; then
+if ! python3 -c 'import psycopg, asyncpg, duckdb' 2>/dev/null; then
   echo "installing the Python drivers psycopg and asyncpg"
-  python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]>=3.1' 'asyncpg>=0.29'
+  python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]>=3.1' 'asyncpg>=0.29' 'duckdb>=1.1'
 fi
 
 # The Kafka-API broker the Kafka tests start on loopback: tansu, in-memory (see

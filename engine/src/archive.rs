@@ -146,12 +146,19 @@ pub fn queued_counts(snapshot: &dyn StateSnapshot, source: RelationId) -> Engine
     Ok((entries, rows))
 }
 
-/// The number after source `source`'s last queue entry (0 if none).
+/// The counter (in `COUNTERS`) of source `source`'s next queue entry number. Kept apart
+/// from the queue because an emptied queue must not restart the numbering: file names are
+/// made of entry numbers, and a reused number would overwrite an archived file.
+fn next_seq_counter(source: RelationId) -> String {
+    format!("history_next_seq/{source}")
+}
+
+/// The number of source `source`'s next queue entry.
 pub(crate) fn next_queue_seq(snapshot: &dyn StateSnapshot, source: RelationId) -> EngineResult<u64> {
-    let mut next = 0;
+    let mut next = crate::recovery::read_counter(snapshot, &next_seq_counter(source))?.unwrap_or(0);
     for kv in snapshot.scan(system_tables::HISTORY_QUEUE, KeyRange::prefix(&source.to_be_bytes()))? {
         let (key, _) = kv?;
-        next = entry_seq(&key)? + 1;
+        next = next.max(entry_seq(&key)? + 1);
     }
     Ok(next)
 }
@@ -164,6 +171,7 @@ pub(crate) fn clear_queue(snapshot: &dyn StateSnapshot, source: RelationId, writ
             write.delete(table, key.to_vec());
         }
     }
+    write.delete(system_tables::COUNTERS, next_seq_counter(source).into_bytes());
     Ok(())
 }
 
@@ -184,6 +192,7 @@ impl RunningArchive {
             .unwrap_or_default();
         write.put(system_tables::HISTORY_QUEUE, queue_key(self.id, self.next_seq), encode_entry(written_at, changes.data())?);
         self.next_seq += 1;
+        write.put(system_tables::COUNTERS, next_seq_counter(self.id).into_bytes(), self.next_seq.to_be_bytes().to_vec());
         Ok(())
     }
 }

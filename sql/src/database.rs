@@ -277,14 +277,31 @@ impl Database {
                 position: None,
             });
         }
-        for view in self.views_read().values() {
-            for (reader, source) in &view.readers {
+        let history_readers: Vec<(TableId, String)> = match self.history.get() {
+            Some(_) => sources
+                .values()
+                .filter(|e| e.history.is_some() && matches!(e.setup.input, crate::connector::SourceInput::Pull(_)))
+                .map(|e| (e.id, e.name.clone()))
+                .collect(),
+            None => Vec::new(),
+        };
+        // A pulled source's history reader is listed with no view.
+        let readers = history_readers.into_iter().map(|(reader, source)| (None, reader, source)).chain(
+            self.views_read()
+                .values()
+                .flat_map(|view| view.readers.iter().map(|(reader, source)| (Some(view.name.clone()), *reader, source.clone())))
+                .collect::<Vec<_>>(),
+        );
+        for (view, reader, source) in readers {
+            {
+                let reader = &reader;
+                let source = &source;
                 let Some(entry) = sources.get(source) else { continue };
                 let committed = sluice_engine::recovery::source_position(snapshot, *reader)?;
                 rows.push(crate::source_status::SourceReaderRow {
                     source: source.clone(),
                     connector: entry.setup.kind.clone(),
-                    view: Some(view.name.clone()),
+                    view: view.clone(),
                     records: status.records.get(reader).copied().unwrap_or(0).max(committed.offset),
                     errors: status.source_errors.get(reader).copied().unwrap_or(0),
                     late_rows: status.late_rows.get(reader).copied().unwrap_or(0),

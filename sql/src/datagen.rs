@@ -8,6 +8,7 @@
 //! fields.<col>.min / .max / .seed       random bounds (default 0 .. 1000) and seed
 //! fields.<col>.values     = 'a,b,c'     one of the values, uniformly (repeat one to weight it)
 //! fields.<col>.length     = 10          random text length
+//! fields.<col>.step       = '10ms'      timestamps: event time between two rows (default 1 / rate)
 //! fields.<col>.disorder   = '5 seconds' timestamps up to this far behind their row's place
 //!                                       (pseudo-random per row: out-of-order events)
 //! ```
@@ -48,7 +49,7 @@ pub fn spec_from_options(
     for (i, field) in schema.fields().iter().enumerate() {
         let prefix = format!("fields.{}.", field.name());
         let key = |k: &str| format!("{prefix}{k}");
-        for k in ["kind", "start", "end", "min", "max", "seed", "values", "length", "disorder"] {
+        for k in ["kind", "start", "end", "min", "max", "seed", "values", "length", "disorder", "step"] {
             used.push(key(k));
         }
         let seed = number::<u64>(options, &key("seed"))?.unwrap_or(i as u64 + 1);
@@ -74,7 +75,10 @@ pub fn spec_from_options(
                 }
                 Some("timestamp") | None => ColumnGenerator::Timestamp {
                     start_micros: created_at_micros,
-                    step_micros: 1_000_000u64.checked_div(rows_per_second).map_or(1_000, |step| step.max(1) as i64),
+                    step_micros: match options.get(&key("step")) {
+                        Some(text) => i64::try_from(parse_duration(&key("step"), text)?.as_micros()).unwrap_or(i64::MAX),
+                        None => 1_000_000u64.checked_div(rows_per_second).map_or(1_000, |step| step.max(1) as i64),
+                    },
                     disorder_micros: match options.get(&key("disorder")) {
                         Some(text) => i64::try_from(parse_duration(&key("disorder"), text)?.as_micros()).unwrap_or(i64::MAX),
                         None => 0,

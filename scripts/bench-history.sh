@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Batch queries over archived history (BENCHMARKS.md, history):
+#   scripts/bench-history.sh [ROWS]
+# A datagen source of web requests (ROWS rows, 10 ms of event time apart, so about a day for
+# 10M rows) is archived by `sluice serve`; then the same scan-aggregate runs through psql
+# against Sluice and through DuckDB (Python package) over the same Parquet files, timed side by
+# side with hyperfine; last, the files a one-hour query opens are read off sluice_history.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rows=${1:-10000000}
+bin=${SLUICE_BIN:-${CARGO_TARGET_DIR:-target}/release/sluice}
+python=${PYTHON:-python3}
+dir=$(mktemp -d)
+trap 'kill -9 $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
+port=16553; http=16554
+
+"$bin" serve --data-dir "$dir/data" --pg-addr 127.0.0.1:$port --http-addr 127.0.0.1:$http > "$dir/out.log" 2> "$dir/err.log" &
+pid=$!
+until grep -q "sluice serving" "$dir/out.log" 2>/dev/null; do sleep 0.05; done
+sql() { psql -h 127.0.0.1 -p $port -U sluice -d sluice -Atqc "$1"; }
+
+sql "CREATE SOURCE requests (id BIGINT, url VARCHAR, status INT, bytes BIGINT, ts TIMESTAMP)
+     WITH (connector = 'datagen', datagen.rows.per.second = '100', datagen.max.rows = '$rows',
+           fields.id.kind = 'sequence', fields.id.end = '1000000000000',
+           fields.url.values = '/,/a,/b,/c,/d,/e,/f,/g,/h,/i', fields.status.values = '200,200,200,200,304,404,500',
+           fields.bytes.min = '0', fields.bytes.max = '100000', history.flush.interval = '1s')"
+t0=$(date +%s.%N)
+until [ "$(sql "SELECT archived_rows FROM sluice_history WHERE source = 'requests'")" = "$rows" ]; do sleep 1; done
+t1=$(date +%s.%N)
+echo "archived $rows rows in $(echo "$t1 - $t0" | bc) s (datagen at full speed, generation included)"
+sql "SELECT partitions, files, bytes FROM sluice_history WHERE source = 'requests'" | awk -F'|' '{print "partitions " $1 ", files " $2 ", " int($3/1048576) " MB of Parquet"}'
+
+query="SELECT status, count(*), sum(bytes), count(DISTINCT url) FROM requests GROUP BY status ORDER BY status"
+files="$dir/data/history/requests/**/*.parquet"
+cat > "$dir/duck.py" <<PY
+import duckdb, sys
+con = duckdb.connect()
+con.sql("SET threads = 2")
+print(con.sql("""${query//requests/read_parquet('$files', hive_partitioning = false)}""").fetchall())
+PY
+echo "Sluice:"; sql "$query"
+echo "DuckDB:"; "$python" "$dir/duck.py"
+hyperfine --warmup 2 --runs 10 -N \
+  -n sluice "psql -h 127.0.0.1 -p $port -U sluice -d sluice -Atqc \"$query\"" \
+  -n duckdb "$python $dir/duck.py"
+
+before=$(sql "SELECT files_scanned FROM sluice_history WHERE source = 'requests'")
+first=$(sql "SELECT date_trunc('hour', min(ts)) + INTERVAL '2 hours' FROM requests")
+sql "SELECT count(*) FROM requests WHERE ts >= '$first' AND ts < TIMESTAMP '$first' + INTERVAL '1 hour'"
+after=$(sql "SELECT files_scanned FROM sluice_history WHERE source = 'requests'")
+total=$(sql "SELECT files FROM sluice_history WHERE source = 'requests'")
+echo "one-hour query from $first: $((after - before)) of $total files scanned"

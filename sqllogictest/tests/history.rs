@@ -1,0 +1,260 @@
+//! Source history through `sluice serve`: the real access log archived as Parquet through a
+//! kill -9 in the middle of archiving, then queried with plain SELECTs and read by DuckDB,
+//! both compared with an independent reference parser; pruning by event time measured in
+//! files scanned; pushed rows visible before they are archived; generated data equal to a
+//! view over the same source; retention and DROP SOURCE deleting files.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sluice_sqllogictest::probe::{connect, rows, wait_for_records};
+use sluice_sqllogictest::SluiceServer;
+use tokio_postgres::Client;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn append(path: &Path, bytes: &[u8]) {
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    file.write_all(bytes).unwrap();
+}
+
+fn run_json(program: &str, args: &[&Path]) -> Option<serde_json::Value> {
+    let output = std::process::Command::new(program).args(args).output().ok()?;
+    assert!(output.status.success(), "{program}: {}", String::from_utf8_lossy(&output.stderr));
+    Some(serde_json::from_slice(&output.stdout).unwrap())
+}
+
+/// Waits until the archiver has emptied `source`'s queue and archived `rows` rows.
+async fn wait_archived(client: &Client, source: &str, rows_wanted: u64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        rows(client, "FLUSH").await;
+        let state = rows(client, &format!("SELECT archived_rows, queued_rows FROM sluice_history WHERE source = '{source}'")).await;
+        if state == vec![vec![rows_wanted.to_string(), "0".to_string()]] {
+            return;
+        }
+        assert!(Instant::now() < deadline, "history of {source} stuck at {state:?}, want {rows_wanted} archived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn map(client: &Client, sql: &str) -> BTreeMap<String, String> {
+    rows(client, sql).await.into_iter().map(|r| (r[0].clone(), r[1..].join(","))).collect()
+}
+
+fn parquet_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                out.push(path.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+const SOURCE: &str = "CREATE SOURCE access_log (
+       remote_addr VARCHAR, remote_user VARCHAR, ts TIMESTAMPTZ, method VARCHAR, path VARCHAR,
+       protocol VARCHAR, status INT, bytes BIGINT, referer VARCHAR, user_agent VARCHAR
+     ) WITH (connector = 'file', path = '{logs}/access.log', follow = 'true', poll.interval = '20ms',
+             history.flush.interval = '50ms')
+     FORMAT PLAIN ENCODE LOG (format = 'combined')";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_archived_through_a_kill_9_equals_the_reference_in_sql_and_in_duckdb() {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_sluice-slt"));
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let data = dir.path().join("data");
+    let original = std::fs::read(workspace().join("testdata/apache_combined_2015.log")).unwrap();
+    let lines: Vec<&[u8]> = original.split_inclusive(|b| *b == b'\n').collect();
+    let log = logs.join("access.log");
+    append(&log, &lines[..5_000].concat());
+
+    let server = SluiceServer::start_in(&bin, &data, &[]).unwrap();
+    let client = connect(server.port).await;
+    client.batch_execute(&SOURCE.replace("{logs}", &logs.display().to_string())).await.unwrap();
+    wait_for_records(&client, "access_log", 5_000).await;
+    // The rest arrives while rounds are archiving; the server is killed in the middle.
+    for chunk in lines[5_000..].chunks(500) {
+        append(&log, &chunk.concat());
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    server.kill();
+
+    let server = SluiceServer::start_in(&bin, &data, &[]).unwrap();
+    let client = connect(server.port).await;
+    wait_for_records(&client, "access_log", 10_000).await;
+    let reference = run_json("python3", &[&workspace().join("scripts/access_log_reference.py"), &log]).unwrap();
+    let accepted = reference["rows"].as_u64().unwrap();
+    wait_archived(&client, "access_log", accepted).await;
+
+    // Plain SELECTs over the history equal the reference: nothing lost, nothing doubled.
+    let status = map(&client, "SELECT status, count(*) FROM access_log GROUP BY status").await;
+    let want: BTreeMap<String, String> =
+        reference["status"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+    assert_eq!(status, want, "requests per status");
+    let hours: BTreeMap<String, String> = map(
+        &client,
+        "SELECT date_trunc('hour', ts), count(*), sum(coalesce(bytes, 0)) FROM access_log GROUP BY 1",
+    )
+    .await
+    .into_iter()
+    .map(|(k, v)| (k.trim_end_matches("+00").to_string(), v))
+    .collect();
+    let want_hours: BTreeMap<String, String> = reference["hours"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), format!("{},{}", v[0], v[1])))
+        .collect();
+    assert_eq!(hours, want_hours, "requests and bytes per hour");
+    assert_eq!(
+        rows(&client, "SELECT count(DISTINCT remote_addr) FROM access_log").await,
+        vec![vec![reference["clients"].to_string()]]
+    );
+
+    // Every file on disk is listed (a crash's unlisted files were deleted at start-up), and
+    // the partitions are the hours of the events.
+    let history = data.join("history");
+    let on_disk = parquet_files(&history);
+    let mut listed: Vec<String> = rows(&client, "SELECT path FROM sluice_history_files").await.into_iter().map(|r| r[0].clone()).collect();
+    listed.sort();
+    assert_eq!(on_disk, listed, "files on disk are exactly the listed ones");
+    assert_eq!(
+        rows(&client, "SELECT count(DISTINCT partition) FROM sluice_history_files").await,
+        vec![vec![want_hours.len().to_string()]]
+    );
+    assert_eq!(
+        rows(&client, "SELECT partitions FROM sluice_history WHERE source = 'access_log'").await,
+        vec![vec![want_hours.len().to_string()]]
+    );
+
+    // A one-hour query opens only that hour's files.
+    let hour_files = rows(&client, "SELECT count(*) FROM sluice_history_files WHERE partition = 'date=2015-05-18/hour=10'").await;
+    let before = rows(&client, "SELECT files_scanned FROM sluice_history WHERE source = 'access_log'").await;
+    let n = rows(
+        &client,
+        "SELECT count(*) FROM access_log WHERE ts >= '2015-05-18 10:00:00+00' AND ts < '2015-05-18 11:00:00+00'",
+    )
+    .await;
+    assert_eq!(n[0][0], reference["hours"]["2015-05-18 10:00:00"][0].to_string());
+    let after = rows(&client, "SELECT files_scanned FROM sluice_history WHERE source = 'access_log'").await;
+    let scanned = after[0][0].parse::<u64>().unwrap() - before[0][0].parse::<u64>().unwrap();
+    assert_eq!(scanned.to_string(), hour_files[0][0], "files scanned for one hour");
+    assert!(scanned < listed.len() as u64 / 10);
+
+    // History joins live views in one query.
+    client
+        .batch_execute("CREATE MATERIALIZED VIEW live_status AS SELECT status, count(*) AS n FROM access_log GROUP BY status")
+        .await
+        .unwrap();
+    wait_for_records(&client, "access_log", 10_000).await;
+    let joined = rows(
+        &client,
+        "SELECT count(*) FROM live_status v JOIN (SELECT status, count(*) AS n FROM access_log GROUP BY status) h
+         USING (status) WHERE v.n = h.n",
+    )
+    .await;
+    assert_eq!(joined[0][0], want.len().to_string(), "the live view equals its history");
+
+    // A reader that is not Sluice reads the same rows from the files.
+    let duckdb = run_json("python3", &[&workspace().join("scripts/history_reader.py"), &history, Path::new("access_log")])
+        .expect("python3 runs scripts/history_reader.py (DuckDB is installed by scripts/test.sh)");
+    assert_eq!(duckdb["rows"].as_u64().unwrap(), accepted);
+    assert_eq!(duckdb["status"], reference["status"]);
+    assert_eq!(duckdb["hours"], reference["hours"]);
+    assert_eq!(duckdb["clients"], reference["clients"]);
+    assert_eq!(duckdb["files"].as_array().unwrap().len(), listed.len());
+    server.stop().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_rows_are_queryable_before_and_after_archiving_and_generated_rows_equal_their_view() {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_sluice-slt"));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = SluiceServer::start_in(&bin, &data, &[]).unwrap();
+    let client = connect(server.port).await;
+    client
+        .batch_execute(
+            "CREATE SOURCE clicks (user_id BIGINT, url VARCHAR, ts TIMESTAMP)
+               WITH (connector = 'http', history.flush.interval = '1 hour') FORMAT PLAIN ENCODE JSON;
+             CREATE SOURCE gen (id BIGINT, amount INT, ts TIMESTAMP)
+               WITH (connector = 'datagen', datagen.rows.per.second = '0', datagen.max.rows = '20000',
+                     fields.id.kind = 'sequence', fields.id.end = '1000000', fields.amount.min = '1', fields.amount.max = '100',
+                     history.flush.interval = '100ms');
+             CREATE MATERIALIZED VIEW gen_totals AS SELECT count(*) AS n, sum(amount) AS total, min(ts) AS first, max(ts) AS last FROM gen;",
+        )
+        .await
+        .unwrap();
+    // Pushed rows: acknowledged, then at once visible to SELECT although not archived (the
+    // flush interval is an hour).
+    let body = "{\"user_id\": 1, \"url\": \"/a\", \"ts\": \"2026-11-01 10:15:00\"}\n\
+                {\"user_id\": 2, \"url\": \"/b\", \"ts\": \"2026-11-01 11:30:00\"}\n\
+                {\"user_id\": 1, \"url\": \"/a\", \"ts\": \"2026-11-01 11:45:00\"}\n";
+    let reply = ureq_post(server.http_port, "/ingest/clicks", body);
+    assert!(reply.contains("\"accepted\":3"), "{reply}");
+    rows(&client, "FLUSH").await;
+    assert_eq!(
+        rows(&client, "SELECT url, count(*) FROM clicks GROUP BY url ORDER BY url").await,
+        vec![vec!["/a".to_string(), "2".into()], vec!["/b".into(), "1".into()]]
+    );
+    assert_eq!(rows(&client, "SELECT queued_rows, files FROM sluice_history WHERE source = 'clicks'").await, vec![vec!["3".to_string(), "0".into()]]);
+
+    // Generated rows: the history equals the view over the same source.
+    wait_for_records(&client, "gen", 20_000).await;
+    wait_archived(&client, "gen", 20_000).await;
+    let view = rows(&client, "SELECT n, total, first, last FROM gen_totals").await;
+    let batch = rows(&client, "SELECT count(*), sum(amount), min(ts), max(ts) FROM gen").await;
+    assert_eq!(view, batch);
+    assert_eq!(rows(&client, "SELECT count(DISTINCT id), min(id), max(id) FROM gen").await, vec![vec!["20000".to_string(), "1".into(), "20000".into()]]);
+
+    // Restart: the pushed rows, still queued, survive; the generated ones are not archived twice.
+    server.stop().unwrap();
+    let server = SluiceServer::start_in(&bin, &data, &[]).unwrap();
+    let client = connect(server.port).await;
+    assert_eq!(rows(&client, "SELECT count(*) FROM clicks").await, vec![vec!["3".to_string()]]);
+    assert_eq!(rows(&client, "SELECT count(*), sum(amount) FROM gen").await, vec![batch[0][..2].to_vec()]);
+
+    // DROP SOURCE removes the files.
+    let gen_dir = data.join("history/gen");
+    assert!(!parquet_files(&gen_dir).is_empty());
+    client.batch_execute("DROP SOURCE gen CASCADE").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !parquet_files(&gen_dir).is_empty() {
+        assert!(Instant::now() < deadline, "the dropped source's files stay");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(rows(&client, "SELECT * FROM sluice_history WHERE source = 'gen'").await.is_empty());
+    server.stop().unwrap();
+}
+
+/// POSTs `body` to `path` on the server's HTTP port; returns the reply body.
+fn ureq_post(port: u16, path: &str, body: &str) -> String {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    reply
+}
