@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Batch queries over archived history (BENCHMARKS.md, history):
 #   scripts/bench-history.sh [ROWS]
-# A datagen source of web requests (ROWS rows, 10 ms of event time apart, so about a day for
-# 10M rows) is archived by `sluice serve`; then the same scan-aggregate runs through psql
+# A datagen source of web requests (ROWS rows generated as fast as they are archived, 10 ms of
+# event time apart, so about a day for 10M rows) is archived by `sluice serve`; then the same scan-aggregate runs through psql
 # against Sluice and through DuckDB (Python package) over the same Parquet files, timed side by
 # side with hyperfine; last, the files a one-hour query opens are read off sluice_history.
 set -euo pipefail
@@ -20,7 +20,7 @@ until grep -q "sluice serving" "$dir/out.log" 2>/dev/null; do sleep 0.05; done
 sql() { psql -h 127.0.0.1 -p $port -U sluice -d sluice -Atqc "$1"; }
 
 sql "CREATE SOURCE requests (id BIGINT, url VARCHAR, status INT, bytes BIGINT, ts TIMESTAMP)
-     WITH (connector = 'datagen', datagen.rows.per.second = '100', datagen.max.rows = '$rows',
+     WITH (connector = 'datagen', datagen.rows.per.second = '0', fields.ts.step = '10ms', datagen.max.rows = '$rows',
            fields.id.kind = 'sequence', fields.id.end = '1000000000000',
            fields.url.values = '/,/a,/b,/c,/d,/e,/f,/g,/h,/i', fields.status.values = '200,200,200,200,304,404,500',
            fields.bytes.min = '0', fields.bytes.max = '100000', history.flush.interval = '1s')"

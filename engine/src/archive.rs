@@ -178,18 +178,8 @@ pub(crate) fn clear_queue(snapshot: &dyn StateSnapshot, source: RelationId, writ
 impl RunningArchive {
     /// Writes the rows accepted since the last checkpoint as the next queue entry.
     pub(crate) fn checkpoint(&mut self, write: &mut WriteBatch) -> EngineResult<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let batches = std::mem::take(&mut self.pending);
-        let changes = ChangeBatch::concat(&batches)?;
-        if changes.num_rows() == 0 {
-            return Ok(());
-        }
-        let written_at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or_default();
+        let Some(changes) = ChangeBatch::take_concat(&mut self.pending)? else { return Ok(()) };
+        let written_at = crate::recovery::now_micros();
         write.put(system_tables::HISTORY_QUEUE, queue_key(self.id, self.next_seq), encode_entry(written_at, changes.data())?);
         self.next_seq += 1;
         write.put(system_tables::COUNTERS, next_seq_counter(self.id).into_bytes(), self.next_seq.to_be_bytes().to_vec());

@@ -115,6 +115,16 @@ impl ChangeBatch {
         Self::try_new(data, ops.as_primitive::<datafusion::arrow::datatypes::Int8Type>().clone())
     }
 
+    /// Empties `pending` (changes gathered since the last checkpoint) into one batch; None
+    /// when there is nothing to write.
+    pub fn take_concat(pending: &mut Vec<ChangeBatch>) -> EngineResult<Option<Self>> {
+        if pending.is_empty() {
+            return Ok(None);
+        }
+        let changes = Self::concat(&std::mem::take(pending))?;
+        Ok((changes.num_rows() > 0).then_some(changes))
+    }
+
     /// The changes whose row `mask` selects (NULL does not select), ops kept.
     pub fn filter(&self, mask: &BooleanArray) -> EngineResult<Self> {
         let data = filter_record_batch(&self.data, mask)?;

@@ -274,11 +274,7 @@ fn apply_source_watermark(
     let values = crate::operator::evaluate(&spec.expr, batch)?;
     let now = std::time::Instant::now();
     let split = split_late(batch, spec.time_column, values.as_ref(), generator, partition, now)?;
-    let arrived_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or_default();
-    let late = split.late_rows(arrived_at);
+    let late = split.late_rows(crate::recovery::now_micros());
     let watermark = generator.current().map(|value| Watermark { column: spec.time_column, value });
     Ok((ChangeBatch::inserts(split.accepted), watermark, late))
 }

@@ -91,13 +91,18 @@ pub struct RejectedRecord {
     pub at: i64,
 }
 
+/// The wall-clock time now, in microseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
 impl RejectedRecord {
     /// A rejected record read now; `raw` is cut to [`RAW_BYTES_KEPT`] bytes.
     pub fn new(partition: impl Into<String>, offset: u64, raw: &[u8], reason: impl Into<String>) -> Self {
-        let at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or_default();
+        let at = now_micros();
         Self {
             partition: partition.into(),
             offset,

@@ -115,14 +115,7 @@ pub(crate) fn next_outbox_seq(snapshot: &dyn StateSnapshot, sink: RelationId) ->
 impl RunningSink {
     /// Writes the changes gathered since the last checkpoint as the next outbox entry.
     pub(crate) fn checkpoint(&mut self, write: &mut WriteBatch) -> EngineResult<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let batches = std::mem::take(&mut self.pending);
-        let changes = ChangeBatch::concat(&batches)?;
-        if changes.num_rows() == 0 {
-            return Ok(());
-        }
+        let Some(changes) = ChangeBatch::take_concat(&mut self.pending)? else { return Ok(()) };
         write.put(system_tables::SINK_OUTBOX, outbox_key(self.id, self.next_seq), encode_log_entry(self.id, &changes, None)?);
         self.next_seq += 1;
         Ok(())

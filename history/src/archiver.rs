@@ -31,7 +31,7 @@ use crate::store::HistoryStore;
 use crate::HistoryError;
 
 /// Rows archived per round at most (bounds the memory a round takes).
-pub const ROWS_PER_ROUND: usize = 1_000_000;
+const ROWS_PER_ROUND: usize = 1_000_000;
 
 const HOUR_MICROS: i64 = 3_600_000_000;
 
@@ -62,7 +62,7 @@ impl HistorySpec {
 }
 
 /// `date=YYYY-MM-DD/hour=HH` of the hour starting at `hour` (None: rows without event time).
-pub fn partition_name(hour: Option<i64>) -> String {
+fn partition_name(hour: Option<i64>) -> String {
     const NONE: &str = "__HIVE_DEFAULT_PARTITION__";
     match hour.and_then(chrono::DateTime::from_timestamp_micros) {
         Some(t) => t.format("date=%Y-%m-%d/hour=%H").to_string(),
@@ -89,15 +89,16 @@ fn split_by_hour(spec: &HistorySpec, entries: &[QueuedRows]) -> Result<BTreeMap<
             continue;
         };
         let times = micros(entry.rows.column(column))?;
-        let hour_of = |i: usize| times.is_valid(i).then(|| times.value(i).div_euclid(HOUR_MICROS) * HOUR_MICROS);
-        let first = if times.is_empty() { None } else { hour_of(0) };
-        if (0..times.len()).all(|i| hour_of(i) == first) {
-            groups.entry(first).or_default().push(entry.rows.clone());
-            continue;
-        }
         let mut indices: BTreeMap<Option<i64>, Vec<u32>> = BTreeMap::new();
-        for i in 0..times.len() {
-            indices.entry(hour_of(i)).or_default().push(i as u32);
+        for (i, time) in times.iter().enumerate() {
+            indices.entry(time.map(|t| t.div_euclid(HOUR_MICROS) * HOUR_MICROS)).or_default().push(i as u32);
+        }
+        // The common case, a checkpoint's rows all in one hour, keeps the batch as it is.
+        if indices.len() == 1 {
+            if let Some(hour) = indices.into_keys().next() {
+                groups.entry(hour).or_default().push(entry.rows.clone());
+            }
+            continue;
         }
         for (hour, rows) in indices {
             groups.entry(hour).or_default().push(take_record_batch(&entry.rows, &UInt32Array::from(rows))?);
@@ -107,7 +108,7 @@ fn split_by_hour(spec: &HistorySpec, entries: &[QueuedRows]) -> Result<BTreeMap<
 }
 
 /// Encodes `rows` as one Parquet file (Snappy pages, statistics on every column).
-pub fn encode_parquet(rows: &RecordBatch) -> Result<Vec<u8>, HistoryError> {
+fn encode_parquet(rows: &RecordBatch) -> Result<Vec<u8>, HistoryError> {
     let properties = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
     let mut out = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut out, rows.schema(), Some(properties))?;
@@ -124,7 +125,7 @@ fn time_range(spec: &HistorySpec, rows: &RecordBatch) -> Result<(Option<i64>, Op
 }
 
 /// Archives up to [`ROWS_PER_ROUND`] queued rows of `spec`'s source; returns how many.
-pub async fn archive_round(spec: &HistorySpec, store: &HistoryStore, committer: &EpochCommitter) -> Result<usize, HistoryError> {
+async fn archive_round(spec: &HistorySpec, store: &HistoryStore, committer: &EpochCommitter) -> Result<usize, HistoryError> {
     let snapshot = committer.store().snapshot();
     let entries = queued_rows(snapshot.as_ref(), spec.id, &spec.schema, ROWS_PER_ROUND)?;
     drop(snapshot);
@@ -141,8 +142,8 @@ pub async fn archive_round(spec: &HistorySpec, store: &HistoryStore, committer: 
             continue;
         }
         let (min_time, max_time) = time_range(spec, &rows)?;
-        let encode_rows = rows.clone();
-        let bytes = tokio::task::spawn_blocking(move || encode_parquet(&encode_rows))
+        let row_count = rows.num_rows() as u64;
+        let bytes = tokio::task::spawn_blocking(move || encode_parquet(&rows))
             .await
             .map_err(|e| HistoryError::Corrupt(format!("the Parquet encoder stopped: {e}")))??;
         let partition = partition_name(hour);
@@ -153,7 +154,7 @@ pub async fn archive_round(spec: &HistorySpec, store: &HistoryStore, committer: 
             path,
             partition,
             hour,
-            rows: rows.num_rows() as u64,
+            rows: row_count,
             bytes: size,
             min_time,
             max_time,

@@ -33,7 +33,7 @@ use sluice_engine::plan::RelationId;
 use sluice_engine::EpochCommitter;
 use sluice_storage::StateSnapshot;
 
-pub use archiver::{archive_round, encode_parquet, partition_name, HistorySpec, ROWS_PER_ROUND};
+pub use archiver::HistorySpec;
 pub use manifest::ArchivedFile;
 pub use store::HistoryStore;
 
@@ -187,5 +187,50 @@ impl History {
             a.files_scanned += scan.files_scanned as u64;
         });
         Ok(scan.plan)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use sluice_storage::{MemoryStateStore, WriteBatch};
+
+    fn file(path: &str) -> ArchivedFile {
+        ArchivedFile {
+            path: path.into(),
+            partition: "date=2015-05-17/hour=10".into(),
+            hour: Some(0),
+            rows: 1,
+            bytes: 6,
+            min_time: None,
+            max_time: None,
+            first_seq: 0,
+            last_seq: 0,
+            written_at: 0,
+        }
+    }
+
+    /// What a crash between writing files and committing them leaves is deleted at start-up;
+    /// listed files and files that are not Sluice's stay.
+    #[tokio::test]
+    async fn opening_deletes_history_files_no_commit_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = dir.path().join("s/date=2015-05-17/hour=10");
+        std::fs::create_dir_all(&hour).unwrap();
+        for name in ["7-000000000000-000000000003.parquet", "7-000000000004-000000000009.parquet", "notes.parquet"] {
+            std::fs::write(hour.join(name), b"parquet").unwrap();
+        }
+        let committer = Arc::new(EpochCommitter::new(Arc::new(MemoryStateStore::new())));
+        let mut write = WriteBatch::new();
+        manifest::add(&mut write, 7, &file("s/date=2015-05-17/hour=10/7-000000000000-000000000003.parquet")).unwrap();
+        committer.commit(write).unwrap();
+
+        History::open(HistoryStore::local(dir.path()).unwrap(), committer).await.unwrap();
+        let mut left: Vec<String> =
+            std::fs::read_dir(&hour).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, vec!["7-000000000000-000000000003.parquet".to_string(), "notes.parquet".into()]);
+        assert!(!dir.path().join("_sluice_probe").exists(), "the start-up probe cleans up after itself");
     }
 }

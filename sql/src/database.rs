@@ -293,22 +293,18 @@ impl Database {
                 .collect::<Vec<_>>(),
         );
         for (view, reader, source) in readers {
-            {
-                let reader = &reader;
-                let source = &source;
-                let Some(entry) = sources.get(source) else { continue };
-                let committed = sluice_engine::recovery::source_position(snapshot, *reader)?;
-                rows.push(crate::source_status::SourceReaderRow {
-                    source: source.clone(),
-                    connector: entry.setup.kind.clone(),
-                    view: view.clone(),
-                    records: status.records.get(reader).copied().unwrap_or(0).max(committed.offset),
-                    errors: status.source_errors.get(reader).copied().unwrap_or(0),
-                    late_rows: status.late_rows.get(reader).copied().unwrap_or(0),
-                    error_policy: policy(entry),
-                    position: (!committed.state.is_empty()).then(|| String::from_utf8_lossy(&committed.state).into_owned()),
-                });
-            }
+            let Some(entry) = sources.get(&source) else { continue };
+            let committed = sluice_engine::recovery::source_position(snapshot, reader)?;
+            rows.push(crate::source_status::SourceReaderRow {
+                connector: entry.setup.kind.clone(),
+                source,
+                view,
+                records: status.records.get(&reader).copied().unwrap_or(0).max(committed.offset),
+                errors: status.source_errors.get(&reader).copied().unwrap_or(0),
+                late_rows: status.late_rows.get(&reader).copied().unwrap_or(0),
+                error_policy: policy(entry),
+                position: (!committed.state.is_empty()).then(|| String::from_utf8_lossy(&committed.state).into_owned()),
+            });
         }
         rows.sort_by(|a, b| (&a.source, &a.view).cmp(&(&b.source, &b.view)));
         Ok(rows)

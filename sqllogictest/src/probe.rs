@@ -1,5 +1,7 @@
 //! Small helpers the integration tests share to talk to a running `sluice serve`.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
@@ -59,4 +61,45 @@ pub async fn wait_for_records(client: &Client, source: &str, records: u64) {
         assert!(Instant::now() < deadline, "readers of {source} stuck at {counts:?}, want {records}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The workspace's root directory (for test data and scripts).
+pub fn workspace() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// Appends `bytes` to the file at `path` (created if missing), as a writer of logs would.
+///
+/// # Panics
+/// When the file cannot be written (these are test helpers).
+pub fn append(path: &Path, bytes: &[u8]) {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    file.write_all(bytes).unwrap_or_else(|e| panic!("cannot append to {}: {e}", path.display()));
+}
+
+/// `POST path` with `body` to the server's HTTP port: (status code, response body).
+///
+/// # Panics
+/// When the server cannot be reached (these are test helpers).
+pub fn post(http_port: u16, path: &str, body: &[u8]) -> (u16, String) {
+    use std::io::Read;
+    let fail = |e: std::io::Error| -> ! { panic!("POST {path} to port {http_port}: {e}") };
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", http_port)).unwrap_or_else(|e| fail(e));
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap_or_else(|e| fail(e));
+    stream.write_all(body).unwrap_or_else(|e| fail(e));
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap_or_else(|e| fail(e));
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (status, body)
 }

@@ -6,22 +6,12 @@
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use sluice_sqllogictest::probe::{connect, rows, wait_for_records};
+use sluice_sqllogictest::probe::{append, connect, post, rows, wait_for_records, workspace};
 use sluice_sqllogictest::SluiceServer;
 use tokio_postgres::Client;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-fn append(path: &Path, bytes: &[u8]) {
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
-    file.write_all(bytes).unwrap();
-}
 
 fn run_json(program: &str, args: &[&Path]) -> Option<serde_json::Value> {
     let output = std::process::Command::new(program).args(args).output().ok()?;
@@ -207,7 +197,8 @@ async fn pushed_rows_are_queryable_before_and_after_archiving_and_generated_rows
     let body = "{\"user_id\": 1, \"url\": \"/a\", \"ts\": \"2026-11-01 10:15:00\"}\n\
                 {\"user_id\": 2, \"url\": \"/b\", \"ts\": \"2026-11-01 11:30:00\"}\n\
                 {\"user_id\": 1, \"url\": \"/a\", \"ts\": \"2026-11-01 11:45:00\"}\n";
-    let reply = ureq_post(server.http_port, "/ingest/clicks", body);
+    let (status, reply) = post(server.http_port, "/ingest/clicks", body.as_bytes());
+    assert_eq!(status, 200, "{reply}");
     assert!(reply.contains("\"accepted\":3"), "{reply}");
     rows(&client, "FLUSH").await;
     assert_eq!(
@@ -242,19 +233,4 @@ async fn pushed_rows_are_queryable_before_and_after_archiving_and_generated_rows
     }
     assert!(rows(&client, "SELECT * FROM sluice_history WHERE source = 'gen'").await.is_empty());
     server.stop().unwrap();
-}
-
-/// POSTs `body` to `path` on the server's HTTP port; returns the reply body.
-fn ureq_post(port: u16, path: &str, body: &str) -> String {
-    use std::io::Read;
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    reply
 }

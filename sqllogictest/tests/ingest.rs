@@ -4,24 +4,13 @@
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sluice_sqllogictest::SluiceServer;
-use sluice_sqllogictest::probe::{connect, rows, wait_for_records};
+use sluice_sqllogictest::probe::{append, connect, post, rows, wait_for_records, workspace};
 use tokio_postgres::Client;
 
-
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-fn append(path: &Path, bytes: &[u8]) {
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
-    file.write_all(bytes).unwrap();
-}
 
 
 /// The reference answers of `scripts/access_log_reference.py` over `log`.
@@ -210,24 +199,6 @@ async fn json_and_csv_files_reject_bad_records_by_policy() {
     let db = error.as_db_error().unwrap();
     assert_eq!(db.code().code(), "55000");
     assert!(db.message().contains("offset 57") && db.message().contains("error.policy = 'fail'"), "{}", db.message());
-}
-
-/// `POST path` with `body` to the HTTP port: (status code, response body).
-fn post(http_port: u16, path: &str, body: &[u8]) -> (u16, String) {
-    use std::io::Read;
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", http_port)).unwrap();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    stream.write_all(body).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
-    (status, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
