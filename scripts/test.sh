@@ -29,10 +29,11 @@ if [ ! -f /usr/share/java/postgresql.jar ] || ! command -v java >/dev/null; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpostgresql-jdbc-java default-jdk-headless >/dev/null
 fi
 
-# Python drivers for the client tests.
-if ! python3 -c 'import psycopg, asyncpg, duckdb' 2>/dev/null; then
-  echo "installing the Python drivers psycopg and asyncpg"
-  python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]>=3.1' 'asyncpg>=0.29' 'duckdb>=1.1'
+# Python drivers for the client tests, DuckDB (reads the history files as a second opinion)
+# and moto's S3-compatible server (the history store of the S3 test, on loopback).
+if ! python3 -c 'import psycopg, asyncpg, duckdb, moto.server, flask' 2>/dev/null; then
+  echo "installing psycopg, asyncpg, duckdb and moto[server] (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check 'psycopg[binary]>=3.1' 'asyncpg>=0.29' 'duckdb>=1.1' 'moto[server]>=5'
 fi
 
 # The Kafka-API broker the Kafka tests start on loopback: tansu, in-memory (see
@@ -44,7 +45,7 @@ if [ ! -x "$TANSU_ROOT/bin/tansu" ]; then
 fi
 export TANSU_BIN="$TANSU_ROOT/bin/tansu"
 
-export SLUICE_REQUIRE_POSTGRES=1 SLUICE_REQUIRE_CLIENTS=1 SLUICE_REQUIRE_KAFKA=1
+export SLUICE_REQUIRE_POSTGRES=1 SLUICE_REQUIRE_CLIENTS=1 SLUICE_REQUIRE_KAFKA=1 SLUICE_REQUIRE_S3=1
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

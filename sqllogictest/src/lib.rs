@@ -16,4 +16,4 @@ pub mod probe;
 mod processes;
 
 pub use client::{Protocol, WireClient, WireError};
-pub use processes::{KafkaBroker, PostgresCluster, SluiceServer};
+pub use processes::{KafkaBroker, PostgresCluster, S3Server, SluiceServer};

@@ -32,11 +32,17 @@ impl SluiceServer {
     /// Starts `bin serve` over data directory `data` (created if missing, recovered if not),
     /// with `extra` arguments, and waits until it says it is ready.
     pub fn start_in(bin: &Path, data: &Path, extra: &[&str]) -> std::io::Result<Self> {
+        Self::start_with_env(bin, data, extra, &[])
+    }
+
+    /// [`SluiceServer::start_in`] with environment variables `env` set for the server.
+    pub fn start_with_env(bin: &Path, data: &Path, extra: &[&str], env: &[(String, String)]) -> std::io::Result<Self> {
         let mut child = Command::new(bin)
             .args(["serve", "--pg-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir"])
             .arg(data)
             .args(extra)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -255,6 +261,104 @@ impl KafkaBroker {
 }
 
 impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An S3-compatible server (moto's, from PyPI) on 127.0.0.1, killed on drop.
+///
+/// moto is installed by `scripts/test.sh`; it keeps objects in memory and checks request
+/// shapes, not credentials, which is what a test of Sluice's S3 client needs.
+pub struct S3Server {
+    child: Child,
+    /// The port it listens on.
+    pub port: u16,
+}
+
+impl S3Server {
+    /// Starts a server on a free loopback port and waits until it accepts connections; None
+    /// when moto is not installed.
+    pub fn start() -> std::io::Result<Option<Self>> {
+        let installed = Command::new("python3")
+            .args(["-c", "import moto.server"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            return Ok(None);
+        }
+        let port = free_port()?;
+        let child = Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut server = Self { child, port };
+        for _ in 0..240 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(Some(server));
+            }
+            if let Some(status) = server.child.try_wait()? {
+                return Err(std::io::Error::other(format!("the S3 server exited: {status}")));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        let _ = server.child.kill();
+        Err(std::io::Error::other("the S3 server did not open its port"))
+    }
+
+    /// `http://127.0.0.1:port`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The `AWS_*` variables that point an S3 client at this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_ACCESS_KEY_ID", "sluice-test".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "sluice-test".to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Runs `script` with boto3 (a dependency of moto) bound to this server as `s3`, and
+    /// returns what it prints.
+    pub fn python(&self, script: &str) -> std::io::Result<String> {
+        let program = format!(
+            "import boto3, json, sys\ns3 = boto3.client('s3', endpoint_url='{}', aws_access_key_id='sluice-test', \
+             aws_secret_access_key='sluice-test', region_name='us-east-1')\n{script}",
+            self.endpoint()
+        );
+        let output = Command::new("python3").args(["-c", &program]).output()?;
+        if !output.status.success() {
+            return Err(std::io::Error::other(String::from_utf8_lossy(&output.stderr).into_owned()));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Creates bucket `name`.
+    pub fn create_bucket(&self, name: &str) -> std::io::Result<()> {
+        self.python(&format!("s3.create_bucket(Bucket='{name}')")).map(|_| ())
+    }
+
+    /// The keys under `prefix` in `bucket`, sorted.
+    pub fn keys(&self, bucket: &str, prefix: &str) -> std::io::Result<Vec<String>> {
+        let out = self.python(&format!(
+            "keys = []\nfor page in s3.get_paginator('list_objects_v2').paginate(Bucket='{bucket}', Prefix='{prefix}'):\n    \
+             keys += [o['Key'] for o in page.get('Contents', [])]\nprint(json.dumps(sorted(keys)))"
+        ))?;
+        serde_json::from_str(out.trim()).map_err(std::io::Error::other)
+    }
+}
+
+impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

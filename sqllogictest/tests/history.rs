@@ -2,7 +2,9 @@
 //! kill -9 in the middle of archiving, then queried with plain SELECTs and read by DuckDB,
 //! both compared with an independent reference parser; pruning by event time measured in
 //! files scanned; pushed rows visible before they are archived; generated data equal to a
-//! view over the same source; retention and DROP SOURCE deleting files.
+//! view over the same source; retention and DROP SOURCE deleting files; the same history in a
+//! real S3-compatible server (moto's, on loopback) through a kill -9, and clear start-up
+//! errors for an S3 store that cannot be used.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -10,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sluice_sqllogictest::probe::{append, connect, post, rows, wait_for_records, workspace};
-use sluice_sqllogictest::SluiceServer;
+use sluice_sqllogictest::{S3Server, SluiceServer};
 use tokio_postgres::Client;
 
 fn run_json(program: &str, args: &[&Path]) -> Option<serde_json::Value> {
@@ -233,4 +235,143 @@ async fn pushed_rows_are_queryable_before_and_after_archiving_and_generated_rows
     }
     assert!(rows(&client, "SELECT * FROM sluice_history WHERE source = 'gen'").await.is_empty());
     server.stop().unwrap();
+}
+
+/// moto's S3 server, or None (the test is skipped) when moto is not installed and
+/// `SLUICE_REQUIRE_S3` is unset.
+fn s3_server() -> Option<S3Server> {
+    match S3Server::start().unwrap() {
+        Some(server) => Some(server),
+        None if std::env::var_os("SLUICE_REQUIRE_S3").is_some() => {
+            panic!("SLUICE_REQUIRE_S3 is set but moto is not installed (python3 -m pip install 'moto[server]')")
+        }
+        None => {
+            eprintln!("skipped: moto is not installed (python3 -m pip install 'moto[server]')");
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_in_an_s3_compatible_server_is_exactly_once_through_a_kill_9() {
+    let Some(s3) = s3_server() else { return };
+    s3.create_bucket("sluice-history").unwrap();
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_sluice-slt"));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let store = ["--object-store", "s3://sluice-history/events/v1"];
+    let env = s3.env();
+
+    // 60,000 generated rows, one event second apart: about 17 event hours, archived every
+    // 50 ms while the server is killed in the middle.
+    let server = SluiceServer::start_with_env(&bin, &data, &store, &env).unwrap();
+    let client = connect(server.port).await;
+    client
+        .batch_execute(
+            "CREATE SOURCE gen (id BIGINT, amount INT, ts TIMESTAMP)
+               WITH (connector = 'datagen', datagen.rows.per.second = '20000', datagen.max.rows = '60000',
+                     fields.id.kind = 'sequence', fields.id.end = '1000000000', fields.amount.min = '1', fields.amount.max = '100',
+                     fields.ts.step = '1 second', history.flush.interval = '50ms');
+             CREATE MATERIALIZED VIEW gen_totals AS SELECT count(*) AS n, sum(amount) AS total, min(ts) AS first, max(ts) AS last FROM gen;",
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let archived = rows(&client, "SELECT archived_rows FROM sluice_history WHERE source = 'gen'").await;
+        if archived[0][0].parse::<u64>().unwrap() > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing archived to S3");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill();
+
+    let server = SluiceServer::start_with_env(&bin, &data, &store, &env).unwrap();
+    let client = connect(server.port).await;
+    wait_for_records(&client, "gen", 60_000).await;
+    wait_archived(&client, "gen", 60_000).await;
+    assert_eq!(
+        rows(&client, "SELECT location FROM sluice_history WHERE source = 'gen'").await[0][0],
+        "s3://sluice-history/events/v1/gen/"
+    );
+    // Every row once: the history equals the view over the same source, ids 1..=60000.
+    let view = rows(&client, "SELECT n, total, first, last FROM gen_totals").await;
+    let batch = rows(&client, "SELECT count(*), sum(amount), min(ts), max(ts) FROM gen").await;
+    assert_eq!(view, batch);
+    assert_eq!(
+        rows(&client, "SELECT count(DISTINCT id), min(id), max(id) FROM gen").await,
+        vec![vec!["60000".to_string(), "1".into(), "60000".into()]]
+    );
+    // The bucket holds exactly the listed files, under the prefix, one partition per hour.
+    let keys = s3.keys("sluice-history", "").unwrap();
+    let mut listed: Vec<String> =
+        rows(&client, "SELECT 'events/v1/' || path FROM sluice_history_files").await.into_iter().map(|r| r[0].clone()).collect();
+    listed.sort();
+    assert_eq!(keys, listed, "objects in the bucket are exactly the listed files");
+    let hours = rows(&client, "SELECT count(DISTINCT date_trunc('hour', ts)) FROM gen").await;
+    assert_eq!(rows(&client, "SELECT count(DISTINCT partition) FROM sluice_history_files").await, hours);
+    // A one-hour query reads only that hour's objects.
+    let first_hour = rows(&client, "SELECT partition FROM sluice_history_files ORDER BY partition LIMIT 1 OFFSET 3").await;
+    let hour_files = rows(&client, &format!("SELECT count(*) FROM sluice_history_files WHERE partition = '{}'", first_hour[0][0])).await;
+    let (date, hour) = first_hour[0][0].split_once('/').unwrap();
+    let (date, hour) = (date.trim_start_matches("date="), hour.trim_start_matches("hour="));
+    let before = rows(&client, "SELECT files_scanned FROM sluice_history WHERE source = 'gen'").await;
+    let n = rows(
+        &client,
+        &format!("SELECT count(*) FROM gen WHERE ts >= '{date} {hour}:00:00' AND ts < TIMESTAMP '{date} {hour}:00:00' + INTERVAL '1 hour'"),
+    )
+    .await;
+    assert_eq!(n, vec![vec!["3600".to_string()]], "a whole event hour in the middle of the run");
+    let after = rows(&client, "SELECT files_scanned FROM sluice_history WHERE source = 'gen'").await;
+    let scanned = after[0][0].parse::<u64>().unwrap() - before[0][0].parse::<u64>().unwrap();
+    assert_eq!(scanned.to_string(), hour_files[0][0], "objects read for one hour");
+
+    // DROP SOURCE deletes the objects.
+    client.batch_execute("DROP SOURCE gen CASCADE").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !s3.keys("sluice-history", "events/v1/gen/").unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the dropped source's objects stay");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.stop().unwrap();
+}
+
+/// `sluice serve` with `store` as its object store: its exit status and what it printed.
+fn serve_until_exit(bin: &Path, data: &Path, store: &str, env: &[(String, String)]) -> (bool, String) {
+    let output = std::process::Command::new(bin)
+        .args(["serve", "--pg-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .args(["--object-store", store])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_store_that_cannot_be_used_stops_the_server_at_start_up_with_the_reason() {
+    let Some(s3) = s3_server() else { return };
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_sluice-slt"));
+    let dir = tempfile::tempdir().unwrap();
+
+    let (ok, stderr) = serve_until_exit(&bin, &dir.path().join("a"), "s3://no-such-bucket/x", &s3.env());
+    assert!(!ok);
+    assert!(stderr.contains("s3://no-such-bucket/x") && stderr.contains("cannot be written"), "{stderr}");
+
+    // Nothing listens on this port: unreachable, reported within the few retries.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut env = s3.env();
+    env[0].1 = format!("http://127.0.0.1:{closed}");
+    let (ok, stderr) = serve_until_exit(&bin, &dir.path().join("b"), "s3://bucket", &env);
+    assert!(!ok);
+    assert!(stderr.contains("s3://bucket (endpoint http://127.0.0.1:") && stderr.contains("cannot be written"), "{stderr}");
+
+    let (ok, stderr) = serve_until_exit(&bin, &dir.path().join("c"), "s3://", &s3.env());
+    assert!(!ok);
+    assert!(stderr.contains("bucket name is missing"), "{stderr}");
+    let (ok, stderr) = serve_until_exit(&bin, &dir.path().join("d"), "gs://bucket", &s3.env());
+    assert!(!ok);
+    assert!(stderr.contains("'gs' object stores are not supported"), "{stderr}");
 }
