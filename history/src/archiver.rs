@@ -26,7 +26,9 @@ use sluice_engine::recovery::system_tables;
 use sluice_engine::EpochCommitter;
 use sluice_storage::WriteBatch;
 
+use crate::compaction::{self, CompactionPolicy};
 use crate::manifest::{self, ArchivedFile};
+use crate::pins::{Retired, ScanPins};
 use crate::store::HistoryStore;
 use crate::HistoryError;
 
@@ -51,6 +53,8 @@ pub struct HistorySpec {
     pub flush_interval: Duration,
     /// Partitions whose hour ended longer ago than this are deleted; None keeps everything.
     pub retention: Option<Duration>,
+    /// When and how far small files are merged.
+    pub compaction: CompactionPolicy,
 }
 
 impl HistorySpec {
@@ -107,13 +111,26 @@ fn split_by_hour(spec: &HistorySpec, entries: &[QueuedRows]) -> Result<BTreeMap<
     Ok(groups)
 }
 
-/// Encodes `rows` as one Parquet file (Snappy pages, statistics on every column).
+/// How history files are written: Snappy pages, statistics on every column.
+pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder().set_compression(Compression::SNAPPY).build()
+}
+
+/// Encodes `rows` as one Parquet file.
 fn encode_parquet(rows: &RecordBatch) -> Result<Vec<u8>, HistoryError> {
-    let properties = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
     let mut out = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut out, rows.schema(), Some(properties))?;
+    let mut writer = ArrowWriter::try_new(&mut out, rows.schema(), Some(writer_properties()))?;
     writer.write(rows)?;
     writer.close()?;
+    Ok(out)
+}
+
+/// Every row of the Parquet file `bytes` (an error if any part of it does not decode).
+pub fn decode_parquet(bytes: bytes::Bytes) -> Result<Vec<RecordBatch>, HistoryError> {
+    let mut out = Vec::new();
+    for batch in datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()? {
+        out.push(batch?);
+    }
     Ok(out)
 }
 
@@ -243,26 +260,25 @@ pub async fn delete_quietly(store: &HistoryStore, path: &str) {
     }
 }
 
-/// Files a running query may still be reading: deleted after this long.
-pub const DELETE_GRACE: Duration = Duration::from_secs(120);
-
-/// Paths waiting to be deleted, with when they were retired.
-pub type Retired = Vec<(std::time::Instant, String)>;
-
-/// Deletes the retired files older than [`DELETE_GRACE`].
-pub async fn delete_retired(store: &HistoryStore, retired: &mut Retired) {
-    let now = std::time::Instant::now();
-    let (due, keep): (Retired, Retired) = retired.drain(..).partition(|(at, _)| now.duration_since(*at) >= DELETE_GRACE);
-    *retired = keep;
-    for (_, path) in due {
+/// Deletes the retired files no query can be reading any more.
+pub async fn delete_retired(store: &HistoryStore, retired: &mut Retired, pins: &ScanPins) {
+    for path in retired.due(pins) {
         delete_quietly(store, &path).await;
     }
 }
 
 /// Runs `spec`'s archiving until aborted: every flush interval, the whole committed queue is
-/// archived, then expired partitions are removed.
-pub async fn run(spec: HistorySpec, store: HistoryStore, committer: Arc<EpochCommitter>, status: Arc<crate::HistoryStatus>) {
-    let mut retired = Retired::new();
+/// archived, then small files are merged, expired partitions removed, and retired files no
+/// query reads any more deleted.
+pub async fn run(
+    spec: HistorySpec,
+    store: HistoryStore,
+    committer: Arc<EpochCommitter>,
+    status: Arc<crate::HistoryStatus>,
+    pins: Arc<ScanPins>,
+) {
+    let mut retired = Retired::default();
+    let mut unreadable = std::collections::HashSet::new();
     let mut timer = tokio::time::interval(spec.flush_interval.max(Duration::from_millis(10)));
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -282,11 +298,18 @@ pub async fn run(spec: HistorySpec, store: HistoryStore, committer: Arc<EpochCom
                 }
             }
         }
+        match compaction::compact(&spec, &spec.compaction, &store, &committer, &mut unreadable).await {
+            Ok((done, paths)) => {
+                status.record_compaction(spec.id, done.inputs);
+                retired.add(paths);
+            }
+            Err(e) => tracing::warn!(source = %spec.name, error = %e, "compaction failed; retrying at the next interval"),
+        }
         match expire(&spec, &committer) {
-            Ok(paths) => retired.extend(paths.into_iter().map(|p| (std::time::Instant::now(), p))),
+            Ok(paths) => retired.add(paths),
             Err(e) => tracing::warn!(source = %spec.name, error = %e, "cannot expire history"),
         }
-        delete_retired(&store, &mut retired).await;
+        delete_retired(&store, &mut retired, &pins).await;
     }
 }
 

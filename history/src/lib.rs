@@ -18,7 +18,10 @@
 //! archiver runs.
 
 mod archiver;
+mod compaction;
+mod files_exec;
 pub mod manifest;
+mod pins;
 mod scan;
 mod store;
 
@@ -34,6 +37,7 @@ use sluice_engine::EpochCommitter;
 use sluice_storage::StateSnapshot;
 
 pub use archiver::HistorySpec;
+pub use compaction::CompactionPolicy;
 pub use manifest::ArchivedFile;
 pub use store::HistoryStore;
 
@@ -56,7 +60,7 @@ pub enum HistoryError {
     #[error(transparent)]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
     /// A Parquet file could not be written or read.
-    #[error("parquet: {0}")]
+    #[error("{0}")]
     Parquet(#[from] datafusion::parquet::errors::ParquetError),
     /// Stored history metadata is unreadable.
     #[error("{0}")]
@@ -74,6 +78,12 @@ pub struct SourceActivity {
     pub scans: u64,
     /// Archived files those queries read (after pruning).
     pub files_scanned: u64,
+    /// Small files merged away by compaction.
+    pub files_compacted: u64,
+    /// Files those queries skipped because they could not be read.
+    pub files_skipped: u64,
+    /// The last skipped file and why.
+    pub last_skipped: Option<String>,
 }
 
 /// Per-source activity counters, shared by the archivers and the scans.
@@ -94,6 +104,12 @@ impl HistoryStatus {
         });
     }
 
+    fn record_compaction(&self, id: RelationId, inputs: usize) {
+        if inputs > 0 {
+            self.update(id, |a| a.files_compacted += inputs as u64);
+        }
+    }
+
     /// Source `id`'s counters.
     pub fn of(&self, id: RelationId) -> SourceActivity {
         self.sources.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned().unwrap_or_default()
@@ -106,6 +122,7 @@ pub struct History {
     committer: Arc<EpochCommitter>,
     archivers: Mutex<HashMap<RelationId, tokio::task::JoinHandle<()>>>,
     status: Arc<HistoryStatus>,
+    pins: Arc<pins::ScanPins>,
 }
 
 impl std::fmt::Debug for History {
@@ -125,7 +142,7 @@ impl History {
         if deleted > 0 {
             tracing::info!(files = deleted, "deleted history files no checkpoint committed");
         }
-        Ok(Self { store, committer, archivers: Mutex::new(HashMap::new()), status: Arc::default() })
+        Ok(Self { store, committer, archivers: Mutex::new(HashMap::new()), status: Arc::default(), pins: Arc::default() })
     }
 
     /// The store.
@@ -141,7 +158,13 @@ impl History {
     /// Starts archiving `spec`'s source (its queue is fed by the dataflow).
     pub fn start(&self, spec: HistorySpec) {
         let id = spec.id;
-        let task = tokio::spawn(archiver::run(spec, self.store.clone(), Arc::clone(&self.committer), Arc::clone(&self.status)));
+        let task = tokio::spawn(archiver::run(
+            spec,
+            self.store.clone(),
+            Arc::clone(&self.committer),
+            Arc::clone(&self.status),
+            Arc::clone(&self.pins),
+        ));
         if let Some(old) = self.archivers.lock().unwrap_or_else(|p| p.into_inner()).insert(id, task) {
             old.abort();
         }
@@ -180,7 +203,16 @@ impl History {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let scan = scan::plan_scan(state, snapshot, &self.store, spec, projection, filters, limit)?;
+        let pin = Arc::new(self.pins.pin());
+        let status = Arc::clone(&self.status);
+        let id = spec.id;
+        let report: files_exec::SkipReport = Arc::new(move |path: &str, reason: &str| {
+            status.update(id, |a| {
+                a.files_skipped += 1;
+                a.last_skipped = Some(format!("{path}: {reason}"));
+            });
+        });
+        let scan = scan::plan_scan(state, snapshot, &self.store, spec, (projection, filters, limit), report, pin)?;
         tracing::debug!(source = %spec.name, files = scan.files_scanned, of = scan.files_total, "history scan");
         self.status.update(spec.id, |a| {
             a.scans += 1;

@@ -4,7 +4,8 @@
 //! Files are ruled out by DataFusion's `PruningPredicate` over the file list's min/max event
 //! time (so every predicate shape DataFusion can reason about prunes: ranges, BETWEEN, OR,
 //! casts); inside the files that remain, the Parquet reader prunes row groups on their
-//! statistics with the same predicate and reads only the projected columns.
+//! statistics with the same predicate and reads only the projected columns. Each file is read
+//! whole or skipped whole (`files_exec`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -28,6 +29,8 @@ use sluice_engine::archive::queued_rows;
 use sluice_storage::StateSnapshot;
 
 use crate::archiver::HistorySpec;
+use crate::files_exec::{ArchivedFilesExec, FileScan, SkipReport};
+use crate::pins::ScanPin;
 use crate::manifest::{self, ArchivedFile};
 use crate::store::HistoryStore;
 
@@ -84,15 +87,17 @@ pub struct HistoryScan {
     pub files_total: usize,
 }
 
-/// Plans a scan of `spec`'s source as of `snapshot`.
+/// Plans a scan of `spec`'s source as of `snapshot`: the query's projection, filters and
+/// limit as DataFusion gave them; skipped files go to `report`; `pin` keeps the files listed
+/// now from deletion while the plan lives.
 pub fn plan_scan(
     state: &dyn Session,
     snapshot: &dyn StateSnapshot,
     store: &HistoryStore,
     spec: &HistorySpec,
-    projection: Option<&Vec<usize>>,
-    filters: &[Expr],
-    limit: Option<usize>,
+    (projection, filters, limit): (Option<&Vec<usize>>, &[Expr], Option<usize>),
+    report: SkipReport,
+    pin: Arc<ScanPin>,
 ) -> DfResult<HistoryScan> {
     let schema = Arc::clone(&spec.schema);
     let files = manifest::files(snapshot, spec.id).map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
@@ -128,17 +133,25 @@ pub fn plan_scan(
         if let Some(predicate) = &predicate {
             source = source.with_predicate(Arc::clone(predicate));
         }
-        let groups = state.config().target_partitions().max(1).min(selected.len());
-        let mut file_groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); groups];
-        for (i, file) in selected.iter().enumerate() {
-            file_groups[i % groups].push(PartitionedFile::new(file.path.clone(), file.bytes));
+        let source = Arc::new(source);
+        let mut scans = Vec::with_capacity(selected.len());
+        for file in &selected {
+            let config = FileScanConfigBuilder::new(store.url().clone(), Arc::clone(&source) as _)
+                .with_file_groups(vec![FileGroup::new(vec![PartitionedFile::new(file.path.clone(), file.bytes)])])
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .build();
+            scans.push(FileScan { path: file.path.clone(), bytes: file.bytes, plan: DataSourceExec::from_data_source(config) });
         }
-        let config = FileScanConfigBuilder::new(store.url().clone(), Arc::new(source))
-            .with_file_groups(file_groups.into_iter().map(FileGroup::new).collect())
-            .with_projection_indices(projection.cloned())?
-            .with_limit(limit)
-            .build();
-        inputs.push(DataSourceExec::from_data_source(config));
+        let projected = scans[0].plan.schema();
+        inputs.push(Arc::new(ArchivedFilesExec::new(
+            scans,
+            state.config().target_partitions(),
+            projected,
+            store.clone(),
+            report,
+            pin,
+        )));
     }
     let queued = queued_rows(snapshot, spec.id, &schema, usize::MAX)
         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;

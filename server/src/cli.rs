@@ -107,19 +107,9 @@ struct ServeArgs {
     object_store: Option<String>,
 }
 
-/// A size written `<n>`, `<n>KB`, `<n>MB`, `<n>GB` (or KiB, MiB, GiB; all powers of 1024).
+/// A memory size (see [`sluice_sql::parse_size_text`]) of at least 16MB.
 fn parse_bytes(text: &str) -> Result<usize, String> {
-    let text = text.trim();
-    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: usize = digits.parse().map_err(|_| format!("'{text}' is not a size like 512MB or 2GB"))?;
-    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        other => return Err(format!("unknown unit '{other}' in '{text}' (use KB, MB or GB)")),
-    };
-    let bytes = n.checked_mul(scale).ok_or_else(|| format!("'{text}' is too large"))?;
+    let bytes = sluice_sql::parse_size_text(text)?;
     if bytes < 16 << 20 {
         return Err(format!("a memory limit of '{text}' is too small: give at least 16MB"));
     }

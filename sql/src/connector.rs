@@ -24,13 +24,15 @@ use crate::catalog::FormatClause;
 use crate::error::{SqlError, SqlResult};
 
 /// Options every connector understands.
-const COMMON_OPTIONS: [&str; 6] = [
+const COMMON_OPTIONS: [&str; 8] = [
     "connector",
     "error.policy",
     "watermark.idle.timeout",
     "history",
     "history.retention",
     "history.flush.interval",
+    "history.compaction.target.size",
+    "history.compaction.min.files",
 ];
 
 /// How a source's history is kept (`history`, `history.retention`, `history.flush.interval`).
@@ -42,6 +44,8 @@ pub struct HistoryOptions {
     pub retention: Option<(std::time::Duration, String)>,
     /// How often the queued rows are written as files.
     pub flush_interval: std::time::Duration,
+    /// How small files are merged.
+    pub compaction: sluice_history::CompactionPolicy,
 }
 
 /// The default time between two archiving rounds: files of about this much data each, merged
@@ -68,10 +72,25 @@ fn history_options(options: &BTreeMap<String, String>) -> SqlResult<HistoryOptio
         Some(text) => crate::datagen::parse_duration("history.flush.interval", text)?,
         None => DEFAULT_FLUSH_INTERVAL,
     };
-    if !enabled && (retention.is_some() || options.contains_key("history.flush.interval")) {
+    let mut compaction = sluice_history::CompactionPolicy::default();
+    if let Some(text) = options.get("history.compaction.target.size") {
+        let bytes = crate::datagen::parse_size_text(text)
+            .map_err(|e| invalid(format!("option history.compaction.target.size: {e}")))?;
+        if bytes < 1 << 10 {
+            return Err(invalid(format!("option history.compaction.target.size: '{text}' is too small (at least 1KB)")));
+        }
+        compaction.target_bytes = bytes as u64;
+    }
+    if let Some(text) = options.get("history.compaction.min.files") {
+        compaction.min_files = match text.trim().parse::<usize>() {
+            Ok(n) if n >= 2 => n,
+            _ => return Err(invalid(format!("option history.compaction.min.files: '{text}' is not a whole number of at least 2"))),
+        };
+    }
+    if !enabled && options.keys().any(|k| k.starts_with("history.")) {
         return Err(invalid("history options given with history = 'false'".into()));
     }
-    Ok(HistoryOptions { enabled, retention, flush_interval })
+    Ok(HistoryOptions { enabled, retention, flush_interval, compaction })
 }
 
 /// What reads a source, and how it treats bad records.

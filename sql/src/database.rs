@@ -1257,6 +1257,7 @@ fn source_entry(
         time_column: sluice_history::HistorySpec::time_column_of(&schema, watermark.as_ref().map(|w| w.time_column)),
         flush_interval: setup.history.flush_interval,
         retention: setup.history.retention.as_ref().map(|(d, _)| *d),
+        compaction: setup.history.compaction,
     });
     Ok(SourceEntry { id, name, schema, setup, watermark, history })
 }

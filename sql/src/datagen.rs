@@ -108,6 +108,22 @@ pub fn parse_duration(key: &str, text: &str) -> SqlResult<std::time::Duration> {
     parse_duration_text(text).map_err(|e| invalid(format!("option {key}: {e}")))
 }
 
+/// A size written `<n>`, `<n>KB`, `<n>MB`, `<n>GB` (or KiB, MiB, GiB; all powers of 1024).
+/// One parser for every size Sluice reads, options and flags.
+pub fn parse_size_text(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: usize = digits.parse().map_err(|_| format!("'{text}' is not a size like 512MB or 2GB"))?;
+    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown unit '{other}' in '{text}' (use KB, MB or GB)")),
+    };
+    n.checked_mul(scale).ok_or_else(|| format!("'{text}' is too large"))
+}
+
 /// A duration written as a whole number and a unit: `500ms`, `5s`, `30 seconds`, `2 min`,
 /// `1 hour`, `90 days` (no unit: seconds). One parser for every duration Sluice reads, options and flags.
 pub fn parse_duration_text(text: &str) -> Result<std::time::Duration, String> {

@@ -244,7 +244,10 @@ pub fn from_datafusion(e: DataFusionError) -> SqlError {
                 Ok(a) => from_arrow(*a),
                 Err(other) => match other.downcast::<DataFusionError>() {
                     Ok(df) => from_datafusion(*df),
-                    Err(other) => SqlError::Internal(other.to_string()),
+                    Err(other) => match other.downcast::<sluice_history::HistoryError>() {
+                        Ok(h) => SqlError::History(*h),
+                        Err(other) => SqlError::Internal(other.to_string()),
+                    },
                 },
             },
         },

@@ -46,6 +46,9 @@ pub fn history_schema() -> SchemaRef {
         Field::new("retention", DataType::Utf8, true),
         Field::new("scans", DataType::Int64, false),
         Field::new("files_scanned", DataType::Int64, false),
+        Field::new("files_compacted", DataType::Int64, false),
+        Field::new("files_skipped", DataType::Int64, false),
+        Field::new("last_skipped", DataType::Utf8, true),
         Field::new("last_error", DataType::Utf8, true),
     ]))
 }
@@ -89,6 +92,9 @@ pub fn history_batch(rows: &[HistoryRow]) -> SqlResult<RecordBatch> {
         Arc::new(rows.iter().map(|r| r.retention.as_deref()).collect::<StringArray>()),
         Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| count(r.activity.scans)))),
         Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| count(r.activity.files_scanned)))),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| count(r.activity.files_compacted)))),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| count(r.activity.files_skipped)))),
+        Arc::new(rows.iter().map(|r| r.activity.last_skipped.as_deref()).collect::<StringArray>()),
         Arc::new(rows.iter().map(|r| r.activity.last_error.as_deref()).collect::<StringArray>()),
     ];
     Ok(RecordBatch::try_new(history_schema(), columns)?)

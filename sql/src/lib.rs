@@ -36,7 +36,7 @@ mod types;
 mod window;
 
 pub use catalog::{ColumnDef, TableDef, ROW_ID_COLUMN};
-pub use datagen::parse_duration_text;
+pub use datagen::{parse_duration_text, parse_size_text};
 pub use database::{normalize_ident, Database, RecoverySummary, RelationKind, CATALOG_NAME, SCHEMA_NAME};
 pub use statement::{CreateSource, ObjectKind, ParsedStatement};
 pub use sluice_engine::DataflowConfig;

@@ -35,6 +35,36 @@ async fn wait_archived(client: &Client, source: &str, rows_wanted: u64) {
     }
 }
 
+/// Waits until compaction has merged every partition of `source` into one file.
+async fn wait_compacted(client: &Client, source: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let sql = format!("SELECT count(*) FROM sluice_history_files WHERE source = '{source}' GROUP BY partition HAVING count(*) > 1");
+    while !rows(client, &sql).await.is_empty() {
+        assert!(Instant::now() < deadline, "{source}'s partitions were not compacted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `present()` (the files in the store) equals the listed files of every source:
+/// files merged away are deleted once no query can read them.
+async fn wait_store_equals_list(client: &Client, prefix: &str, present: impl Fn() -> Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut listed: Vec<String> = rows(client, &format!("SELECT '{prefix}' || path FROM sluice_history_files"))
+            .await
+            .into_iter()
+            .map(|r| r[0].clone())
+            .collect();
+        listed.sort();
+        let present = present();
+        if present == listed {
+            return;
+        }
+        assert!(Instant::now() < deadline, "files in the store {present:?} are not the listed ones {listed:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 async fn map(client: &Client, sql: &str) -> BTreeMap<String, String> {
     rows(client, sql).await.into_iter().map(|r| (r[0].clone(), r[1..].join(","))).collect()
 }
@@ -120,13 +150,16 @@ async fn the_access_log_archived_through_a_kill_9_equals_the_reference_in_sql_an
         vec![vec![reference["clients"].to_string()]]
     );
 
-    // Every file on disk is listed (a crash's unlisted files were deleted at start-up), and
-    // the partitions are the hours of the events.
+    // Compaction merges each hour's small files into one (the partitions are quiet), and the
+    // files merged away are deleted: every file on disk is listed (a crash's unlisted files
+    // were deleted at start-up), and the partitions are the hours of the events.
+    wait_compacted(&client, "access_log").await;
+    let compacted = rows(&client, "SELECT files_compacted FROM sluice_history WHERE source = 'access_log'").await;
+    assert!(compacted[0][0].parse::<u64>().unwrap() > 0, "small files were merged");
     let history = data.join("history");
-    let on_disk = parquet_files(&history);
-    let mut listed: Vec<String> = rows(&client, "SELECT path FROM sluice_history_files").await.into_iter().map(|r| r[0].clone()).collect();
-    listed.sort();
-    assert_eq!(on_disk, listed, "files on disk are exactly the listed ones");
+    wait_store_equals_list(&client, "", || parquet_files(&history)).await;
+    let listed = parquet_files(&history);
+    assert_eq!(map(&client, "SELECT status, count(*) FROM access_log GROUP BY status").await, want, "after compaction");
     assert_eq!(
         rows(&client, "SELECT count(DISTINCT partition) FROM sluice_history_files").await,
         vec![vec![want_hours.len().to_string()]]
@@ -295,6 +328,19 @@ async fn history_in_an_s3_compatible_server_is_exactly_once_through_a_kill_9() {
         rows(&client, "SELECT location FROM sluice_history WHERE source = 'gen'").await[0][0],
         "s3://sluice-history/events/v1/gen/"
     );
+    // While compaction merges the small files, every query sees every row once.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert_eq!(
+            rows(&client, "SELECT count(*), sum(id) FROM gen").await,
+            vec![vec!["60000".to_string(), (60_000u64 * 60_001 / 2).to_string()]]
+        );
+        let unmerged = "SELECT 1 FROM sluice_history_files GROUP BY partition HAVING count(*) > 1";
+        if rows(&client, unmerged).await.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "gen's partitions were not compacted");
+    }
     // Every row once: the history equals the view over the same source, ids 1..=60000.
     let view = rows(&client, "SELECT n, total, first, last FROM gen_totals").await;
     let batch = rows(&client, "SELECT count(*), sum(amount), min(ts), max(ts) FROM gen").await;
@@ -304,11 +350,7 @@ async fn history_in_an_s3_compatible_server_is_exactly_once_through_a_kill_9() {
         vec![vec!["60000".to_string(), "1".into(), "60000".into()]]
     );
     // The bucket holds exactly the listed files, under the prefix, one partition per hour.
-    let keys = s3.keys("sluice-history", "").unwrap();
-    let mut listed: Vec<String> =
-        rows(&client, "SELECT 'events/v1/' || path FROM sluice_history_files").await.into_iter().map(|r| r[0].clone()).collect();
-    listed.sort();
-    assert_eq!(keys, listed, "objects in the bucket are exactly the listed files");
+    wait_store_equals_list(&client, "events/v1/", || s3.keys("sluice-history", "").unwrap()).await;
     let hours = rows(&client, "SELECT count(DISTINCT date_trunc('hour', ts)) FROM gen").await;
     assert_eq!(rows(&client, "SELECT count(DISTINCT partition) FROM sluice_history_files").await, hours);
     // A one-hour query reads only that hour's objects.
@@ -374,4 +416,62 @@ async fn an_s3_store_that_cannot_be_used_stops_the_server_at_start_up_with_the_r
     let (ok, stderr) = serve_until_exit(&bin, &dir.path().join("d"), "gs://bucket", &s3.env());
     assert!(!ok);
     assert!(stderr.contains("'gs' object stores are not supported"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_truncated_and_corrupt_files_are_skipped_reported_and_counted() {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_sluice-slt"));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = SluiceServer::start_in(&bin, &data, &[]).unwrap();
+    let client = connect(server.port).await;
+    // 20,000 rows one event second apart: six event hours, one file each once compacted.
+    client
+        .batch_execute(
+            "CREATE SOURCE gen (id BIGINT, ts TIMESTAMP)
+               WITH (connector = 'datagen', datagen.rows.per.second = '0', datagen.max.rows = '20000',
+                     fields.id.kind = 'sequence', fields.id.end = '1000000000', fields.ts.step = '1 second',
+                     history.flush.interval = '50ms');",
+        )
+        .await
+        .unwrap();
+    wait_for_records(&client, "gen", 20_000).await;
+    wait_archived(&client, "gen", 20_000).await;
+    wait_compacted(&client, "gen").await;
+    let history = data.join("history");
+    wait_store_equals_list(&client, "", || parquet_files(&history)).await;
+
+    let files = rows(&client, "SELECT path, rows, partition FROM sluice_history_files ORDER BY partition").await;
+    assert!(files.len() >= 5, "{files:?}");
+    let [missing, truncated, garbage] = [&files[1], &files[2], &files[3]];
+    std::fs::remove_file(history.join(&missing[0])).unwrap();
+    let bytes = std::fs::read(history.join(&truncated[0])).unwrap();
+    std::fs::write(history.join(&truncated[0]), &bytes[..bytes.len() / 2]).unwrap();
+    let size = std::fs::metadata(history.join(&garbage[0])).unwrap().len() as usize;
+    std::fs::write(history.join(&garbage[0]), vec![0x5a; size]).unwrap();
+    let lost: u64 = [missing, truncated, garbage].iter().map(|f| f[1].parse::<u64>().unwrap()).sum();
+
+    // The query answers from the readable files; each bad file is skipped whole and counted.
+    let count = rows(&client, "SELECT count(*), count(DISTINCT id) FROM gen").await;
+    assert_eq!(count, vec![vec![(20_000 - lost).to_string(), (20_000 - lost).to_string()]]);
+    let status = rows(&client, "SELECT files_skipped, last_skipped FROM sluice_history WHERE source = 'gen'").await;
+    assert_eq!(status[0][0], "3");
+    let reported = &status[0][1];
+    assert!(
+        [missing, truncated, garbage].iter().any(|f| reported.contains(f[0].as_str())),
+        "the report names a skipped file: {reported}"
+    );
+    // A query that touches only a good hour skips nothing.
+    let good = &files[0][2];
+    let (date, hour) = good.split_once('/').unwrap();
+    let (date, hour) = (date.trim_start_matches("date="), hour.trim_start_matches("hour="));
+    rows(
+        &client,
+        &format!("SELECT count(*) FROM gen WHERE ts >= '{date} {hour}:00:00' AND ts < TIMESTAMP '{date} {hour}:00:00' + INTERVAL '1 hour'"),
+    )
+    .await;
+    assert_eq!(rows(&client, "SELECT files_skipped FROM sluice_history WHERE source = 'gen'").await[0][0], "3");
+    // The server is still up, and the files stay listed for an operator to look at.
+    assert_eq!(rows(&client, "SELECT count(*) FROM sluice_history_files").await[0][0], files.len().to_string());
+    server.stop().unwrap();
 }
