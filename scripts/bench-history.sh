@@ -28,21 +28,33 @@ t0=$(date +%s.%N)
 until [ "$(sql "SELECT archived_rows FROM sluice_history WHERE source = 'requests'")" = "$rows" ]; do sleep 1; done
 t1=$(date +%s.%N)
 echo "archived $rows rows in $(echo "$t1 - $t0" | bc) s (datagen at full speed, generation included)"
-sql "SELECT partitions, files, bytes FROM sluice_history WHERE source = 'requests'" | awk -F'|' '{print "partitions " $1 ", files " $2 ", " int($3/1048576) " MB of Parquet"}'
+sql "SELECT partitions, files, bytes FROM sluice_history WHERE source = 'requests'" | awk -F'|' '{print "archived: partitions " $1 ", files " $2 ", " int($3/1048576) " MB of Parquet"}'
+# Compaction merges each quiet hour's files (10 flush intervals without a new file).
+until [ -z "$(sql "SELECT 1 FROM sluice_history_files GROUP BY partition HAVING count(*) > 1")" ]; do sleep 1; done
+t2=$(date +%s.%N)
+echo "compacted in $(echo "$t2 - $t1" | bc) s after archiving ended (10 s of it the quiet period)"
+sql "SELECT partitions, files, bytes FROM sluice_history WHERE source = 'requests'" | awk -F'|' '{print "compacted: partitions " $1 ", files " $2 ", " int($3/1048576) " MB of Parquet"}'
 
 query="SELECT status, count(*), sum(bytes), count(DISTINCT url) FROM requests GROUP BY status ORDER BY status"
 files="$dir/data/history/requests/**/*.parquet"
+# DuckDB is timed inside one Python process (its start-up and import are not the query's);
+# Sluice through psql, a connection per run included, by hyperfine.
 cat > "$dir/duck.py" <<PY
-import duckdb, sys
+import duckdb, statistics, sys, time
 con = duckdb.connect()
 con.sql("SET threads = 2")
-print(con.sql("""${query//requests/read_parquet('$files', hive_partitioning = false)}""").fetchall())
+q = """${query//requests/read_parquet('$files', hive_partitioning = false)}"""
+print(con.sql(q).fetchall())
+times = []
+for _ in range(12):
+    t = time.perf_counter(); con.sql(q).fetchall(); times.append(time.perf_counter() - t)
+times = times[2:]
+print(f"DuckDB: mean {statistics.mean(times)*1000:.1f} ms, median {statistics.median(times)*1000:.1f} ms, min {min(times)*1000:.1f} ms over {len(times)} runs")
 PY
 echo "Sluice:"; sql "$query"
 echo "DuckDB:"; "$python" "$dir/duck.py"
-hyperfine --warmup 2 --runs 10 -N \
-  -n sluice "psql -h 127.0.0.1 -p $port -U sluice -d sluice -Atqc \"$query\"" \
-  -n duckdb "$python $dir/duck.py"
+hyperfine --warmup 2 --runs 10 -N -n sluice "psql -h 127.0.0.1 -p $port -U sluice -d sluice -Atqc \"$query\""
+echo "DuckDB again (after Sluice, same machine state):"; "$python" "$dir/duck.py" | tail -1
 
 before=$(sql "SELECT files_scanned FROM sluice_history WHERE source = 'requests'")
 first=$(sql "SELECT date_trunc('hour', min(ts)) + INTERVAL '2 hours' FROM requests")

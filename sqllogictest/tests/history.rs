@@ -65,6 +65,13 @@ async fn wait_store_equals_list(client: &Client, prefix: &str, present: impl Fn(
     }
 }
 
+/// A predicate on `ts` for the hour of `partition` (`date=YYYY-MM-DD/hour=HH`).
+fn within_hour(partition: &str) -> String {
+    let (date, hour) = partition.split_once('/').unwrap();
+    let start = format!("{} {}:00:00", date.trim_start_matches("date="), hour.trim_start_matches("hour="));
+    format!("ts >= '{start}' AND ts < TIMESTAMP '{start}' + INTERVAL '1 hour'")
+}
+
 async fn map(client: &Client, sql: &str) -> BTreeMap<String, String> {
     rows(client, sql).await.into_iter().map(|r| (r[0].clone(), r[1..].join(","))).collect()
 }
@@ -356,14 +363,8 @@ async fn history_in_an_s3_compatible_server_is_exactly_once_through_a_kill_9() {
     // A one-hour query reads only that hour's objects.
     let first_hour = rows(&client, "SELECT partition FROM sluice_history_files ORDER BY partition LIMIT 1 OFFSET 3").await;
     let hour_files = rows(&client, &format!("SELECT count(*) FROM sluice_history_files WHERE partition = '{}'", first_hour[0][0])).await;
-    let (date, hour) = first_hour[0][0].split_once('/').unwrap();
-    let (date, hour) = (date.trim_start_matches("date="), hour.trim_start_matches("hour="));
     let before = rows(&client, "SELECT files_scanned FROM sluice_history WHERE source = 'gen'").await;
-    let n = rows(
-        &client,
-        &format!("SELECT count(*) FROM gen WHERE ts >= '{date} {hour}:00:00' AND ts < TIMESTAMP '{date} {hour}:00:00' + INTERVAL '1 hour'"),
-    )
-    .await;
+    let n = rows(&client, &format!("SELECT count(*) FROM gen WHERE {}", within_hour(&first_hour[0][0]))).await;
     assert_eq!(n, vec![vec!["3600".to_string()]], "a whole event hour in the middle of the run");
     let after = rows(&client, "SELECT files_scanned FROM sluice_history WHERE source = 'gen'").await;
     let scanned = after[0][0].parse::<u64>().unwrap() - before[0][0].parse::<u64>().unwrap();
@@ -463,13 +464,7 @@ async fn missing_truncated_and_corrupt_files_are_skipped_reported_and_counted() 
     );
     // A query that touches only a good hour skips nothing.
     let good = &files[0][2];
-    let (date, hour) = good.split_once('/').unwrap();
-    let (date, hour) = (date.trim_start_matches("date="), hour.trim_start_matches("hour="));
-    rows(
-        &client,
-        &format!("SELECT count(*) FROM gen WHERE ts >= '{date} {hour}:00:00' AND ts < TIMESTAMP '{date} {hour}:00:00' + INTERVAL '1 hour'"),
-    )
-    .await;
+    rows(&client, &format!("SELECT count(*) FROM gen WHERE {}", within_hour(good))).await;
     assert_eq!(rows(&client, "SELECT files_skipped FROM sluice_history WHERE source = 'gen'").await[0][0], "3");
     // The server is still up, and the files stay listed for an operator to look at.
     assert_eq!(rows(&client, "SELECT count(*) FROM sluice_history_files").await[0][0], files.len().to_string());
