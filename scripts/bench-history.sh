@@ -35,15 +35,21 @@ t2=$(date +%s.%N)
 echo "compacted in $(echo "$t2 - $t1" | bc) s after archiving ended (10 s of it the quiet period)"
 sql "SELECT partitions, files, bytes FROM sluice_history WHERE source = 'requests'" | awk -F'|' '{print "compacted: partitions " $1 ", files " $2 ", " int($3/1048576) " MB of Parquet"}'
 
+# Files merged away are deleted once no query can read them: wait, so DuckDB reads the listed files only.
+listed=$(sql "SELECT files FROM sluice_history WHERE source = 'requests'")
+until [ "$(find "$dir/data/history/requests" -name '*.parquet' | wc -l)" = "$listed" ]; do sleep 1; done
+
 query="SELECT status, count(*), sum(bytes), count(DISTINCT url) FROM requests GROUP BY status ORDER BY status"
 files="$dir/data/history/requests/**/*.parquet"
+table="read_parquet('$files', hive_partitioning = false)"
+duck_query=${query//requests/$table}
 # DuckDB is timed inside one Python process (its start-up and import are not the query's);
 # Sluice through psql, a connection per run included, by hyperfine.
 cat > "$dir/duck.py" <<PY
 import duckdb, statistics, sys, time
 con = duckdb.connect()
 con.sql("SET threads = 2")
-q = """${query//requests/read_parquet('$files', hive_partitioning = false)}"""
+q = """$duck_query"""
 print(con.sql(q).fetchall())
 times = []
 for _ in range(12):
@@ -56,8 +62,8 @@ echo "DuckDB:"; "$python" "$dir/duck.py"
 hyperfine --warmup 2 --runs 10 -N -n sluice "psql -h 127.0.0.1 -p $port -U sluice -d sluice -Atqc \"$query\""
 echo "DuckDB again (after Sluice, same machine state):"; "$python" "$dir/duck.py" | tail -1
 
-before=$(sql "SELECT files_scanned FROM sluice_history WHERE source = 'requests'")
 first=$(sql "SELECT date_trunc('hour', min(ts)) + INTERVAL '2 hours' FROM requests")
+before=$(sql "SELECT files_scanned FROM sluice_history WHERE source = 'requests'")
 sql "SELECT count(*) FROM requests WHERE ts >= '$first' AND ts < TIMESTAMP '$first' + INTERVAL '1 hour'"
 after=$(sql "SELECT files_scanned FROM sluice_history WHERE source = 'requests'")
 total=$(sql "SELECT files FROM sluice_history WHERE source = 'requests'")

@@ -57,6 +57,7 @@ pub struct ArchivedFilesExec {
     partitions: Vec<Vec<FileScan>>,
     store: HistoryStore,
     report: SkipReport,
+    hold_limit: usize,
     properties: Arc<PlanProperties>,
     /// Keeps retired files from deletion while this plan exists.
     _pin: Arc<ScanPin>,
@@ -89,7 +90,15 @@ impl ArchivedFilesExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
-        Self { partitions: groups, store, report, properties: Arc::new(properties), _pin: pin }
+        Self { partitions: groups, store, report, hold_limit: HOLD_LIMIT, properties: Arc::new(properties), _pin: pin }
+    }
+
+    /// Decoded bytes of a file held back before its rows pass on unconfirmed (default
+    /// [`HOLD_LIMIT`]).
+    #[cfg(test)]
+    pub fn with_hold_limit(mut self, bytes: usize) -> Self {
+        self.hold_limit = bytes;
+        self
     }
 }
 
@@ -138,6 +147,7 @@ impl ExecutionPlan for ArchivedFilesExec {
             context,
             store: self.store.clone(),
             report: Arc::clone(&self.report),
+            hold_limit: self.hold_limit,
             current: None,
             ready: VecDeque::new(),
             done: false,
@@ -166,6 +176,7 @@ struct FileReader {
     context: Arc<TaskContext>,
     store: HistoryStore,
     report: SkipReport,
+    hold_limit: usize,
     current: Option<Reading>,
     ready: VecDeque<RecordBatch>,
     done: bool,
@@ -202,7 +213,7 @@ impl FileReader {
                 Some(Ok(batch)) => {
                     reading.held_bytes += batch.get_array_memory_size();
                     reading.held.push(batch);
-                    if reading.held_bytes > HOLD_LIMIT {
+                    if reading.held_bytes > self.hold_limit {
                         reading.passing_on = true;
                         self.ready.extend(reading.held.drain(..));
                     }
@@ -268,7 +279,13 @@ fn find<'a, T: std::error::Error + 'static>(error: &'a (dyn std::error::Error + 
 async fn unreadable_file(store: &HistoryStore, file: &FileScan, error: &DataFusionError) -> Option<String> {
     use datafusion::object_store::Error as StoreError;
     let store_error = find::<StoreError>(error);
-    if store_error.is_none() && find::<datafusion::parquet::errors::ParquetError>(error).is_none() {
+    // Decoding errors reach us as Parquet errors, or as Arrow errors carrying Parquet text
+    // (a corrupt page met mid-stream); a query's own Arrow errors come here too, and are told
+    // apart below by the file decoding fine.
+    if store_error.is_none()
+        && find::<datafusion::parquet::errors::ParquetError>(error).is_none()
+        && find::<datafusion::arrow::error::ArrowError>(error).is_none()
+    {
         return None;
     }
     const MISSING: &str = "the file is missing";
@@ -290,5 +307,89 @@ async fn unreadable_file(store: &HistoryStore, file: &FileScan, error: &DataFusi
     match tokio::task::spawn_blocking(move || crate::archiver::decode_parquet(bytes)).await {
         Ok(Err(e)) => Some(format!("the file is not valid Parquet: {e}")),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::manifest::ArchivedFile;
+    use crate::pins::ScanPins;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::physical_plan::ParquetSource;
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::basic::Compression;
+    use datafusion::parquet::file::properties::WriterProperties;
+    use datafusion::prelude::SessionContext;
+    use std::sync::Mutex;
+
+    /// A Parquet file of `rows` rows in row groups of 1,000 whose middle is overwritten, so its
+    /// footer reads and its first row groups decode, but a later one does not.
+    fn damaged_file(dir: &std::path::Path, name: &str, rows: i64) -> ArchivedFile {
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let properties = WriterProperties::builder().set_compression(Compression::SNAPPY).set_max_row_group_row_count(Some(1_000)).build();
+        let mut out = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut out, Arc::clone(&schema), Some(properties)).unwrap();
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values((0..rows).map(|i| i * 7919 % 104_729)))]).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let (from, to) = (out.len() * 6 / 10, out.len() * 8 / 10);
+        out[from..to].fill(0xff);
+        std::fs::write(dir.join(name), &out).unwrap();
+        ArchivedFile {
+            path: name.into(),
+            partition: String::new(),
+            hour: None,
+            rows: rows as u64,
+            bytes: out.len() as u64,
+            min_time: None,
+            max_time: None,
+            first_seq: 0,
+            last_seq: 0,
+            written_at: 0,
+        }
+    }
+
+    async fn run(hold_limit: usize) -> (Result<usize, String>, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HistoryStore::local(dir.path()).unwrap();
+        let file = damaged_file(dir.path(), "1-000000000000-000000000000.parquet", 20_000);
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let source = Arc::new(ParquetSource::new(Arc::clone(&schema)));
+        let scan = crate::scan::one_file_scan(&store, &source, &file, None, None).unwrap();
+        let skipped = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&skipped);
+        let report: SkipReport = Arc::new(move |path: &str, _why: &str| seen.lock().unwrap().push(path.to_string()));
+        let pins = Arc::new(ScanPins::default());
+        let exec = ArchivedFilesExec::new(vec![scan], 1, schema, store.clone(), report, Arc::new(pins.pin()))
+            .with_hold_limit(hold_limit);
+        let ctx = SessionContext::new();
+        store.register(&ctx);
+        let mut stream = exec.execute(0, ctx.task_ctx()).unwrap();
+        let mut rows = 0;
+        let result = loop {
+            match stream.next().await {
+                Some(Ok(batch)) => rows += batch.num_rows(),
+                Some(Err(e)) => break Err(e.to_string()),
+                None => break Ok(rows),
+            }
+        };
+        let skipped = skipped.lock().unwrap().clone();
+        (result, skipped)
+    }
+
+    #[tokio::test]
+    async fn a_file_that_fails_midway_is_skipped_whole_or_fails_the_query_once_rows_passed_on() {
+        // Held back until the end: the damaged file is skipped whole, none of its rows out.
+        let (result, skipped) = run(HOLD_LIMIT).await;
+        assert_eq!(result, Ok(0));
+        assert_eq!(skipped, vec!["1-000000000000-000000000000.parquet".to_string()]);
+        // Passed on before the damage: the query fails, naming the file, and skips nothing.
+        let (result, skipped) = run(1).await;
+        let error = result.unwrap_err();
+        assert!(error.contains("1-000000000000-000000000000.parquet") && error.contains("after part of it was returned"), "{error}");
+        assert!(skipped.is_empty());
     }
 }

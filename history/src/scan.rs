@@ -87,6 +87,22 @@ pub struct HistoryScan {
     pub files_total: usize,
 }
 
+/// The Parquet scan of `file` alone.
+pub(crate) fn one_file_scan(
+    store: &HistoryStore,
+    source: &Arc<ParquetSource>,
+    file: &ArchivedFile,
+    projection: Option<&Vec<usize>>,
+    limit: Option<usize>,
+) -> DfResult<FileScan> {
+    let config = FileScanConfigBuilder::new(store.url().clone(), Arc::clone(source) as _)
+        .with_file_groups(vec![FileGroup::new(vec![PartitionedFile::new(file.path.clone(), file.bytes)])])
+        .with_projection_indices(projection.cloned())?
+        .with_limit(limit)
+        .build();
+    Ok(FileScan { path: file.path.clone(), bytes: file.bytes, plan: DataSourceExec::from_data_source(config) })
+}
+
 /// Plans a scan of `spec`'s source as of `snapshot`: the query's projection, filters and
 /// limit as DataFusion gave them; skipped files go to `report`; `pin` keeps the files listed
 /// now from deletion while the plan lives.
@@ -134,15 +150,10 @@ pub fn plan_scan(
             source = source.with_predicate(Arc::clone(predicate));
         }
         let source = Arc::new(source);
-        let mut scans = Vec::with_capacity(selected.len());
-        for file in &selected {
-            let config = FileScanConfigBuilder::new(store.url().clone(), Arc::clone(&source) as _)
-                .with_file_groups(vec![FileGroup::new(vec![PartitionedFile::new(file.path.clone(), file.bytes)])])
-                .with_projection_indices(projection.cloned())?
-                .with_limit(limit)
-                .build();
-            scans.push(FileScan { path: file.path.clone(), bytes: file.bytes, plan: DataSourceExec::from_data_source(config) });
-        }
+        let scans = selected
+            .iter()
+            .map(|file| one_file_scan(store, &source, file, projection, limit))
+            .collect::<DfResult<Vec<_>>>()?;
         let projected = scans[0].plan.schema();
         inputs.push(Arc::new(ArchivedFilesExec::new(
             scans,
