@@ -144,27 +144,24 @@ async fn merge(
     .await
     .map_err(|e| HistoryError::Corrupt(format!("the compaction task stopped: {e}")))??;
     unreadable.extend(bad);
-    let (Some(first), Some(last)) = (inputs.first(), inputs.last()) else { return Ok(None) };
+    let (Some(first), Some(first_seq), Some(last_seq)) =
+        (inputs.first(), inputs.iter().map(|f| f.first_seq).min(), inputs.iter().map(|f| f.last_seq).max())
+    else {
+        return Ok(None);
+    };
     if inputs.len() < 2 {
         return Ok(None);
     }
     let merged_file = ArchivedFile {
-        path: format!(
-            "{}/{}/{}-{:012}-{:012}-c.parquet",
-            spec.name,
-            first.partition,
-            spec.id,
-            inputs.iter().map(|f| f.first_seq).min().unwrap_or(first.first_seq),
-            inputs.iter().map(|f| f.last_seq).max().unwrap_or(last.last_seq)
-        ),
+        path: format!("{}/{}/{}-{first_seq:012}-{last_seq:012}-c.parquet", spec.name, first.partition, spec.id),
         partition: first.partition.clone(),
         hour: first.hour,
         rows: inputs.iter().map(|f| f.rows).sum(),
         bytes: merged.len() as u64,
         min_time: inputs.iter().filter_map(|f| f.min_time).min(),
         max_time: inputs.iter().filter_map(|f| f.max_time).max(),
-        first_seq: inputs.iter().map(|f| f.first_seq).min().unwrap_or(first.first_seq),
-        last_seq: inputs.iter().map(|f| f.last_seq).max().unwrap_or(last.last_seq),
+        first_seq,
+        last_seq,
         written_at: chrono::Utc::now().timestamp_micros(),
     };
     store.object_store().put(&Path::from(merged_file.path.as_str()), PutPayload::from(merged)).await?;
