@@ -2,9 +2,10 @@
 # Batch queries over archived history (BENCHMARKS.md, history):
 #   scripts/bench-history.sh [ROWS]
 # A datagen source of web requests (ROWS rows generated as fast as they are archived, 10 ms of
-# event time apart, so about a day for 10M rows) is archived by `sluice serve`; then the same scan-aggregate runs through psql
-# against Sluice and through DuckDB (Python package) over the same Parquet files, timed side by
-# side with hyperfine; last, the files a one-hour query opens are read off sluice_history.
+# event time apart, so about a day for 10M rows) is archived by `sluice serve`; then the same
+# scan-aggregate runs against Sluice (psycopg) and DuckDB (in-process, same Parquet files),
+# interleaved, and once more through psql with hyperfine; last, the files a one-hour query
+# opens are read off sluice_history. Needs python3 with psycopg and duckdb, and hyperfine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rows=${1:-10000000}
@@ -41,26 +42,50 @@ until [ "$(find "$dir/data/history/requests" -name '*.parquet' | wc -l)" = "$lis
 
 query="SELECT status, count(*), sum(bytes), count(DISTINCT url) FROM requests GROUP BY status ORDER BY status"
 files="$dir/data/history/requests/**/*.parquet"
-table="read_parquet('$files', hive_partitioning = false)"
-duck_query=${query//requests/$table}
-# DuckDB is timed inside one Python process (its start-up and import are not the query's);
-# Sluice through psql, a connection per run included, by hyperfine.
-cat > "$dir/duck.py" <<PY
-import duckdb, statistics, sys, time
-con = duckdb.connect()
-con.sql("SET threads = 2")
-q = """$duck_query"""
-print(con.sql(q).fetchall())
-times = []
-for _ in range(12):
-    t = time.perf_counter(); con.sql(q).fetchall(); times.append(time.perf_counter() - t)
-times = times[2:]
-print(f"DuckDB: mean {statistics.mean(times)*1000:.1f} ms, median {statistics.median(times)*1000:.1f} ms, min {min(times)*1000:.1f} ms over {len(times)} runs")
+# Both engines timed from one Python process, runs interleaved (so machine noise hits both
+# alike): Sluice over one psycopg connection (pgwire round trip and result encoding included),
+# DuckDB in-process over the same Parquet files. Answers must agree before anything is timed.
+cat > "$dir/both.py" <<'PY'
+import duckdb, psycopg, statistics, sys, time
+port, files, query = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+duck = duckdb.connect()
+duck.sql("SET threads = 2")
+duck_query = query.replace("FROM requests", f"FROM read_parquet('{files}', hive_partitioning = false)")
+pg = psycopg.connect(host="127.0.0.1", port=port, user="sluice", dbname="sluice", autocommit=True)
+def sluice():
+    return [tuple(int(v) for v in row) for row in pg.execute(query).fetchall()]
+def duckdb_run():
+    return [tuple(int(v) for v in row) for row in duck.sql(duck_query).fetchall()]
+engines = [("sluice", sluice), ("duckdb", duckdb_run)]
+try:
+    # Stock DataFusion (its Python binding) on the same files, for context: how much of the
+    # gap to DuckDB is the query engine Sluice is built on rather than Sluice's own scan.
+    import datafusion
+    config = datafusion.SessionConfig().with_target_partitions(2)
+    fusion = datafusion.SessionContext(config)
+    fusion.register_parquet("requests", files.split("/**")[0], file_extension=".parquet")
+    def datafusion_run():
+        table = fusion.sql(query).to_pydict()
+        return [tuple(int(v) for v in row) for row in zip(*table.values())]
+    engines.append((f"datafusion {datafusion.__version__} (python)", datafusion_run))
+except ImportError:
+    pass
+answer = sluice()
+for name, run in engines[1:]:
+    assert answer == run(), f"Sluice and {name} disagree"
+print(answer)
+times = {name: [] for name, _ in engines}
+for _ in range(14):
+    for name, run in engines:
+        t = time.perf_counter(); run(); times[name].append(time.perf_counter() - t)
+for name in times:
+    runs = times[name][2:]
+    print(f"{name}: median {statistics.median(runs)*1000:.0f} ms, min {min(runs)*1000:.0f}, max {max(runs)*1000:.0f} over {len(runs)} runs")
+print(f"Sluice / DuckDB (medians): {statistics.median(times['sluice'][2:]) / statistics.median(times['duckdb'][2:]):.2f}x")
 PY
-echo "Sluice:"; sql "$query"
-echo "DuckDB:"; "$python" "$dir/duck.py"
-hyperfine --warmup 2 --runs 10 -N -n sluice "psql -h 127.0.0.1 -p $port -U sluice -d sluice -Atqc \"$query\""
-echo "DuckDB again (after Sluice, same machine state):"; "$python" "$dir/duck.py" | tail -1
+"$python" "$dir/both.py" $port "$files" "$query"
+# The same query through psql, client start and connection included each run.
+hyperfine --warmup 2 --runs 10 -N -n "sluice via psql" "psql -h 127.0.0.1 -p $port -U sluice -d sluice -Atqc \"$query\""
 
 first=$(sql "SELECT date_trunc('hour', min(ts)) + INTERVAL '2 hours' FROM requests")
 before=$(sql "SELECT files_scanned FROM sluice_history WHERE source = 'requests'")

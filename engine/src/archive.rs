@@ -123,22 +123,35 @@ pub fn queued_rows(
 ) -> EngineResult<Vec<QueuedRows>> {
     let mut out = Vec::new();
     let mut rows = 0;
-    for kv in snapshot.scan(system_tables::HISTORY_QUEUE, KeyRange::prefix(&source.to_be_bytes()))? {
+    for entry in queued_entries(snapshot, source, schema)? {
         if rows >= max_rows {
             break;
         }
-        let (key, value) = kv?;
-        let entry = decode_entry(entry_seq(&key)?, &value, schema)?;
+        let entry = entry?;
         rows += entry.rows.num_rows();
         out.push(entry);
     }
     Ok(out)
 }
 
+/// Source `source`'s queued rows as of `snapshot`, oldest first, decoded one entry at a time
+/// (as rows of `schema`, the source's columns), so a reader holds one entry, not the queue.
+pub fn queued_entries<'a>(
+    snapshot: &'a dyn StateSnapshot,
+    source: RelationId,
+    schema: &'a SchemaRef,
+) -> EngineResult<impl Iterator<Item = EngineResult<QueuedRows>> + 'a> {
+    let entries = snapshot.scan(system_tables::HISTORY_QUEUE, live_entries(snapshot, source)?)?;
+    Ok(entries.map(move |kv| {
+        let (key, value) = kv?;
+        decode_entry(entry_seq(&key)?, &value, schema)
+    }))
+}
+
 /// How many entries and rows of source `source` wait in the queue as of `snapshot`.
 pub fn queued_counts(snapshot: &dyn StateSnapshot, source: RelationId) -> EngineResult<(u64, u64)> {
     let (mut entries, mut rows) = (0, 0);
-    for kv in snapshot.scan(system_tables::HISTORY_QUEUE, KeyRange::prefix(&source.to_be_bytes()))? {
+    for kv in snapshot.scan(system_tables::HISTORY_QUEUE, live_entries(snapshot, source)?)? {
         let (_, value) = kv?;
         entries += 1;
         rows += entry_header(&value)?.1;
@@ -156,22 +169,54 @@ fn next_seq_counter(source: RelationId) -> String {
 /// The number of source `source`'s next queue entry.
 pub(crate) fn next_queue_seq(snapshot: &dyn StateSnapshot, source: RelationId) -> EngineResult<u64> {
     let mut next = crate::recovery::read_counter(snapshot, &next_seq_counter(source))?.unwrap_or(0);
-    for kv in snapshot.scan(system_tables::HISTORY_QUEUE, KeyRange::prefix(&source.to_be_bytes()))? {
+    for kv in snapshot.scan(system_tables::HISTORY_QUEUE, live_entries(snapshot, source)?)? {
         let (key, _) = kv?;
         next = next.max(entry_seq(&key)? + 1);
     }
     Ok(next)
 }
 
+/// The counter (in `COUNTERS`) of source `source`'s first entry not yet archived.
+fn archived_seq_counter(source: RelationId) -> String {
+    format!("history_archived_seq/{source}")
+}
+
+/// The key range of source `source`'s entries not yet archived.
+///
+/// Why scans start at the archived mark rather than at the source's prefix: archived entries
+/// are deleted, but RocksDB keeps their (large) values until a compaction reaches them, and an
+/// iterator walking over a tombstone still reads the block under it. A queue drained of
+/// hundreds of MB would cost every batch query and every archiver round that much reading;
+/// seeking past the mark reads none of it.
+fn live_entries(snapshot: &dyn StateSnapshot, source: RelationId) -> EngineResult<KeyRange> {
+    let first = crate::recovery::read_counter(snapshot, &archived_seq_counter(source))?.unwrap_or(0);
+    let mut range = KeyRange::prefix(&source.to_be_bytes());
+    range.start = std::ops::Bound::Included(queue_key(source, first));
+    Ok(range)
+}
+
+/// Queues the removal of source `source`'s entries up to and including `last` (now archived)
+/// and moves its archived mark past them. Entries are archived oldest first, so every entry
+/// below the mark is gone.
+pub fn remove_archived(write: &mut WriteBatch, source: RelationId, entries: impl IntoIterator<Item = u64>, last: u64) {
+    for seq in entries {
+        write.delete(system_tables::HISTORY_QUEUE, queue_key(source, seq));
+    }
+    write.put(system_tables::COUNTERS, archived_seq_counter(source).into_bytes(), (last + 1).to_be_bytes().to_vec());
+}
+
 /// Queues the removal of every queue entry of `source` (a dropped source).
 pub(crate) fn clear_queue(snapshot: &dyn StateSnapshot, source: RelationId, write: &mut WriteBatch) -> EngineResult<()> {
-    for table in [system_tables::HISTORY_QUEUE, system_tables::HISTORY_FILES] {
-        for kv in snapshot.scan(table, KeyRange::prefix(&source.to_be_bytes()))? {
-            let (key, _) = kv?;
-            write.delete(table, key.to_vec());
-        }
+    for kv in snapshot.scan(system_tables::HISTORY_QUEUE, live_entries(snapshot, source)?)? {
+        let (key, _) = kv?;
+        write.delete(system_tables::HISTORY_QUEUE, key.to_vec());
+    }
+    for kv in snapshot.scan(system_tables::HISTORY_FILES, KeyRange::prefix(&source.to_be_bytes()))? {
+        let (key, _) = kv?;
+        write.delete(system_tables::HISTORY_FILES, key.to_vec());
     }
     write.delete(system_tables::COUNTERS, next_seq_counter(source).into_bytes());
+    write.delete(system_tables::COUNTERS, archived_seq_counter(source).into_bytes());
     Ok(())
 }
 

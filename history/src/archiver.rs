@@ -20,9 +20,8 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::properties::WriterProperties;
 use futures::StreamExt;
-use sluice_engine::archive::{queue_key, queued_rows, QueuedRows};
+use sluice_engine::archive::{queued_rows, remove_archived, QueuedRows};
 use sluice_engine::plan::RelationId;
-use sluice_engine::recovery::system_tables;
 use sluice_engine::EpochCommitter;
 use sluice_storage::WriteBatch;
 
@@ -181,9 +180,7 @@ async fn archive_round(spec: &HistorySpec, store: &HistoryStore, committer: &Epo
         };
         manifest::add(&mut write, spec.id, &file)?;
     }
-    for entry in &entries {
-        write.delete(system_tables::HISTORY_QUEUE, queue_key(spec.id, entry.seq));
-    }
+    remove_archived(&mut write, spec.id, entries.iter().map(|e| e.seq), last);
     write.set_durable();
     committer.commit(write)?;
     tracing::debug!(source = %spec.name, rows, first, last, "archived");
@@ -278,7 +275,7 @@ pub async fn run(
     pins: Arc<ScanPins>,
 ) {
     let mut retired = Retired::default();
-    let mut unreadable = std::collections::HashSet::new();
+    let mut unreadable = compaction::UnreadableFiles::default();
     let mut timer = tokio::time::interval(spec.flush_interval.max(Duration::from_millis(10)));
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

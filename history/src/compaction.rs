@@ -13,7 +13,8 @@
 //! When: a partition with at least `min_files` small files, or a quiet one (no new file for
 //! [`QUIET_ROUNDS`] flush intervals) with at least two.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use datafusion::object_store::path::Path;
 use datafusion::object_store::{ObjectStoreExt, PutPayload};
@@ -96,16 +97,41 @@ fn plan(spec: &HistorySpec, policy: &CompactionPolicy, files: Vec<ArchivedFile>,
     groups
 }
 
+/// How long compaction leaves a file it could not read alone before trying it again.
+pub const UNREADABLE_RETRY: Duration = Duration::from_secs(600);
+
+/// Files compaction could not read, and since when.
+///
+/// Why they are tried again after [`UNREADABLE_RETRY`] rather than never: an operator may put
+/// a lost file back, and a read may have failed for a passing reason; why not at once: a file
+/// that is really damaged would be fetched and decoded again every flush interval.
+#[derive(Debug, Default)]
+pub struct UnreadableFiles {
+    since: HashMap<String, Instant>,
+}
+
+impl UnreadableFiles {
+    /// Notes that `path` could not be read.
+    pub fn insert(&mut self, path: String) {
+        self.since.insert(path, Instant::now());
+    }
+
+    /// The files to leave alone now; those noted longer ago than the retry interval are forgotten.
+    fn current(&mut self) -> HashSet<String> {
+        self.since.retain(|_, since| since.elapsed() < UNREADABLE_RETRY);
+        self.since.keys().cloned().collect()
+    }
+}
 
 /// Merges `group` (one partition's files, in sequence order) into one file and commits the
-/// swap. A file that cannot be read is left out of the merge (and listed in `unreadable`, so
-/// later calls leave it alone); the rest are merged if at least two remain.
+/// swap. A file that cannot be read is left out of the merge (and noted in `unreadable`, so
+/// calls for a while leave it alone); the rest are merged if at least two remain.
 async fn merge(
     spec: &HistorySpec,
     store: &HistoryStore,
     committer: &EpochCommitter,
     group: Vec<ArchivedFile>,
-    unreadable: &mut HashSet<String>,
+    unreadable: &mut UnreadableFiles,
 ) -> Result<Option<Vec<String>>, HistoryError> {
     let mut inputs = Vec::with_capacity(group.len());
     for file in group {
@@ -143,7 +169,9 @@ async fn merge(
     })
     .await
     .map_err(|e| HistoryError::Corrupt(format!("the compaction task stopped: {e}")))??;
-    unreadable.extend(bad);
+    for path in bad {
+        unreadable.insert(path);
+    }
     let (Some(first), Some(first_seq), Some(last_seq)) =
         (inputs.first(), inputs.iter().map(|f| f.first_seq).min(), inputs.iter().map(|f| f.last_seq).max())
     else {
@@ -183,14 +211,15 @@ pub async fn compact(
     policy: &CompactionPolicy,
     store: &HistoryStore,
     committer: &EpochCommitter,
-    unreadable: &mut HashSet<String>,
+    unreadable: &mut UnreadableFiles,
 ) -> Result<(Compacted, Vec<String>), HistoryError> {
     let snapshot = committer.store().snapshot();
     let files = manifest::files(snapshot.as_ref(), spec.id)?;
     drop(snapshot);
     let mut done = Compacted::default();
     let mut retired = Vec::new();
-    for group in plan(spec, policy, files, unreadable, chrono::Utc::now().timestamp_micros()) {
+    let skip = unreadable.current();
+    for group in plan(spec, policy, files, &skip, chrono::Utc::now().timestamp_micros()) {
         if let Some(paths) = merge(spec, store, committer, group, unreadable).await? {
             done.inputs += paths.len();
             done.outputs += 1;

@@ -10,7 +10,7 @@
 //!   HISTORY_QUEUE (state store) ──archiver round──► <source>/date=YYYY-MM-DD/hour=HH/<id>-<first>-<last>.parquet
 //!                                 one commit: HISTORY_FILES += files, HISTORY_QUEUE -= entries
 //!   SELECT … FROM source ──► HISTORY_FILES pruned by time ──► Parquet scan ─┐
-//!                            HISTORY_QUEUE (same snapshot) ──► memory scan ─┴► UNION ALL
+//!                            HISTORY_QUEUE (same snapshot) ──► entry by entry ─┴► UNION ALL
 //! ```
 //!
 //! Exactly once: at every committed epoch each accepted row is either in the queue or in
@@ -22,6 +22,7 @@ mod compaction;
 mod files_exec;
 pub mod manifest;
 mod pins;
+mod queue_exec;
 mod scan;
 mod store;
 
@@ -197,7 +198,7 @@ impl History {
     pub fn scan(
         &self,
         state: &dyn Session,
-        snapshot: &dyn StateSnapshot,
+        snapshot: &Arc<dyn StateSnapshot>,
         spec: &HistorySpec,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],

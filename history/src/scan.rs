@@ -5,7 +5,7 @@
 //! time (so every predicate shape DataFusion can reason about prunes: ranges, BETWEEN, OR,
 //! casts); inside the files that remain, the Parquet reader prunes row groups on their
 //! statistics with the same predicate and reads only the projected columns. Each file is read
-//! whole or skipped whole (`files_exec`).
+//! whole or skipped whole (`files_exec`); the queue is read entry by entry (`queue_exec`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,7 +15,6 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::catalog::Session;
 use datafusion::common::pruning::PruningStatistics;
 use datafusion::common::{Column, DFSchema, ScalarValue};
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result as DfResult;
@@ -25,12 +24,12 @@ use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::datasource::listing::PartitionedFile;
-use sluice_engine::archive::queued_rows;
 use sluice_storage::StateSnapshot;
 
 use crate::archiver::HistorySpec;
 use crate::files_exec::{ArchivedFilesExec, FileScan, SkipReport};
 use crate::pins::ScanPin;
+use crate::queue_exec::QueuedRowsExec;
 use crate::manifest::{self, ArchivedFile};
 use crate::store::HistoryStore;
 
@@ -108,7 +107,7 @@ pub(crate) fn one_file_scan(
 /// now from deletion while the plan lives.
 pub fn plan_scan(
     state: &dyn Session,
-    snapshot: &dyn StateSnapshot,
+    snapshot: &Arc<dyn StateSnapshot>,
     store: &HistoryStore,
     spec: &HistorySpec,
     (projection, filters, limit): (Option<&Vec<usize>>, &[Expr], Option<usize>),
@@ -116,7 +115,7 @@ pub fn plan_scan(
     pin: Arc<ScanPin>,
 ) -> DfResult<HistoryScan> {
     let schema = Arc::clone(&spec.schema);
-    let files = manifest::files(snapshot, spec.id).map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+    let files = manifest::files(snapshot.as_ref(), spec.id).map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
     let files_total = files.len();
     let predicate = match conjunction(filters.iter().cloned()) {
         Some(expr) => {
@@ -164,11 +163,6 @@ pub fn plan_scan(
             pin,
         )));
     }
-    let queued = queued_rows(snapshot, spec.id, &schema, usize::MAX)
-        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-    let batches: Vec<_> = queued.into_iter().map(|q| q.rows).filter(|r| r.num_rows() > 0).collect();
-    if !batches.is_empty() || inputs.is_empty() {
-        inputs.push(MemorySourceConfig::try_new_exec(&[batches], schema, projection.cloned())?);
-    }
+    inputs.push(Arc::new(QueuedRowsExec::new(Arc::clone(snapshot), spec.id, schema, projection.cloned())?));
     Ok(HistoryScan { plan: UnionExec::try_new(inputs)?, files_scanned: selected.len(), files_total })
 }

@@ -293,10 +293,59 @@ impl ScalarUDFImpl for CheckedIntegerOp {
     }
 }
 
+/// `bigint` as `DECIMAL(38,0)`, the argument of a checked `sum(bigint)`.
+///
+/// Why not a `CAST`: Arrow's integer-to-decimal cast checks every value against the target
+/// precision, which no `bigint` can exceed (19 digits of 38); on a scan-and-sum that check cost
+/// as much as the sum. This widens without it.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct BigintToNumeric {
+    signature: Signature,
+}
+
+impl Default for BigintToNumeric {
+    fn default() -> Self {
+        Self { signature: Signature::exact(vec![DataType::Int64], Volatility::Immutable) }
+    }
+}
+
+impl ScalarUDFImpl for BigintToNumeric {
+    fn name(&self) -> &str {
+        "sluice_bigint_to_numeric"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Decimal128(38, 0))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use datafusion::arrow::array::AsArray;
+        use datafusion::arrow::datatypes::{Decimal128Type, Int64Type};
+        match args.args.as_slice() {
+            [ColumnarValue::Scalar(ScalarValue::Int64(v))] => {
+                Ok(ColumnarValue::Scalar(ScalarValue::Decimal128(v.map(i128::from), 38, 0)))
+            }
+            [ColumnarValue::Array(array)] if array.data_type() == &DataType::Int64 => {
+                let widened = array
+                    .as_primitive::<Int64Type>()
+                    .unary::<_, Decimal128Type>(i128::from)
+                    .with_precision_and_scale(38, 0)?;
+                Ok(ColumnarValue::Array(Arc::new(widened)))
+            }
+            other => plan_err!("sluice_bigint_to_numeric expects one bigint, got {other:?}"),
+        }
+    }
+}
+
 /// `sum` over `bigint` fails on overflow (22003) instead of wrapping around.
 ///
 /// PostgreSQL's `sum(bigint)` is `numeric` and never overflows; DataFusion's wraps silently. This
-/// analyzer rule (run after type coercion) sums such arguments as `DECIMAL(38,0)` and casts the
+/// analyzer rule (run after type coercion) sums such arguments as `DECIMAL(38,0)` (widened by
+/// `sluice_bigint_to_numeric`) and casts the
 /// total back to `bigint` in a projection right above the aggregate, so every expression above
 /// keeps the type it was planned with and a total beyond `bigint` is an error, never a wrong
 /// number.
@@ -337,7 +386,10 @@ fn checked_sums(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
             let decimal = expr.clone().transform(|e| match e {
                 Expr::AggregateFunction(mut agg) => {
                     let arg = agg.params.args.remove(0);
-                    agg.params.args.push(cast_if_needed(arg, &DataType::Int64, &DataType::Decimal128(38, 0)));
+                    agg.params.args.push(Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
+                        Arc::new(ScalarUDF::new_from_impl(BigintToNumeric::default())),
+                        vec![arg],
+                    )));
                     Ok(Transformed::new(Expr::AggregateFunction(agg), true, datafusion::common::tree_node::TreeNodeRecursion::Stop))
                 }
                 other => Ok(Transformed::no(other)),

@@ -216,7 +216,7 @@ impl TableProvider for SourceTable {
             ))));
         }
         let snapshot = ReadSnapshot::of(state, &self.store);
-        history.scan(state, snapshot.as_ref(), spec, projection, filters, limit)
+        history.scan(state, &snapshot, spec, projection, filters, limit)
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {

@@ -248,6 +248,21 @@ async fn pushed_rows_are_queryable_before_and_after_archiving_and_generated_rows
         vec![vec!["/a".to_string(), "2".into()], vec!["/b".into(), "1".into()]]
     );
     assert_eq!(rows(&client, "SELECT queued_rows, files FROM sluice_history WHERE source = 'clicks'").await, vec![vec!["3".to_string(), "0".into()]]);
+    // More checkpoints, so the queue holds several entries: read one after another, in order,
+    // and a query that stops early (LIMIT) stops reading them.
+    for user in 3..6 {
+        let body = format!("{{\"user_id\": {user}, \"url\": \"/c\", \"ts\": \"2026-11-01 12:0{user}:00\"}}\n");
+        let (status, reply) = post(server.http_port, "/ingest/clicks", body.as_bytes());
+        assert_eq!(status, 200, "{reply}");
+        rows(&client, "FLUSH").await;
+    }
+    assert_eq!(rows(&client, "SELECT count(*), sum(user_id) FROM clicks").await, vec![vec!["6".to_string(), "16".into()]]);
+    assert_eq!(rows(&client, "SELECT user_id FROM clicks WHERE url = '/c' LIMIT 1").await.len(), 1);
+    assert_eq!(
+        rows(&client, "SELECT user_id FROM clicks ORDER BY ts DESC LIMIT 2").await,
+        vec![vec!["5".to_string()], vec!["4".into()]]
+    );
+    assert_eq!(rows(&client, "SELECT queued_rows FROM sluice_history WHERE source = 'clicks'").await, vec![vec!["6".to_string()]]);
 
     // Generated rows: the history equals the view over the same source.
     wait_for_records(&client, "gen", 20_000).await;
@@ -261,7 +276,7 @@ async fn pushed_rows_are_queryable_before_and_after_archiving_and_generated_rows
     server.stop().unwrap();
     let server = SluiceServer::start_in(&bin, &data, &[]).unwrap();
     let client = connect(server.port).await;
-    assert_eq!(rows(&client, "SELECT count(*) FROM clicks").await, vec![vec!["3".to_string()]]);
+    assert_eq!(rows(&client, "SELECT count(*) FROM clicks").await, vec![vec!["6".to_string()]]);
     assert_eq!(rows(&client, "SELECT count(*), sum(amount) FROM gen").await, vec![batch[0][..2].to_vec()]);
 
     // DROP SOURCE removes the files.

@@ -29,6 +29,11 @@ const EPOCH_KEY: &[u8] = b"epoch";
 const FORMAT_KEY: &[u8] = b"format";
 /// Pairs read from RocksDB per step of a scan (each step re-seeks after the last key).
 const SCAN_CHUNK: usize = 1024;
+/// Bytes a scan step reads before it stops (at least one pair): with large values (history
+/// queue entries) a step of [`SCAN_CHUNK`] pairs could hold gigabytes.
+const SCAN_CHUNK_BYTES: usize = 4 << 20;
+/// Values at least this large are kept in blob files rather than in the LSM tree.
+const BLOB_MIN_BYTES: u64 = 64 << 10;
 
 /// Settings of a [`RocksStateStore`].
 #[derive(Debug, Clone)]
@@ -116,10 +121,25 @@ impl RocksStateStore {
         db_options.set_write_buffer_manager(&buffers);
         db_options.set_max_background_jobs(2);
         db_options.set_keep_log_file_num(4);
+        // The meta column family takes one small write per commit, so its memtable almost never
+        // fills and would pin every write-ahead log file since its last flush (hundreds of MB
+        // after a large load, all replayed on restart). Past this total, RocksDB flushes the
+        // column families holding the oldest log so it can be deleted.
+        db_options.set_max_total_wal_size((limit as u64 / 2).clamp(64 << 20, 1 << 30));
         let mut data_options = Options::default();
         data_options.set_block_based_table_factory(&table_options);
         data_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         data_options.set_write_buffer_size((limit / 8).clamp(4 << 20, 128 << 20));
+        // Large values (a source's history queue entries: a checkpoint's rows, often MBs) go to
+        // blob files, the LSM tree keeping only a pointer. Otherwise a key-ordered block could
+        // hold one huge value, and every seek landing on that block (a query skipping archived,
+        // deleted entries) would read and decompress all of it; compaction would also rewrite
+        // those bytes at every level. Garbage collection relocates the live values of old blob
+        // files during compaction, so space of archived entries comes back.
+        data_options.set_enable_blob_files(true);
+        data_options.set_min_blob_size(BLOB_MIN_BYTES);
+        data_options.set_blob_compression_type(rocksdb::DBCompressionType::Lz4);
+        data_options.set_enable_blob_gc(true);
         let families = vec![
             ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, data_options),
             ColumnFamilyDescriptor::new(META_CF, Options::default()),
@@ -244,8 +264,9 @@ struct RocksSnapshot {
 }
 
 impl RocksSnapshot {
-    /// Up to [`SCAN_CHUNK`] pairs of `table` from `start` (inclusive) below `end`.
-    fn chunk(&self, table: TableId, start: &[u8], end: &Option<Vec<u8>>) -> StorageResult<Vec<KeyValue>> {
+    /// Up to [`SCAN_CHUNK`] pairs (fewer once [`SCAN_CHUNK_BYTES`] are read) from `start`, and
+    /// whether the chunk stopped early (more pairs may follow).
+    fn chunk(&self, table: TableId, start: &[u8], end: &Option<Vec<u8>>) -> StorageResult<(Vec<KeyValue>, bool)> {
         self.cell.with_dependent(|_, snapshot| {
             let mut options = ReadOptions::default();
             let upper = match end {
@@ -258,17 +279,19 @@ impl RocksSnapshot {
             options.set_iterate_upper_bound(upper);
             let from = stored_key(table, start);
             let mut out = Vec::new();
+            let mut bytes = 0;
             for item in snapshot.iterator_opt(IteratorMode::From(&from, Direction::Forward), options) {
                 let (key, value) = item.map_err(|e| backend(&self.path, e))?;
                 if key.len() < 4 || key[..4] != table_prefix(table) {
-                    break;
+                    return Ok((out, false));
                 }
+                bytes += key.len() + value.len();
                 out.push((Bytes::copy_from_slice(&key[4..]), Bytes::from(value.into_vec())));
-                if out.len() == SCAN_CHUNK {
-                    break;
+                if out.len() == SCAN_CHUNK || bytes >= SCAN_CHUNK_BYTES {
+                    return Ok((out, true));
                 }
             }
-            Ok(out)
+            Ok((out, false))
         })
     }
 }
@@ -335,8 +358,8 @@ impl Iterator for ChunkedScan<'_> {
             };
             match self.snapshot.chunk(self.table, &start, &end) {
                 Err(e) => return Some(Err(e)),
-                Ok(chunk) => {
-                    if chunk.len() == SCAN_CHUNK {
+                Ok((chunk, more)) => {
+                    if more {
                         if let Some((last, _)) = chunk.last() {
                             self.next = Some(successor(last));
                         }
