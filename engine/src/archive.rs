@@ -80,13 +80,19 @@ fn corrupt() -> EngineError {
 }
 
 /// Encodes a queue entry: the write time, the row count (so that counting needs no decoding),
-/// then the rows as an Arrow IPC stream.
-fn encode_entry(written_at: i64, rows: &RecordBatch) -> EngineResult<Vec<u8>> {
-    let mut out = Vec::with_capacity(16 + rows.get_array_memory_size());
+/// then the batches (all of `schema`) as one Arrow IPC stream. The batches are written as
+/// they came rather than concatenated first: that would copy every archived row once more on
+/// the dataflow thread.
+fn encode_entry(written_at: i64, schema: &SchemaRef, batches: &[RecordBatch]) -> EngineResult<Vec<u8>> {
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let bytes: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+    let mut out = Vec::with_capacity(16 + bytes);
     out.extend_from_slice(&written_at.to_be_bytes());
-    out.extend_from_slice(&(rows.num_rows() as u64).to_be_bytes());
-    let mut writer = StreamWriter::try_new(&mut out, rows.schema_ref())?;
-    writer.write(rows)?;
+    out.extend_from_slice(&(rows as u64).to_be_bytes());
+    let mut writer = StreamWriter::try_new(&mut out, schema)?;
+    for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+        writer.write(batch)?;
+    }
     writer.finish()?;
     drop(writer);
     Ok(out)
@@ -223,9 +229,14 @@ pub(crate) fn clear_queue(snapshot: &dyn StateSnapshot, source: RelationId, writ
 impl RunningArchive {
     /// Writes the rows accepted since the last checkpoint as the next queue entry.
     pub(crate) fn checkpoint(&mut self, write: &mut WriteBatch) -> EngineResult<()> {
-        let Some(changes) = ChangeBatch::take_concat(&mut self.pending)? else { return Ok(()) };
+        let pending = std::mem::take(&mut self.pending);
+        let batches: Vec<RecordBatch> = pending.iter().map(|changes| changes.data().clone()).collect();
+        let Some(schema) = batches.first().map(RecordBatch::schema) else { return Ok(()) };
+        if batches.iter().all(|b| b.num_rows() == 0) {
+            return Ok(());
+        }
         let written_at = crate::recovery::now_micros();
-        write.put(system_tables::HISTORY_QUEUE, queue_key(self.id, self.next_seq), encode_entry(written_at, changes.data())?);
+        write.put(system_tables::HISTORY_QUEUE, queue_key(self.id, self.next_seq), encode_entry(written_at, &schema, &batches)?);
         self.next_seq += 1;
         write.put(system_tables::COUNTERS, next_seq_counter(self.id).into_bytes(), self.next_seq.to_be_bytes().to_vec());
         Ok(())
@@ -243,11 +254,12 @@ mod tests {
     fn entries_round_trip_and_count_without_decoding() -> EngineResult<()> {
         let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
         let rows = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from(vec![1, 2, 3]))])?;
-        let value = encode_entry(42, &rows)?;
-        assert_eq!(entry_header(&value)?, (42, 3));
+        let more = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from(vec![4]))])?;
+        let value = encode_entry(42, &schema, &[rows.clone(), rows.slice(0, 0), more.clone()])?;
+        assert_eq!(entry_header(&value)?, (42, 4));
         let back = decode_entry(7, &value, &schema)?;
         assert_eq!((back.seq, back.written_at), (7, 42));
-        assert_eq!(back.rows, rows);
+        assert_eq!(back.rows, datafusion::arrow::compute::concat_batches(&schema, &[rows.clone(), more])?);
         assert!(decode_entry(7, &value[..10], &schema).is_err());
         Ok(())
     }
