@@ -29,6 +29,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::execution::context::ExecutionProps;
@@ -76,6 +77,20 @@ pub enum Backfill {
     View {
         /// The view.
         relation: RelationId,
+    },
+    /// Rows the caller reads for the dataflow, one batch at a time: a pushed source's
+    /// history (archived files plus queue), which only the history crate can read. The
+    /// dataflow settles every running view, commits, and only then pulls `rows`, so the
+    /// caller must read them as of a snapshot taken after a barrier (see `Dataflow::flush`)
+    /// with no new rows of `relation` since.
+    Rows {
+        /// The relation the rows arrive under.
+        relation: RelationId,
+        /// The rows, or the error that stops the view's creation. Pulled on the dataflow
+        /// thread, which blocks on it (so it must not need the dataflow to make progress).
+        rows: Box<dyn Iterator<Item = EngineResult<RecordBatch>> + Send>,
+        /// The relation's watermark after the rows.
+        watermark: Option<Watermark>,
     },
 }
 
@@ -1088,38 +1103,56 @@ impl Worker {
         self.views.push(running);
         let at = self.views.len() - 1;
         let snapshot = self.committer.store().snapshot();
-        for backfill in &backfill {
+        for backfill in backfill {
             let mut watermarks = Vec::new();
-            let (relation, batches) = match backfill {
+            let (relation, rows): (RelationId, Box<dyn Iterator<Item = EngineResult<RecordBatch>> + Send>) = match backfill {
                 Backfill::Table { relation, state, columns, snapshot, watermark } => {
-                    watermarks.extend(*watermark);
-                    let batches = state.scan_all(snapshot.as_ref())?;
-                    let batches = batches
-                        .into_iter()
-                        .map(|b| b.project(&(0..*columns).collect::<Vec<_>>()))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    (*relation, batches)
+                    watermarks.extend(watermark);
+                    let projection: Vec<usize> = (0..columns).collect();
+                    let batches = state.scan_all(snapshot.as_ref()).and_then(|batches| {
+                        batches.into_iter().map(|b| b.project(&projection).map_err(EngineError::from)).collect::<EngineResult<Vec<_>>>()
+                    });
+                    match batches {
+                        Ok(batches) => (relation, Box::new(batches.into_iter().map(Ok))),
+                        Err(e) => return self.abandon(at, e.to_string()),
+                    }
                 }
                 Backfill::View { relation } => {
-                    let Some(source) = self.views.iter().find(|v| v.id == *relation) else {
+                    let Some(source) = self.views.iter().find(|v| v.id == relation) else {
                         return self.abandon(at, format!("materialized view {relation} is not running"));
                     };
                     if source.failed {
                         return self.abandon(at, format!("materialized view \"{}\" has failed", source.name));
                     }
                     let status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(columns) = status.watermarks.get(relation) {
+                    if let Some(columns) = status.watermarks.get(&relation) {
                         watermarks.extend(columns.iter().map(|(column, value)| Watermark { column: *column, value: *value }));
                     }
                     drop(status);
-                    let stored = source.materialized.scan_all(snapshot.as_ref())?;
-                    let rows = stored.iter().map(|b| expand_view_rows(b, &source.schema)).collect::<EngineResult<Vec<_>>>()?;
-                    (*relation, rows)
+                    let rows = source.materialized.scan_all(snapshot.as_ref()).and_then(|stored| {
+                        stored.iter().map(|b| expand_view_rows(b, &source.schema)).collect::<EngineResult<Vec<_>>>()
+                    });
+                    match rows {
+                        Ok(rows) => (relation, Box::new(rows.into_iter().map(Ok))),
+                        Err(e) => return self.abandon(at, e.to_string()),
+                    }
+                }
+                Backfill::Rows { relation, rows, watermark } => {
+                    watermarks.extend(watermark);
+                    (relation, rows)
                 }
             };
-            for batch in batches {
+            for batch in rows {
+                let batch = match batch {
+                    Ok(batch) => batch,
+                    Err(e) => return self.abandon(at, e.to_string()),
+                };
                 if batch.num_rows() > 0 {
                     self.deliver(relation, Message::Changes(ChangeBatch::inserts(batch)), Some(at));
+                }
+                if self.views[at].failed {
+                    // The view's state is discarded below; the rest need not be read.
+                    break;
                 }
             }
             for w in watermarks {

@@ -942,6 +942,15 @@ impl Database {
             // Under the write lock: the tables' snapshot and the view's place in the dataflow's
             // input are taken at the same point of the commit order.
             let mut feeds = self.writer.lock().await;
+            // A new view over a pushed source starts from the source's history. The rows the
+            // source accepted last are still in the dataflow, not yet in the history queue:
+            // a barrier puts them there, and the write lock keeps new ones out until the view
+            // is in the dataflow's input.
+            let reads_history = restored.is_none()
+                && reads.iter().any(|(_, read)| matches!(read, ReadRelation::PushSource { id, .. } if self.history_of(*id).is_some()));
+            if reads_history {
+                self.dataflow.flush().await?;
+            }
             let snapshot = self.store().snapshot();
             for (relation_name, read) in reads {
                 if !depends_on.contains(&relation_name) {
@@ -967,11 +976,15 @@ impl Database {
                         }
                     }
                     ReadRelation::View(relation) => backfill.push(Backfill::View { relation }),
-                    // A new view over a pushed source gets the rows pushed from now on (the
-                    // source keeps no rows of its own to backfill from).
+                    // A new view over a pushed source reads its history first; one that keeps
+                    // no history has no rows to start from (the view gets the rows pushed from
+                    // now on).
                     ReadRelation::PushSource { id, .. } => {
                         if !tables.contains(&id) {
                             tables.push(id);
+                            if restored.is_none() {
+                                backfill.extend(self.history_backfill(id, &snapshot)?);
+                            }
                         }
                     }
                     ReadRelation::Source { reader, source, setup, watermark } => {
@@ -1034,6 +1047,53 @@ impl Database {
         self.ctx.register_table(TableReference::bare(name.to_string()), Arc::new(provider))?;
         self.views_write().insert(name.to_string(), entry);
         Ok(())
+    }
+
+    /// The history of source `id` and where it is kept, if it keeps one.
+    fn history_of(&self, id: TableId) -> Option<(Arc<SourceEntry>, Arc<sluice_history::History>)> {
+        let history = self.history.get()?;
+        let entry = self.sources_read().values().find(|e| e.id == id).cloned()?;
+        entry.history.is_some().then(|| (entry, Arc::clone(history)))
+    }
+
+    /// A pushed source's history as of `snapshot` (archived files and queue), as rows for a
+    /// new view to start from, followed by the source's watermark. The files are read by a
+    /// task on the runtime, two batches ahead of the dataflow thread that pulls them, so the
+    /// history never has to fit in memory; the scan's plan (and its pin on the files) lives
+    /// until the last file is read.
+    fn history_backfill(&self, id: TableId, snapshot: &Arc<dyn sluice_storage::StateSnapshot>) -> SqlResult<Option<Backfill>> {
+        let Some((entry, history)) = self.history_of(id) else {
+            return Ok(None);
+        };
+        let Some(spec) = &entry.history else {
+            return Ok(None);
+        };
+        let name = entry.name.clone();
+        if let Some(reason) = self.dataflow.failure(id) {
+            return Err(SqlError::ViewFailed(format!("the history of source \"{name}\" stopped on an error: {reason}")));
+        }
+        let state = self.ctx.state();
+        let plan = history.scan(&state, snapshot, spec, None, &[], None)?;
+        let mut stream = datafusion::physical_plan::execute_stream(Arc::clone(&plan), state.task_ctx())?;
+        let (sender, mut receiver) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            let _plan = plan;
+            while let Some(batch) = futures::StreamExt::next(&mut stream).await {
+                let failed = batch.is_err();
+                if sender.send(batch).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let rows = std::iter::from_fn(move || receiver.blocking_recv()).map(move |batch| {
+            batch.map_err(|e| sluice_engine::EngineError::Invalid(format!("reading the history of source \"{name}\": {e}")))
+        });
+        let watermark = match &entry.watermark {
+            Some(w) => sluice_engine::recovery::table_watermark(snapshot.as_ref(), id)?
+                .map(|value| sluice_engine::watermark::Watermark { column: w.time_column, value }),
+            None => None,
+        };
+        Ok(Some(Backfill::Rows { relation: id, rows: Box::new(rows), watermark }))
     }
 
     /// The views that read `name`, directly or through other views, newest first (the order

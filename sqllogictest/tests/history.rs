@@ -292,6 +292,104 @@ async fn pushed_rows_are_queryable_before_and_after_archiving_and_generated_rows
     server.stop().unwrap();
 }
 
+/// `n` JSON click records, user ids `first..first + n`, one second of event time apart from
+/// 2026-11-01 00:00 on (so later calls are never behind a watermark).
+fn clicks_body(first: u64, n: u64) -> String {
+    (first..first + n)
+        .map(|i| {
+            format!(
+                "{{\"user_id\": {i}, \"url\": \"/p{}\", \"ts\": \"2026-11-01 {:02}:{:02}:{:02}\"}}\n",
+                i % 7,
+                i / 3600,
+                i / 60 % 60,
+                i % 60
+            )
+        })
+        .collect()
+}
+
+/// Every view equals its query run in batch over the sources' history, which holds
+/// `expected_rows` rows.
+async fn views_equal_history(client: &Client, views: &[(&str, &str, &str)], expected_rows: (u64, u64)) {
+    rows(client, "FLUSH").await;
+    assert_eq!(
+        rows(client, "SELECT (SELECT count(*) FROM archived), (SELECT count(*) FROM queued)").await,
+        vec![vec![expected_rows.0.to_string(), expected_rows.1.to_string()]]
+    );
+    for (name, _, batch) in views {
+        let view = rows(client, &format!("SELECT * FROM {name} ORDER BY 1, 2, 3")).await;
+        assert_eq!(view, rows(client, batch).await, "view {name} differs from its query over the source's history");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_view_over_a_pushed_source_starts_from_its_history_then_follows_live_rows() {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_sluice-slt"));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = SluiceServer::start_in(&bin, &data, &[]).unwrap();
+    let client = connect(server.port).await;
+    // `archived` is archived to files at once; `queued` keeps its rows in the queue (an hour
+    // between archiving rounds).
+    client
+        .batch_execute(
+            "CREATE SOURCE archived (user_id BIGINT, url VARCHAR, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1 minute')
+               WITH (connector = 'http', history.flush.interval = '100ms') FORMAT PLAIN ENCODE JSON;
+             CREATE SOURCE queued (user_id BIGINT, url VARCHAR, ts TIMESTAMP)
+               WITH (connector = 'http', history.flush.interval = '1 hour') FORMAT PLAIN ENCODE JSON;",
+        )
+        .await
+        .unwrap();
+    // Rows pushed while no view reads either source.
+    let (status, reply) = post(server.http_port, "/ingest/archived", clicks_body(0, 3000).as_bytes());
+    assert_eq!(status, 200, "{reply}");
+    wait_archived(&client, "archived", 3000).await;
+    assert!(rows(&client, "SELECT files FROM sluice_history WHERE source = 'archived'").await[0][0] != "0");
+    let (status, reply) = post(server.http_port, "/ingest/queued", clicks_body(10_000, 500).as_bytes());
+    assert_eq!(status, 200, "{reply}");
+    rows(&client, "FLUSH").await;
+    // These are acknowledged but in no checkpoint yet when the views are created (no FLUSH):
+    // the view's creation must see them exactly once.
+    let (status, reply) = post(server.http_port, "/ingest/queued", clicks_body(20_000, 250).as_bytes());
+    assert_eq!(status, 200, "{reply}");
+    let (status, reply) = post(server.http_port, "/ingest/archived", clicks_body(30_000, 100).as_bytes());
+    assert_eq!(status, 200, "{reply}");
+
+    let views = [
+        ("per_url", "SELECT url, count(*) AS n, sum(user_id) AS s FROM archived GROUP BY url", "SELECT url, count(*), sum(user_id) FROM archived GROUP BY url ORDER BY url"),
+        ("per_hour", "SELECT window_start, count(*) AS n, count(DISTINCT url) AS urls FROM TUMBLE(archived, ts, INTERVAL '1 hour') GROUP BY window_start",
+         "SELECT date_trunc('hour', ts), count(*), count(DISTINCT url) FROM archived GROUP BY 1 ORDER BY 1"),
+        ("both", "SELECT url, count(*) AS n, max(user_id) AS top FROM (SELECT * FROM archived UNION ALL SELECT * FROM queued) GROUP BY url",
+         "SELECT url, count(*), max(user_id) FROM (SELECT * FROM archived UNION ALL SELECT * FROM queued) GROUP BY url ORDER BY url"),
+        ("queued_rows", "SELECT user_id, url, ts FROM queued", "SELECT user_id, url, ts FROM queued ORDER BY 1, 2, 3"),
+    ];
+    for (name, query, _) in &views {
+        client.batch_execute(&format!("CREATE MATERIALIZED VIEW {name} AS {query}")).await.unwrap();
+    }
+    views_equal_history(&client, &views, (3100, 750)).await;
+    assert_eq!(rows(&client, "SELECT sum(n) FROM per_hour").await, vec![vec!["3100".to_string()]]);
+
+    // Live rows after the views exist: counted once.
+    let (status, reply) = post(server.http_port, "/ingest/archived", clicks_body(40_000, 700).as_bytes());
+    assert_eq!(status, 200, "{reply}");
+    let (status, reply) = post(server.http_port, "/ingest/queued", clicks_body(50_000, 50).as_bytes());
+    assert_eq!(status, 200, "{reply}");
+    views_equal_history(&client, &views, (3800, 800)).await;
+
+    // After a restart the views resume from their checkpoints (no second backfill), and a view
+    // created now starts from the history as it is now.
+    server.stop().unwrap();
+    let server = SluiceServer::start_in(&bin, &data, &[]).unwrap();
+    let client = connect(server.port).await;
+    views_equal_history(&client, &views, (3800, 800)).await;
+    client.batch_execute("CREATE MATERIALIZED VIEW late_comer AS SELECT count(*) AS n, sum(user_id) AS s FROM archived").await.unwrap();
+    assert_eq!(
+        rows(&client, "SELECT n, s FROM late_comer").await,
+        rows(&client, "SELECT count(*), sum(user_id) FROM archived").await
+    );
+    server.stop().unwrap();
+}
+
 /// moto's S3 server, or None (the test is skipped) when moto is not installed and
 /// `SLUICE_REQUIRE_S3` is unset.
 fn s3_server() -> Option<S3Server> {
