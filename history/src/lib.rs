@@ -29,6 +29,7 @@ mod store;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::Expr;
@@ -193,13 +194,15 @@ impl History {
         });
     }
 
-    /// Plans a batch query over `spec`'s source as of `snapshot`, counting the files it reads.
+    /// Plans a batch query over `spec`'s source as of `snapshot`, producing `columns` (the
+    /// archived columns; text may be `Utf8View`), counting the files it reads.
     #[allow(clippy::too_many_arguments)]
     pub fn scan(
         &self,
         state: &dyn Session,
         snapshot: &Arc<dyn StateSnapshot>,
         spec: &HistorySpec,
+        columns: &SchemaRef,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         limit: Option<usize>,
@@ -213,7 +216,7 @@ impl History {
                 a.last_skipped = Some(format!("{path}: {reason}"));
             });
         });
-        let scan = scan::plan_scan(state, snapshot, &self.store, spec, (projection, filters, limit), report, pin)?;
+        let scan = scan::plan_scan(state, snapshot, &self.store, (spec, columns), (projection, filters, limit), report, pin)?;
         tracing::debug!(source = %spec.name, files = scan.files_scanned, of = scan.files_total, "history scan");
         self.status.update(spec.id, |a| {
             a.scans += 1;

@@ -10,6 +10,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
@@ -29,8 +31,10 @@ const READ_AHEAD: usize = 2;
 pub struct QueuedRowsExec {
     snapshot: Arc<dyn StateSnapshot>,
     source: RelationId,
-    /// The source's columns (what entries are decoded as).
-    schema: SchemaRef,
+    /// The source's columns as archived (what entries are decoded as).
+    archived: SchemaRef,
+    /// The columns the scan produces (the archived ones, strings possibly as `Utf8View`).
+    columns: SchemaRef,
     projection: Option<Vec<usize>>,
     properties: Arc<PlanProperties>,
 }
@@ -42,17 +46,18 @@ impl fmt::Debug for QueuedRowsExec {
 }
 
 impl QueuedRowsExec {
-    /// Reads source `source`'s queue in `snapshot`, entries decoded as `schema` and then
-    /// narrowed to `projection`.
+    /// Reads source `source`'s queue in `snapshot`, entries decoded as `archived`, cast to
+    /// `columns` (same names, types that may differ) and then narrowed to `projection`.
     pub fn new(
         snapshot: Arc<dyn StateSnapshot>,
         source: RelationId,
-        schema: SchemaRef,
+        archived: SchemaRef,
+        columns: SchemaRef,
         projection: Option<Vec<usize>>,
     ) -> DfResult<Self> {
         let projected = match &projection {
-            Some(columns) => Arc::new(schema.project(columns)?),
-            None => Arc::clone(&schema),
+            Some(indices) => Arc::new(columns.project(indices)?),
+            None => Arc::clone(&columns),
         };
         let properties = PlanProperties::new(
             EquivalenceProperties::new(projected),
@@ -60,7 +65,7 @@ impl QueuedRowsExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
-        Ok(Self { snapshot, source, schema, projection, properties: Arc::new(properties) })
+        Ok(Self { snapshot, source, archived, columns, projection, properties: Arc::new(properties) })
     }
 }
 
@@ -104,12 +109,24 @@ impl ExecutionPlan for QueuedRowsExec {
         }
         let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema(), READ_AHEAD);
         let tx = builder.tx();
-        let (snapshot, source, schema) = (Arc::clone(&self.snapshot), self.source, Arc::clone(&self.schema));
+        let (snapshot, source, archived) = (Arc::clone(&self.snapshot), self.source, Arc::clone(&self.archived));
+        let columns = Arc::clone(&self.columns);
         let projection = self.projection.clone();
         builder.spawn_blocking(move || {
             let external = |e: sluice_engine::EngineError| DataFusionError::External(Box::new(e));
-            for entry in queued_entries(snapshot.as_ref(), source, &schema).map_err(external)? {
+            for entry in queued_entries(snapshot.as_ref(), source, &archived).map_err(external)? {
                 let rows = entry.map_err(external)?.rows;
+                let rows = if columns == archived {
+                    rows
+                } else {
+                    let cast = rows
+                        .columns()
+                        .iter()
+                        .zip(columns.fields())
+                        .map(|(column, field)| cast(column, field.data_type()))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    RecordBatch::try_new(Arc::clone(&columns), cast)?
+                };
                 let rows = match &projection {
                     Some(columns) => rows.project(columns)?,
                     None => rows,

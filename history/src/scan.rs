@@ -102,19 +102,20 @@ pub(crate) fn one_file_scan(
     Ok(FileScan { path: file.path.clone(), bytes: file.bytes, plan: DataSourceExec::from_data_source(config) })
 }
 
-/// Plans a scan of `spec`'s source as of `snapshot`: the query's projection, filters and
-/// limit as DataFusion gave them; skipped files go to `report`; `pin` keeps the files listed
+/// Plans a scan of `spec`'s source as of `snapshot`, producing `columns` (the archived
+/// columns, strings possibly as `Utf8View`): the query's projection, filters and limit as
+/// DataFusion gave them; skipped files go to `report`; `pin` keeps the files listed
 /// now from deletion while the plan lives.
 pub fn plan_scan(
     state: &dyn Session,
     snapshot: &Arc<dyn StateSnapshot>,
     store: &HistoryStore,
-    spec: &HistorySpec,
+    (spec, columns): (&HistorySpec, &SchemaRef),
     (projection, filters, limit): (Option<&Vec<usize>>, &[Expr], Option<usize>),
     report: SkipReport,
     pin: Arc<ScanPin>,
 ) -> DfResult<HistoryScan> {
-    let schema = Arc::clone(&spec.schema);
+    let schema = Arc::clone(columns);
     let files = manifest::files(snapshot.as_ref(), spec.id).map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
     let files_total = files.len();
     let predicate = match conjunction(filters.iter().cloned()) {
@@ -163,6 +164,6 @@ pub fn plan_scan(
             pin,
         )));
     }
-    inputs.push(Arc::new(QueuedRowsExec::new(Arc::clone(snapshot), spec.id, schema, projection.cloned())?));
+    inputs.push(Arc::new(QueuedRowsExec::new(Arc::clone(snapshot), spec.id, Arc::clone(&spec.schema), schema, projection.cloned())?));
     Ok(HistoryScan { plan: UnionExec::try_new(inputs)?, files_scanned: selected.len(), files_total })
 }

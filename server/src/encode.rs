@@ -132,8 +132,16 @@ fn encode_postgres_text(encoder: &mut DataRowEncoder, array: &dyn Array, row: us
 }
 
 fn encode_jsonb(encoder: &mut DataRowEncoder, array: &dyn Array, row: usize) -> PgWireResult<()> {
-    let text = (!array.is_null(row)).then(|| array.as_string::<i32>().value(row).to_string());
-    encoder.encode_field(&text.map(JsonbText))
+    if array.is_null(row) {
+        return encoder.encode_field(&None::<JsonbText>);
+    }
+    let text = match array.data_type() {
+        DataType::Utf8 => array.as_string::<i32>().value(row),
+        DataType::LargeUtf8 => array.as_string::<i64>().value(row),
+        DataType::Utf8View => array.as_string_view().value(row),
+        other => return Err(PgWireError::ApiError(format!("a jsonb value held as {other}").into())),
+    };
+    encoder.encode_field(&Some(JsonbText(text.to_string())))
 }
 
 /// Stored JSONB text (already in PostgreSQL's layout) on the wire: as is in text format, after

@@ -1073,7 +1073,7 @@ impl Database {
             return Err(SqlError::ViewFailed(format!("the history of source \"{name}\" stopped on an error: {reason}")));
         }
         let state = self.ctx.state();
-        let plan = history.scan(&state, snapshot, spec, None, &[], None)?;
+        let plan = history.scan(&state, snapshot, spec, &spec.schema, None, &[], None)?;
         let mut stream = datafusion::physical_plan::execute_stream(Arc::clone(&plan), state.task_ctx())?;
         let (sender, mut receiver) = tokio::sync::mpsc::channel(2);
         tokio::spawn(async move {

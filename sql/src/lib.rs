@@ -12,6 +12,7 @@
 //! failure into a [`SqlError`]. It never touches the wire protocol: `server` turns
 //! [`StatementOutcome`]s into pgwire messages and [`SqlError`]s into SQLSTATE codes.
 
+mod batch_catalog;
 mod catalog;
 mod connector;
 mod database;

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::TableType;
@@ -151,6 +151,9 @@ impl TableProvider for ViewTable {
 /// snapshot).
 pub struct SourceTable {
     entry: Arc<SourceEntry>,
+    /// The columns queries see: the source's own, or with strings as `Utf8View` for batch
+    /// queries (see [`SourceTable::for_batch_queries`]).
+    columns: SchemaRef,
     history: Option<Arc<sluice_history::History>>,
     store: Arc<dyn StateStore>,
     dataflow: Dataflow,
@@ -171,7 +174,22 @@ impl SourceTable {
         store: Arc<dyn StateStore>,
         dataflow: Dataflow,
     ) -> Self {
-        Self { entry, history, store, dataflow }
+        let columns = Arc::clone(&entry.schema);
+        Self { entry, columns, history, store, dataflow }
+    }
+
+    /// The same source as batch queries read it: string columns are `Utf8View`, which the
+    /// Parquet reader fills without copying strings (see [`with_string_views`]).
+    /// Materialized views plan over [`SourceTable::new`]'s columns, which their operators,
+    /// state and connectors share.
+    pub fn for_batch_queries(&self) -> Self {
+        Self {
+            entry: Arc::clone(&self.entry),
+            columns: with_string_views(&self.entry.schema),
+            history: self.history.clone(),
+            store: Arc::clone(&self.store),
+            dataflow: self.dataflow.clone(),
+        }
     }
 
     /// The catalog entry.
@@ -180,10 +198,28 @@ impl SourceTable {
     }
 }
 
+/// `schema` with its text columns as `Utf8View` (JSONB columns stay `Utf8`, which the JSON
+/// functions take). Why: the Parquet reader then hands out views into its decoded pages
+/// instead of copying every string into a new buffer, and DataFusion groups, hashes and
+/// compares view strings without further copies (a third less time for a scan-aggregate over
+/// strings, BENCHMARKS.md "History"). Materialized views keep `Utf8`, which their state
+/// encodings and connectors use, so a view's backfill reads history with the archived schema.
+fn with_string_views(schema: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 if !crate::types::is_json_field(f) => f.as_ref().clone().with_data_type(DataType::Utf8View),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
 #[async_trait]
 impl TableProvider for SourceTable {
     fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.entry.schema)
+        Arc::clone(&self.columns)
     }
 
     fn table_type(&self) -> TableType {
@@ -216,7 +252,7 @@ impl TableProvider for SourceTable {
             ))));
         }
         let snapshot = ReadSnapshot::of(state, &self.store);
-        history.scan(state, &snapshot, spec, projection, filters, limit)
+        history.scan(state, &snapshot, spec, &self.columns, projection, filters, limit)
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {

@@ -728,6 +728,14 @@ impl Session {
         state
     }
 
+    /// [`Session::statement_state`] for a batch statement (not a view's query): sources read
+    /// their history with string columns as `Utf8View` (see `batch_catalog`).
+    fn batch_state(&self) -> datafusion::execution::SessionState {
+        let state = self.statement_state();
+        let catalogs = Arc::new(crate::batch_catalog::BatchCatalogList::new(Arc::clone(state.catalog_list())));
+        SessionStateBuilder::new_from_existing(state).with_catalog_list(catalogs).build()
+    }
+
     async fn plan(&self, state: &datafusion::execution::SessionState, stmt: &Statement) -> SqlResult<LogicalPlan> {
         let plan = state.statement_to_plan(DFStatement::Statement(Box::new(stmt.clone()))).await?;
         match &plan {
@@ -741,7 +749,7 @@ impl Session {
     async fn run_datafusion(&self, original: &Statement) -> SqlResult<StatementOutcome> {
         let rewritten = rewrite_for_planning(original);
         let stmt = &rewritten;
-        let mut state = self.statement_state();
+        let mut state = self.batch_state();
         if matches!(stmt, Statement::Update(_)) {
             // DataFusion hands UPDATE's assignments to the table provider as expressions over the
             // table's columns; common-subexpression elimination would rewrite them to refer to
@@ -832,7 +840,7 @@ impl Session {
         let columns = match stmt {
             Statement::Query(_) | Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) | Statement::Explain { .. } => {
                 check_dml_shape(stmt)?;
-                let state = self.statement_state();
+                let state = self.batch_state();
                 let unanalyzed = self.plan(&state, &rewrite_for_planning(stmt)).await?;
                 let parameters = unanalyzed.get_parameter_fields()?;
                 // Output types as they will be executed: after the analyzer's rewrites.
