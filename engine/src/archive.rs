@@ -23,7 +23,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
-use sluice_storage::{KeyRange, StateSnapshot, WriteBatch};
+use sluice_storage::{KeyRange, StateSnapshot, StateStore, WriteBatch};
 
 use crate::dataflow::SourceReader;
 use crate::plan::RelationId;
@@ -209,6 +209,15 @@ pub fn remove_archived(write: &mut WriteBatch, source: RelationId, entries: impl
         write.delete(system_tables::HISTORY_QUEUE, queue_key(source, seq));
     }
     write.put(system_tables::COUNTERS, archived_seq_counter(source).into_bytes(), (last + 1).to_be_bytes().to_vec());
+}
+
+/// Gives back now the disk space of source `source`'s archived queue entries, which the
+/// store would otherwise keep until a compaction happens to reach them (a server taking no
+/// more rows keeps them indefinitely). The source's live entries move out of blob files they
+/// share with archived ones, so call it when few are left (the archiver has caught up).
+pub fn reclaim_archived(store: &dyn StateStore, source: RelationId) -> EngineResult<()> {
+    store.reclaim(system_tables::HISTORY_QUEUE, KeyRange::prefix(&source.to_be_bytes()))?;
+    Ok(())
 }
 
 /// Queues the removal of every queue entry of `source` (a dropped source).

@@ -20,7 +20,7 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::properties::WriterProperties;
 use futures::StreamExt;
-use sluice_engine::archive::{queued_rows, remove_archived, QueuedRows};
+use sluice_engine::archive::{queued_rows, reclaim_archived, remove_archived, QueuedRows};
 use sluice_engine::plan::RelationId;
 use sluice_engine::EpochCommitter;
 use sluice_storage::WriteBatch;
@@ -33,6 +33,9 @@ use crate::HistoryError;
 
 /// Rows archived per round at most (bounds the memory a round takes).
 const ROWS_PER_ROUND: usize = 1_000_000;
+/// How often at most the state store is asked to give back the space of archived queue
+/// entries (a manual compaction of the source's queue range).
+const RECLAIM_INTERVAL: Duration = Duration::from_secs(60);
 
 const HOUR_MICROS: i64 = 3_600_000_000;
 
@@ -278,13 +281,20 @@ pub async fn run(
     let mut unreadable = compaction::UnreadableFiles::default();
     let mut timer = tokio::time::interval(spec.flush_interval.max(Duration::from_millis(10)));
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Space to reclaim: archived rows since the last reclaim, or whatever an earlier run of
+    // the server left (so it is reclaimed once at start).
+    let mut reclaim_due = true;
+    let mut last_reclaim: Option<tokio::time::Instant> = None;
     loop {
         timer.tick().await;
+        let mut caught_up = false;
         loop {
             match archive_round(&spec, &store, &committer).await {
                 Ok(rows) => {
                     status.record_round(spec.id, rows, None);
+                    reclaim_due |= rows > 0;
                     if rows < ROWS_PER_ROUND {
+                        caught_up = true;
                         break;
                     }
                 }
@@ -294,6 +304,19 @@ pub async fn run(
                     break;
                 }
             }
+        }
+        // The state store's space of archived entries, given back once the queue is short
+        // (what is left moves) and at most once a minute.
+        if caught_up && reclaim_due && last_reclaim.is_none_or(|at| at.elapsed() >= RECLAIM_INTERVAL) {
+            let state = Arc::clone(committer.store());
+            let id = spec.id;
+            match tokio::task::spawn_blocking(move || reclaim_archived(state.as_ref(), id)).await {
+                Ok(Ok(())) => tracing::debug!(source = %spec.name, "archived queue space reclaimed"),
+                Ok(Err(e)) => tracing::warn!(source = %spec.name, error = %e, "cannot reclaim the archived queue's space"),
+                Err(e) => tracing::warn!(source = %spec.name, error = %e, "cannot reclaim the archived queue's space"),
+            }
+            reclaim_due = false;
+            last_reclaim = Some(tokio::time::Instant::now());
         }
         match compaction::compact(&spec, &spec.compaction, &store, &committer, &mut unreadable).await {
             Ok((done, paths)) => {

@@ -34,6 +34,9 @@ const SCAN_CHUNK: usize = 1024;
 const SCAN_CHUNK_BYTES: usize = 4 << 20;
 /// Values at least this large are kept in blob files rather than in the LSM tree.
 const BLOB_MIN_BYTES: u64 = 64 << 10;
+/// Compactions relocate the live values of the oldest quarter of blob files (RocksDB's
+/// default), so a file that holds mostly deleted values goes in time.
+const BLOB_GC_AGE_CUTOFF: f64 = 0.25;
 
 /// Settings of a [`RocksStateStore`].
 #[derive(Debug, Clone)]
@@ -89,6 +92,9 @@ pub struct RocksStateStore {
     /// Held while committing, so that the epoch read and the write form one step and a
     /// snapshot never pairs one epoch's number with another epoch's data.
     commit_lock: Mutex<Epoch>,
+    /// Held by [`StateStore::reclaim`], which changes a column family option for the length
+    /// of its compaction.
+    reclaim_lock: Mutex<()>,
 }
 
 impl std::fmt::Debug for RocksStateStore {
@@ -140,6 +146,7 @@ impl RocksStateStore {
         data_options.set_min_blob_size(BLOB_MIN_BYTES);
         data_options.set_blob_compression_type(rocksdb::DBCompressionType::Lz4);
         data_options.set_enable_blob_gc(true);
+        data_options.set_blob_gc_age_cutoff(BLOB_GC_AGE_CUTOFF);
         let families = vec![
             ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, data_options),
             ColumnFamilyDescriptor::new(META_CF, Options::default()),
@@ -182,7 +189,7 @@ impl RocksStateStore {
                 0
             }
         };
-        Ok(Self { db: Arc::new(db), path, commit_lock: Mutex::new(epoch) })
+        Ok(Self { db: Arc::new(db), path, commit_lock: Mutex::new(epoch), reclaim_lock: Mutex::new(()) })
     }
 
     /// The directory the store lives in.
@@ -236,6 +243,37 @@ impl StateStore for RocksStateStore {
     fn approximate_bytes(&self) -> Option<u64> {
         let property = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
         Some(property("rocksdb.total-sst-files-size") + property("rocksdb.cur-size-all-mem-tables"))
+    }
+
+    /// A manual compaction of the range, through the bottom level: tombstones meet the values
+    /// they delete and both go, and a blob file no remaining key points to is deleted. With
+    /// large values in blob files the range's SST files hold only keys and pointers, so this
+    /// rewrites little.
+    fn reclaim(&self, table: TableId, range: KeyRange) -> StorageResult<()> {
+        use std::ops::Bound;
+        let start = match &range.start {
+            Bound::Included(s) => stored_key(table, s),
+            Bound::Excluded(s) => stored_key(table, &successor(s)),
+            Bound::Unbounded => table_prefix(table).to_vec(),
+        };
+        let end = match &range.end {
+            Bound::Included(e) => Some(stored_key(table, &successor(e))),
+            Bound::Excluded(e) => Some(stored_key(table, e)),
+            Bound::Unbounded => table.checked_add(1).map(|next| table_prefix(next).to_vec()),
+        };
+        let mut options = rocksdb::CompactOptions::default();
+        options.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        // A blob file goes only once no key points into it. The range's live values are moved
+        // out of every blob file they share with deleted ones (garbage collection over all blob
+        // files, not just the oldest quarter), for this compaction only.
+        let _one_at_a_time = self.reclaim_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let set_cutoff = |cutoff: f64| {
+            let cutoff = cutoff.to_string();
+            self.db.set_options(&[("blob_garbage_collection_age_cutoff", cutoff.as_str())]).map_err(|e| backend(&self.path, e))
+        };
+        set_cutoff(1.0)?;
+        self.db.compact_range_opt(Some(start), end, &options);
+        set_cutoff(BLOB_GC_AGE_CUTOFF)
     }
 
     fn snapshot(&self) -> Arc<dyn StateSnapshot> {
@@ -404,6 +442,62 @@ mod tests {
         assert_eq!(store.committed_epoch(), 7);
         assert_eq!(store.snapshot().get(3, b"k").unwrap().as_deref(), Some(&b"v"[..]));
         assert_eq!(store.snapshot().epoch(), 7);
+    }
+
+    /// Bytes of the store's blob files on disk.
+    fn blob_bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "blob"))
+            .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
+    /// Large values deleted from a range: `reclaim` deletes their blob files at once, and
+    /// leaves the values outside the range (and the range's live ones) readable.
+    #[test]
+    fn reclaim_frees_the_blob_files_of_deleted_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStateStore::open(dir.path(), &RocksOptions::default()).unwrap();
+        // Bytes that do not compress (blob files are LZ4-compressed).
+        let value = |i: u32| {
+            let mut x = u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            (0..200 << 10)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect::<Vec<u8>>()
+        };
+        let mut batch = WriteBatch::new();
+        for i in 0..40u32 {
+            batch.put(9, i.to_be_bytes().to_vec(), value(i));
+        }
+        store.commit(1, batch).unwrap();
+        store.db.flush().unwrap();
+        let mut batch = WriteBatch::new();
+        batch.put(8, b"other".to_vec(), value(7));
+        store.commit(2, batch).unwrap();
+        store.db.flush().unwrap();
+        let written = blob_bytes(dir.path());
+        assert!(written >= 40 * (200 << 10) / 2, "the values went to blob files ({written} bytes)");
+        let mut batch = WriteBatch::new();
+        for i in 0..39u32 {
+            batch.delete(9, i.to_be_bytes().to_vec());
+        }
+        store.commit(3, batch).unwrap();
+        store.db.flush().unwrap();
+        assert!(blob_bytes(dir.path()) >= written, "deleting alone frees nothing");
+        store.reclaim(9, KeyRange::all()).unwrap();
+        let left = blob_bytes(dir.path());
+        assert!(left < written / 4, "{left} of {written} blob bytes left after reclaim");
+        let snapshot = store.snapshot();
+        assert_eq!(snapshot.get(9, &39u32.to_be_bytes()).unwrap().as_deref(), Some(&value(39)[..]));
+        assert_eq!(snapshot.get(9, &3u32.to_be_bytes()).unwrap(), None);
+        assert_eq!(snapshot.get(8, b"other").unwrap().as_deref(), Some(&value(7)[..]));
     }
 
     /// Values larger than a scan step's byte budget (10 MB over steps of 4 MB) still come back
