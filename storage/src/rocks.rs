@@ -121,6 +121,16 @@ impl RocksStateStore {
         table_options.set_block_cache(&cache);
         table_options.set_bloom_filter(10.0, false);
         table_options.set_cache_index_and_filter_blocks(true);
+        // Partitioned index and filters: a point lookup that misses (every new group, every
+        // new view row) reads one 4 KB filter partition, not a filter over the whole file. With
+        // whole-file filters and state beyond the cache, the filters were evicted and re-read,
+        // and reading and checksumming them took 57% of the CPU (BENCHMARKS.md, durable
+        // state). The small top level of each file stays pinned in the cache.
+        table_options.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
+        table_options.set_partition_filters(true);
+        table_options.set_metadata_block_size(4096);
+        table_options.set_pin_top_level_index_and_filter(true);
+        table_options.set_pin_l0_filter_and_index_blocks_in_cache(true);
         let mut db_options = Options::default();
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
