@@ -154,13 +154,14 @@ pub fn queued_entries<'a>(
     }))
 }
 
-/// How many entries and rows of source `source` wait in the queue as of `snapshot`.
+/// How many entries and rows of source `source` wait in the queue as of `snapshot`, read off
+/// the entries' row counts (`HISTORY_QUEUE_ROWS`), not the entries.
 pub fn queued_counts(snapshot: &dyn StateSnapshot, source: RelationId) -> EngineResult<(u64, u64)> {
     let (mut entries, mut rows) = (0, 0);
-    for kv in snapshot.scan(system_tables::HISTORY_QUEUE, live_entries(snapshot, source)?)? {
+    for kv in snapshot.scan(system_tables::HISTORY_QUEUE_ROWS, live_entries(snapshot, source)?)? {
         let (_, value) = kv?;
         entries += 1;
-        rows += entry_header(&value)?.1;
+        rows += value.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| corrupt())?;
     }
     Ok((entries, rows))
 }
@@ -207,6 +208,7 @@ fn live_entries(snapshot: &dyn StateSnapshot, source: RelationId) -> EngineResul
 pub fn remove_archived(write: &mut WriteBatch, source: RelationId, entries: impl IntoIterator<Item = u64>, last: u64) {
     for seq in entries {
         write.delete(system_tables::HISTORY_QUEUE, queue_key(source, seq));
+        write.delete(system_tables::HISTORY_QUEUE_ROWS, queue_key(source, seq));
     }
     write.put(system_tables::COUNTERS, archived_seq_counter(source).into_bytes(), (last + 1).to_be_bytes().to_vec());
 }
@@ -224,6 +226,7 @@ pub fn reclaim_archived(store: &dyn StateStore, source: RelationId) -> EngineRes
 pub(crate) fn clear_queue(snapshot: &dyn StateSnapshot, source: RelationId, write: &mut WriteBatch) -> EngineResult<()> {
     for kv in snapshot.scan(system_tables::HISTORY_QUEUE, live_entries(snapshot, source)?)? {
         let (key, _) = kv?;
+        write.delete(system_tables::HISTORY_QUEUE_ROWS, key.to_vec());
         write.delete(system_tables::HISTORY_QUEUE, key.to_vec());
     }
     for kv in snapshot.scan(system_tables::HISTORY_FILES, KeyRange::prefix(&source.to_be_bytes()))? {
@@ -245,7 +248,9 @@ impl RunningArchive {
             return Ok(());
         }
         let written_at = crate::recovery::now_micros();
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         write.put(system_tables::HISTORY_QUEUE, queue_key(self.id, self.next_seq), encode_entry(written_at, &schema, &batches)?);
+        write.put(system_tables::HISTORY_QUEUE_ROWS, queue_key(self.id, self.next_seq), (rows as u64).to_be_bytes().to_vec());
         self.next_seq += 1;
         write.put(system_tables::COUNTERS, next_seq_counter(self.id).into_bytes(), self.next_seq.to_be_bytes().to_vec());
         Ok(())
@@ -270,6 +275,32 @@ mod tests {
         assert_eq!((back.seq, back.written_at), (7, 42));
         assert_eq!(back.rows, datafusion::arrow::compute::concat_batches(&schema, &[rows.clone(), more])?);
         assert!(decode_entry(7, &value[..10], &schema).is_err());
+        Ok(())
+    }
+
+    /// The queue's counts come from the entries' row counts, which checkpoints write and
+    /// archiving removes with the entries.
+    #[test]
+    fn queued_counts_follow_checkpoints_and_archiving() -> EngineResult<()> {
+        use sluice_storage::StateStore;
+        let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
+        let batch = |n: i64| RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from_iter_values(0..n))]);
+        let store = sluice_storage::MemoryStateStore::new();
+        let mut archive =
+            RunningArchive { id: 5, name: "s".into(), pending: Vec::new(), next_seq: 0, has_reader: false, failed: false };
+        let mut write = WriteBatch::new();
+        archive.pending = vec![ChangeBatch::inserts(batch(3)?), ChangeBatch::inserts(batch(1)?)];
+        archive.checkpoint(&mut write)?;
+        archive.checkpoint(&mut write)?;
+        archive.pending = vec![ChangeBatch::inserts(batch(2)?)];
+        archive.checkpoint(&mut write)?;
+        store.commit(1, write)?;
+        assert_eq!(queued_counts(store.snapshot().as_ref(), 5)?, (2, 6));
+        assert_eq!(queued_counts(store.snapshot().as_ref(), 6)?, (0, 0));
+        let mut write = WriteBatch::new();
+        remove_archived(&mut write, 5, [0], 0);
+        store.commit(2, write)?;
+        assert_eq!(queued_counts(store.snapshot().as_ref(), 5)?, (1, 2));
         Ok(())
     }
 }

@@ -61,6 +61,9 @@ pub mod system_tables {
     /// Each source's archived files, by (source, path): what a batch query over the source
     /// reads besides the queue.
     pub const HISTORY_FILES: TableId = u32::MAX - 10;
+    /// The row count of each history queue entry, by the entry's key: what counting the queue
+    /// reads, instead of every entry's (large, blob-stored) value.
+    pub const HISTORY_QUEUE_ROWS: TableId = u32::MAX - 11;
 }
 
 /// Rejected records kept per source reader in `sluice_errors` (older ones are dropped; every
