@@ -64,8 +64,16 @@ pub struct QueuedRows {
     /// When its checkpoint was written (microseconds since the epoch): the partition time of
     /// rows that have no event time.
     pub written_at: i64,
-    /// The rows.
-    pub rows: RecordBatch,
+    /// The rows, as the checkpoint's batches came (not concatenated: readers take them one
+    /// by one, and a copy of every queued row would buy nothing).
+    pub batches: Vec<RecordBatch>,
+}
+
+impl QueuedRows {
+    /// How many rows the entry holds.
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
 }
 
 /// The key of queue entry `seq` of source `source`.
@@ -107,12 +115,11 @@ fn entry_header(value: &[u8]) -> EngineResult<(i64, u64)> {
 fn decode_entry(seq: u64, value: &[u8], schema: &SchemaRef) -> EngineResult<QueuedRows> {
     let (written_at, _) = entry_header(value)?;
     let reader = StreamReader::try_new(Cursor::new(value.get(16..).ok_or_else(corrupt)?), None)?;
-    let mut batches = Vec::new();
-    for batch in reader {
-        batches.push(batch?);
-    }
-    let rows = datafusion::arrow::compute::concat_batches(schema, &batches)?;
-    Ok(QueuedRows { seq, written_at, rows })
+    // Each batch as rows of `schema` (the same columns, no copy).
+    let batches = reader
+        .map(|batch| Ok(RecordBatch::try_new(SchemaRef::clone(schema), batch?.columns().to_vec())?))
+        .collect::<EngineResult<Vec<_>>>()?;
+    Ok(QueuedRows { seq, written_at, batches })
 }
 
 fn entry_seq(key: &[u8]) -> EngineResult<u64> {
@@ -134,7 +141,7 @@ pub fn queued_rows(
             break;
         }
         let entry = entry?;
-        rows += entry.rows.num_rows();
+        rows += entry.num_rows();
         out.push(entry);
     }
     Ok(out)
@@ -273,7 +280,11 @@ mod tests {
         assert_eq!(entry_header(&value)?, (42, 4));
         let back = decode_entry(7, &value, &schema)?;
         assert_eq!((back.seq, back.written_at), (7, 42));
-        assert_eq!(back.rows, datafusion::arrow::compute::concat_batches(&schema, &[rows.clone(), more])?);
+        assert_eq!(back.num_rows(), 4);
+        assert_eq!(
+            datafusion::arrow::compute::concat_batches(&schema, &back.batches)?,
+            datafusion::arrow::compute::concat_batches(&schema, &[rows.clone(), more])?
+        );
         assert!(decode_entry(7, &value[..10], &schema).is_err());
         Ok(())
     }

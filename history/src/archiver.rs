@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, TimestampMicrosecondArray, UInt32Array};
-use datafusion::arrow::compute::{cast, concat_batches, take_record_batch};
+use datafusion::arrow::compute::{cast, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::object_store::path::Path;
 use datafusion::object_store::{ObjectStoreExt, PutPayload};
@@ -91,23 +91,26 @@ fn split_by_hour(spec: &HistorySpec, entries: &[QueuedRows]) -> Result<BTreeMap<
     let mut groups: BTreeMap<Option<i64>, Vec<RecordBatch>> = BTreeMap::new();
     for entry in entries {
         let Some(column) = spec.time_column else {
-            groups.entry(Some(entry.written_at.div_euclid(HOUR_MICROS) * HOUR_MICROS)).or_default().push(entry.rows.clone());
+            let hour = Some(entry.written_at.div_euclid(HOUR_MICROS) * HOUR_MICROS);
+            groups.entry(hour).or_default().extend(entry.batches.iter().cloned());
             continue;
         };
-        let times = micros(entry.rows.column(column))?;
-        let mut indices: BTreeMap<Option<i64>, Vec<u32>> = BTreeMap::new();
-        for (i, time) in times.iter().enumerate() {
-            indices.entry(time.map(|t| t.div_euclid(HOUR_MICROS) * HOUR_MICROS)).or_default().push(i as u32);
-        }
-        // The common case, a checkpoint's rows all in one hour, keeps the batch as it is.
-        if indices.len() == 1 {
-            if let Some(hour) = indices.into_keys().next() {
-                groups.entry(hour).or_default().push(entry.rows.clone());
+        for batch in &entry.batches {
+            let times = micros(batch.column(column))?;
+            let mut indices: BTreeMap<Option<i64>, Vec<u32>> = BTreeMap::new();
+            for (i, time) in times.iter().enumerate() {
+                indices.entry(time.map(|t| t.div_euclid(HOUR_MICROS) * HOUR_MICROS)).or_default().push(i as u32);
             }
-            continue;
-        }
-        for (hour, rows) in indices {
-            groups.entry(hour).or_default().push(take_record_batch(&entry.rows, &UInt32Array::from(rows))?);
+            // The common case, a batch's rows all in one hour, keeps the batch as it is.
+            if indices.len() == 1 {
+                if let Some(hour) = indices.into_keys().next() {
+                    groups.entry(hour).or_default().push(batch.clone());
+                }
+                continue;
+            }
+            for (hour, rows) in indices {
+                groups.entry(hour).or_default().push(take_record_batch(batch, &UInt32Array::from(rows))?);
+            }
         }
     }
     Ok(groups)
@@ -118,11 +121,14 @@ pub fn writer_properties() -> WriterProperties {
     WriterProperties::builder().set_compression(Compression::SNAPPY).build()
 }
 
-/// Encodes `rows` as one Parquet file.
-fn encode_parquet(rows: &RecordBatch) -> Result<Vec<u8>, HistoryError> {
+/// Encodes `batches` (all of `schema`) as one Parquet file. The writer gathers row groups
+/// itself, so the batches are not concatenated first.
+fn encode_parquet(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, HistoryError> {
     let mut out = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut out, rows.schema(), Some(writer_properties()))?;
-    writer.write(rows)?;
+    let mut writer = ArrowWriter::try_new(&mut out, SchemaRef::clone(schema), Some(writer_properties()))?;
+    for batch in batches {
+        writer.write(batch)?;
+    }
     writer.close()?;
     Ok(out)
 }
@@ -136,11 +142,16 @@ pub fn decode_parquet(bytes: bytes::Bytes) -> Result<Vec<RecordBatch>, HistoryEr
     Ok(out)
 }
 
-/// The smallest and largest event time of `rows`.
-fn time_range(spec: &HistorySpec, rows: &RecordBatch) -> Result<(Option<i64>, Option<i64>), HistoryError> {
+/// The smallest and largest event time of `batches`.
+fn time_range(spec: &HistorySpec, batches: &[RecordBatch]) -> Result<(Option<i64>, Option<i64>), HistoryError> {
     let Some(column) = spec.time_column else { return Ok((None, None)) };
-    let times = micros(rows.column(column))?;
-    Ok((datafusion::arrow::compute::min(&times), datafusion::arrow::compute::max(&times)))
+    let (mut min, mut max) = (None, None);
+    for batch in batches {
+        let times = micros(batch.column(column))?;
+        min = min.into_iter().chain(datafusion::arrow::compute::min(&times)).min();
+        max = max.into_iter().chain(datafusion::arrow::compute::max(&times)).max();
+    }
+    Ok((min, max))
 }
 
 /// Archives up to [`ROWS_PER_ROUND`] queued rows of `spec`'s source; returns how many.
@@ -151,18 +162,18 @@ async fn archive_round(spec: &HistorySpec, store: &HistoryStore, committer: &Epo
     let (Some(first), Some(last)) = (entries.first().map(|e| e.seq), entries.last().map(|e| e.seq)) else {
         return Ok(0);
     };
-    let rows: usize = entries.iter().map(|e| e.rows.num_rows()).sum();
+    let rows: usize = entries.iter().map(QueuedRows::num_rows).sum();
     let groups = split_by_hour(spec, &entries)?;
     let mut write = WriteBatch::new();
     let now = chrono::Utc::now().timestamp_micros();
     for (hour, batches) in groups {
-        let rows = concat_batches(&spec.schema, &batches)?;
-        if rows.num_rows() == 0 {
+        let row_count = batches.iter().map(RecordBatch::num_rows).sum::<usize>() as u64;
+        if row_count == 0 {
             continue;
         }
-        let (min_time, max_time) = time_range(spec, &rows)?;
-        let row_count = rows.num_rows() as u64;
-        let bytes = tokio::task::spawn_blocking(move || encode_parquet(&rows))
+        let (min_time, max_time) = time_range(spec, &batches)?;
+        let schema = SchemaRef::clone(&spec.schema);
+        let bytes = tokio::task::spawn_blocking(move || encode_parquet(&schema, &batches))
             .await
             .map_err(|e| HistoryError::Corrupt(format!("the Parquet encoder stopped: {e}")))??;
         let partition = partition_name(hour);
@@ -310,15 +321,16 @@ pub async fn run(
         if caught_up && reclaim_due && last_reclaim.is_none_or(|at| at.elapsed() >= RECLAIM_INTERVAL) {
             let state = Arc::clone(committer.store());
             let id = spec.id;
-            match tokio::task::spawn_blocking(move || reclaim_archived(state.as_ref(), id)).await {
-                Ok(Ok(())) => tracing::debug!(source = %spec.name, "archived queue space reclaimed"),
-                Ok(Err(e)) => tracing::warn!(source = %spec.name, error = %e, "cannot reclaim the archived queue's space"),
-                Err(e) => tracing::warn!(source = %spec.name, error = %e, "cannot reclaim the archived queue's space"),
+            let reclaimed = tokio::task::spawn_blocking(move || reclaim_archived(state.as_ref(), id).map_err(|e| e.to_string()))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            if let Err(error) = reclaimed {
+                tracing::warn!(source = %spec.name, %error, "cannot reclaim the archived queue's space");
             }
             reclaim_due = false;
             last_reclaim = Some(tokio::time::Instant::now());
         }
-        match compaction::compact(&spec, &spec.compaction, &store, &committer, &mut unreadable).await {
+        match compaction::compact(&spec, &store, &committer, &mut unreadable).await {
             Ok((done, paths)) => {
                 status.record_compaction(spec.id, done.inputs);
                 retired.add(paths);

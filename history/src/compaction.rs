@@ -208,7 +208,6 @@ async fn merge(
 /// the paths it retired (to delete once no query can be reading them).
 pub async fn compact(
     spec: &HistorySpec,
-    policy: &CompactionPolicy,
     store: &HistoryStore,
     committer: &EpochCommitter,
     unreadable: &mut UnreadableFiles,
@@ -219,7 +218,7 @@ pub async fn compact(
     let mut done = Compacted::default();
     let mut retired = Vec::new();
     let skip = unreadable.current();
-    for group in plan(spec, policy, files, &skip, chrono::Utc::now().timestamp_micros()) {
+    for group in plan(spec, &spec.compaction, files, &skip, chrono::Utc::now().timestamp_micros()) {
         if let Some(paths) = merge(spec, store, committer, group, unreadable).await? {
             done.inputs += paths.len();
             done.outputs += 1;

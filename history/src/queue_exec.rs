@@ -4,8 +4,8 @@
 //! checkpoints' rows when the archiver falls behind (an object store that is down), and a
 //! memory scan would decode all of them before the query starts, for every query, even one
 //! that stops after ten rows. This node reads the statement's snapshot one entry at a time on
-//! a blocking thread and hands each entry's rows on through a channel of two batches, so a
-//! query holds about two entries, and a query that ends early stops the reading.
+//! a blocking thread and hands its batches on through a channel of two, so a query holds
+//! about one entry, and a query that ends early stops the reading.
 
 use std::fmt;
 use std::sync::Arc;
@@ -114,26 +114,28 @@ impl ExecutionPlan for QueuedRowsExec {
         let projection = self.projection.clone();
         builder.spawn_blocking(move || {
             let external = |e: sluice_engine::EngineError| DataFusionError::External(Box::new(e));
+            let needs_cast = columns != archived;
             for entry in queued_entries(snapshot.as_ref(), source, &archived).map_err(external)? {
-                let rows = entry.map_err(external)?.rows;
-                let rows = if columns == archived {
-                    rows
-                } else {
-                    let cast = rows
-                        .columns()
-                        .iter()
-                        .zip(columns.fields())
-                        .map(|(column, field)| cast(column, field.data_type()))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    RecordBatch::try_new(Arc::clone(&columns), cast)?
-                };
-                let rows = match &projection {
-                    Some(columns) => rows.project(columns)?,
-                    None => rows,
-                };
-                // A closed channel: the query stopped reading (LIMIT, error, cancel).
-                if rows.num_rows() > 0 && tx.blocking_send(Ok(rows)).is_err() {
-                    break;
+                for rows in entry.map_err(external)?.batches {
+                    let rows = if needs_cast {
+                        let cast = rows
+                            .columns()
+                            .iter()
+                            .zip(columns.fields())
+                            .map(|(column, field)| cast(column, field.data_type()))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        RecordBatch::try_new(Arc::clone(&columns), cast)?
+                    } else {
+                        rows
+                    };
+                    let rows = match &projection {
+                        Some(indices) => rows.project(indices)?,
+                        None => rows,
+                    };
+                    // A closed channel: the query stopped reading (LIMIT, error, cancel).
+                    if rows.num_rows() > 0 && tx.blocking_send(Ok(rows)).is_err() {
+                        return Ok(());
+                    }
                 }
             }
             Ok(())

@@ -154,6 +154,9 @@ pub struct SourceTable {
     /// The columns queries see: the source's own, or with strings as `Utf8View` for batch
     /// queries (see [`SourceTable::for_batch_queries`]).
     columns: SchemaRef,
+    /// The source's columns as batch queries see them, made once (every batch statement
+    /// looks the source up).
+    batch_columns: SchemaRef,
     history: Option<Arc<sluice_history::History>>,
     store: Arc<dyn StateStore>,
     dataflow: Dataflow,
@@ -175,7 +178,8 @@ impl SourceTable {
         dataflow: Dataflow,
     ) -> Self {
         let columns = Arc::clone(&entry.schema);
-        Self { entry, columns, history, store, dataflow }
+        let batch_columns = with_string_views(&entry.schema);
+        Self { entry, columns, batch_columns, history, store, dataflow }
     }
 
     /// The same source as batch queries read it: string columns are `Utf8View`, which the
@@ -185,7 +189,8 @@ impl SourceTable {
     pub fn for_batch_queries(&self) -> Self {
         Self {
             entry: Arc::clone(&self.entry),
-            columns: with_string_views(&self.entry.schema),
+            columns: Arc::clone(&self.batch_columns),
+            batch_columns: Arc::clone(&self.batch_columns),
             history: self.history.clone(),
             store: Arc::clone(&self.store),
             dataflow: self.dataflow.clone(),
