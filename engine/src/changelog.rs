@@ -103,6 +103,12 @@ impl ChangeBatch {
         self.data.num_rows()
     }
 
+    /// Bytes of memory the batch's arrays hold (buffers shared with other batches counted
+    /// whole): what queueing or buffering it costs.
+    pub fn memory_size(&self) -> usize {
+        self.data.get_array_memory_size() + self.ops.get_array_memory_size()
+    }
+
     /// The changes of `batches` (all of one schema, at least one), in order.
     pub fn concat(batches: &[ChangeBatch]) -> EngineResult<Self> {
         let first = batches.first().ok_or_else(|| EngineError::Invalid("no changes to concatenate".into()))?;

@@ -294,6 +294,10 @@ fn apply_source_watermark(
     Ok((ChangeBatch::inserts(split.accepted), watermark, late))
 }
 
+/// [`DataflowConfig::epoch_memory_limit`] unless set: a quarter of the server's default
+/// memory limit.
+pub const DEFAULT_EPOCH_MEMORY_LIMIT: usize = 128 << 20;
+
 /// Settings of the dataflow.
 #[derive(Debug, Clone)]
 pub struct DataflowConfig {
@@ -304,6 +308,11 @@ pub struct DataflowConfig {
     /// Instances of each stateful operator (aggregates, materialize), each on its own thread
     /// and owning the keys of its virtual partitions (see `exchange`).
     pub parallelism: usize,
+    /// Bytes the current epoch may hold in memory (operators' dirty state, batches queued to
+    /// their instances, rows waiting for sinks and history) before the dataflow ends it early
+    /// with a checkpoint of its own. Without it an input faster than the views grows an epoch,
+    /// and the memory it holds, with no bound but the checkpoint interval.
+    pub epoch_memory_limit: usize,
 }
 
 impl Default for DataflowConfig {
@@ -312,7 +321,12 @@ impl Default for DataflowConfig {
         // A barrier waits behind every queued batch, so the queue must stay short for the
         // checkpoint interval to hold (and the epoch's dirty state with it) when the views are
         // slower than their input: 16 batches keep the pipeline busy without that.
-        Self { checkpoint_interval: Duration::from_secs(1), channel_capacity: 16, parallelism: cores }
+        Self {
+            checkpoint_interval: Duration::from_secs(1),
+            channel_capacity: 16,
+            parallelism: cores,
+            epoch_memory_limit: DEFAULT_EPOCH_MEMORY_LIMIT,
+        }
     }
 }
 
@@ -380,6 +394,8 @@ impl Dataflow {
             error_counts: HashMap::new(),
             sinks: Vec::new(),
             archives: Vec::new(),
+            buffered_bytes: 0,
+            epoch_memory_limit: config.epoch_memory_limit,
         };
         std::thread::Builder::new()
             .name("sluice-dataflow".into())
@@ -558,6 +574,11 @@ struct Worker {
     sinks: Vec<RunningSink>,
     /// Sources' history feeds.
     archives: Vec<RunningArchive>,
+    /// Bytes of changes waiting in sinks' and history feeds' `pending` since the last
+    /// checkpoint.
+    buffered_bytes: usize,
+    /// See [`DataflowConfig::epoch_memory_limit`].
+    epoch_memory_limit: usize,
 }
 
 fn physical(expr: &Expr, input: &DFSchema) -> EngineResult<Arc<dyn PhysicalExpr>> {
@@ -824,6 +845,15 @@ impl Worker {
                             }
                         }
                     }
+                    // After the bookkeeping above, so that the checkpoint carries the position
+                    // of the rows it holds.
+                    let held = self.epoch_bytes();
+                    if held > self.epoch_memory_limit {
+                        tracing::debug!(held, limit = self.epoch_memory_limit, "epoch ended early: its memory limit is reached");
+                        if let Err(e) = self.barrier(WriteBatch::new(), false) {
+                            tracing::error!(error = %e, "barrier failed");
+                        }
+                    }
                 }
                 Command::Barrier { done } => {
                     // Every checkpoint makes the table writes before it power-safe, even with
@@ -883,6 +913,17 @@ impl Worker {
         drop(receiver);
     }
 
+    /// Bytes the current epoch holds in memory (see [`DataflowConfig::epoch_memory_limit`]).
+    fn epoch_bytes(&self) -> usize {
+        let operators: usize = self
+            .views
+            .iter()
+            .filter(|v| !v.failed)
+            .flat_map(|v| v.nodes.iter().map(|n| n.op.dirty_bytes()).chain([v.materialize.dirty_bytes()]))
+            .sum();
+        operators + self.buffered_bytes
+    }
+
     /// Marks view `at` and every view reading it as failed.
     fn fail(&mut self, at: usize, reason: String) {
         let mut failing = vec![(at, reason)];
@@ -916,9 +957,11 @@ impl Worker {
         while let Some((relation, message, only)) = pending.pop_front() {
             if let (Message::Changes(changes), None) = (&message, only) {
                 for sink in self.sinks.iter_mut().filter(|s| s.view == relation) {
+                    self.buffered_bytes += changes.memory_size();
                     sink.pending.push(changes.clone());
                 }
                 for archive in self.archives.iter_mut().filter(|a| a.id == relation && !a.failed) {
+                    self.buffered_bytes += changes.memory_size();
                     archive.pending.push(changes.clone());
                 }
             }
@@ -961,6 +1004,7 @@ impl Worker {
 
     /// Runs a barrier through every view and collects what the checkpoint writes.
     fn checkpoint_batch(&mut self) -> WriteBatch {
+        self.buffered_bytes = 0;
         self.barriers += 1;
         let epoch = self.barriers;
         let mut write = WriteBatch::new();

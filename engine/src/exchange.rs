@@ -14,6 +14,7 @@
 //! batches and concatenates the outputs in instance order, so the result is deterministic. An
 //! error inside an instance surfaces at the next barrier.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -31,8 +32,11 @@ use crate::{ChangeBatch, EngineError, EngineResult, Operator};
 /// How many virtual partitions keys are hashed into; instances own whole partitions.
 pub const VIRTUAL_PARTITIONS: u64 = 256;
 
-/// Change batches queued per instance before the sender waits.
-const QUEUE_DEPTH: usize = 16;
+/// Change batches queued per instance before the sender waits. Enough to keep an instance
+/// busy while the sender splits the next batch; more only buys memory: each queued row is
+/// cheap, but becomes dirty state (hundreds of bytes per new group) once processed, so a deep
+/// queue lets an epoch overshoot its memory limit by the queue's rows times that.
+const QUEUE_DEPTH: usize = 4;
 
 enum ShardCommand {
     Changes(ChangeBatch),
@@ -43,7 +47,17 @@ enum ShardCommand {
 /// An instance's barrier output: its changes, its writes, and the promises it releases.
 type BarrierResult = EngineResult<(Vec<ChangeBatch>, WriteBatch, Vec<Watermark>)>;
 
+/// What an instance holds in memory, for [`Operator::dirty_bytes`]: bytes of change batches
+/// queued to it (added by the sender, subtracted as it takes them) and of its operator's
+/// dirty state plus the output it holds until the barrier (stored after each command).
+#[derive(Default)]
+struct HeldBytes {
+    queued: AtomicUsize,
+    dirty: AtomicUsize,
+}
+
 struct Instance {
+    held: Arc<HeldBytes>,
     commands: SyncSender<ShardCommand>,
     results: Receiver<BarrierResult>,
     thread: Option<JoinHandle<()>>,
@@ -68,20 +82,32 @@ impl std::fmt::Debug for ShardedOperator {
     }
 }
 
-fn run_instance(mut op: Box<dyn Operator>, passthrough: bool, commands: Receiver<ShardCommand>, results: SyncSender<BarrierResult>) {
+fn run_instance(
+    mut op: Box<dyn Operator>,
+    passthrough: bool,
+    commands: Receiver<ShardCommand>,
+    results: SyncSender<BarrierResult>,
+    held: Arc<HeldBytes>,
+) {
     let mut failed: Option<EngineError> = None;
     let mut pending: Vec<ChangeBatch> = Vec::new();
+    let mut pending_bytes = 0;
     for command in commands {
         match command {
             ShardCommand::Changes(changes) => {
+                held.queued.fetch_sub(changes.memory_size(), Ordering::Relaxed);
                 if failed.is_some() {
                     continue;
                 }
                 match op.process(changes) {
-                    Ok(out) if !passthrough => pending.extend(out),
+                    Ok(out) if !passthrough => {
+                        pending_bytes += out.iter().map(ChangeBatch::memory_size).sum::<usize>();
+                        pending.extend(out);
+                    }
                     Ok(_) => {}
                     Err(e) => failed = Some(e),
                 }
+                held.dirty.store(op.dirty_bytes() + pending_bytes, Ordering::Relaxed);
             }
             ShardCommand::Watermark(input, watermark) => {
                 if failed.is_some() {
@@ -106,6 +132,8 @@ fn run_instance(mut op: Box<dyn Operator>, passthrough: bool, commands: Receiver
                         })
                     }
                 };
+                pending_bytes = 0;
+                held.dirty.store(op.dirty_bytes(), Ordering::Relaxed);
                 if results.send(result).is_err() {
                     return;
                 }
@@ -143,12 +171,14 @@ impl ShardedOperator {
             op.set_shard(i, count);
             let (commands, command_rx) = sync_channel(QUEUE_DEPTH);
             let (result_tx, results) = sync_channel(1);
+            let held = Arc::new(HeldBytes::default());
+            let instance_held = Arc::clone(&held);
             let thread = std::thread::Builder::new()
                 .name("sluice-shard".into())
                 .stack_size(16 << 20)
-                .spawn(move || run_instance(op, passthrough, command_rx, result_tx))
+                .spawn(move || run_instance(op, passthrough, command_rx, result_tx, instance_held))
                 .map_err(|e| EngineError::Invalid(format!("cannot start instance {i} of {name}: {e}")))?;
-            running.push(Instance { commands, results, thread: Some(thread) });
+            running.push(Instance { held, commands, results, thread: Some(thread) });
         }
         Ok(Self { name: name.to_string(), key, passthrough, instances: running, hashes: Vec::new(), released: Vec::new() })
     }
@@ -167,6 +197,7 @@ impl Operator for ShardedOperator {
         let n = self.instances.len();
         let out = if self.passthrough { vec![changes.clone()] } else { vec![] };
         if n == 1 {
+            self.instances[0].held.queued.fetch_add(changes.memory_size(), Ordering::Relaxed);
             self.instances[0].commands.send(ShardCommand::Changes(changes)).map_err(|_| self.stopped())?;
             return Ok(out);
         }
@@ -189,6 +220,7 @@ impl Operator for ShardedOperator {
                 data,
                 datafusion::arrow::array::AsArray::as_primitive::<datafusion::arrow::datatypes::Int8Type>(&ops).clone(),
             )?;
+            instance.held.queued.fetch_add(part.memory_size(), Ordering::Relaxed);
             instance.commands.send(ShardCommand::Changes(part)).map_err(|_| self.stopped())?;
         }
         Ok(out)
@@ -243,6 +275,13 @@ impl Operator for ShardedOperator {
 
     fn released_watermarks(&mut self) -> Vec<Watermark> {
         std::mem::take(&mut self.released)
+    }
+
+    fn dirty_bytes(&self) -> usize {
+        self.instances
+            .iter()
+            .map(|i| i.held.queued.load(Ordering::Relaxed).saturating_add(i.held.dirty.load(Ordering::Relaxed)))
+            .sum()
     }
 }
 

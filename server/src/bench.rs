@@ -86,7 +86,7 @@ pub struct BenchOptions {
     pub parallelism: usize,
     /// Where state lives: `memory` or `rocksdb` (in a scratch directory, removed afterwards).
     pub store: String,
-    /// The RocksDB memory limit.
+    /// The process's memory limit, shared out as `serve` does ([`crate::MemoryBudget`]).
     pub memory_limit: usize,
 }
 
@@ -97,7 +97,8 @@ fn open_store(options: &BenchOptions, query: &str) -> Result<(Arc<dyn StateStore
         "rocksdb" => {
             let dir = std::env::temp_dir().join(format!("sluice-bench-{}-{query}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
-            let store = RocksStateStore::open(&dir, &RocksOptions { memory_limit: options.memory_limit })?;
+            let budget = crate::MemoryBudget::of(options.memory_limit);
+            let store = RocksStateStore::open(&dir, &RocksOptions { memory_limit: budget.state_store })?;
             Ok((Arc::new(store), Some(dir)))
         }
         other => Err(SqlError::InvalidParameterValue(format!("unknown store '{other}': use memory or rocksdb"))),
@@ -157,6 +158,15 @@ fn dataflow_cpu_seconds() -> f64 {
     total
 }
 
+/// The process's peak resident set so far (`VmHWM`; Linux only). The benchmark runs one query
+/// per process when the figure matters.
+fn peak_rss_bytes() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb << 10)
+}
+
 /// User plus system CPU seconds in a `/proc/.../stat` line (0 if it cannot be read).
 pub(crate) fn stat_cpu_seconds(stat: &str) -> f64 {
     // Fields after the parenthesised command: state is field 3; utime, stime are 14, 15.
@@ -204,7 +214,11 @@ pub async fn run(options: BenchOptions) -> Result<(), SqlError> {
     );
     for (name, query) in QUERIES.iter().filter(|(n, _)| options.queries.iter().any(|q| q == n)) {
         // A fresh database per query, so that no other view shares the dataflow.
-        let config = DataflowConfig { parallelism: options.parallelism.max(1), ..DataflowConfig::default() };
+        let config = DataflowConfig {
+            parallelism: options.parallelism.max(1),
+            epoch_memory_limit: crate::MemoryBudget::of(options.memory_limit).epoch,
+            ..DataflowConfig::default()
+        };
         let (store, scratch) = open_store(&options, name)?;
         let db = Database::with_dataflow(Arc::clone(&store), config)?;
         let mut session = db.session("sluice", "bench", 0);
@@ -265,6 +279,10 @@ pub async fn run(options: BenchOptions) -> Result<(), SqlError> {
             options.events as f64 / cpu.max(0.01)
         );
         println!("STATE query={name} events={sent} state_rows={}", state_rows(&db, &store, name)?);
+        // Before the VERIFY query, which reads the whole view into memory.
+        if let Some(peak) = peak_rss_bytes() {
+            println!("MEMORY query={name} peak_rss_mb={} memory_limit_mb={}", peak >> 20, options.memory_limit >> 20);
+        }
         let verify = match *name {
             "q0" | "filter_project" => format!("SELECT count(*) FROM {name}"),
             _ => format!("SELECT count(*), sum(cnt), sum(sum_price) FROM {name}"),

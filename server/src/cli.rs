@@ -73,7 +73,7 @@ enum Command {
         /// Where operator state lives: rocksdb (as `serve` keeps it) or memory.
         #[arg(long, default_value = "rocksdb")]
         store: String,
-        /// The RocksDB memory limit (e.g. 512MB).
+        /// The memory limit, shared out as `serve` does (e.g. 512MB).
         #[arg(long, default_value = "512MB", value_parser = parse_bytes)]
         memory_limit: usize,
     },
@@ -96,8 +96,9 @@ struct ServeArgs {
     /// Instances per stateful operator, each on its own thread (default: one per core).
     #[arg(long)]
     parallelism: Option<usize>,
-    /// Memory the state store may use for cached state and write buffers (e.g. `512MB`,
-    /// `2GiB`); state beyond it stays on disk.
+    /// Memory the server may use (e.g. `512MB`, `2GiB`): half for the state store's cache
+    /// and write buffers, a quarter for the current epoch's changes (an epoch that would hold
+    /// more ends early), a quarter for the rest. State beyond it stays on disk.
     #[arg(long, default_value = "512MB", value_parser = parse_bytes)]
     memory_limit: usize,
     /// Where every source's history is kept as Parquet: a directory (`/path` or

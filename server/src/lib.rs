@@ -85,10 +85,33 @@ pub struct ServerConfig {
     pub checkpoint_interval: std::time::Duration,
     /// Instances per stateful operator (`None`: one per core).
     pub parallelism: Option<usize>,
-    /// Bytes the state store may keep in memory (cached blocks and write buffers).
+    /// Bytes the process may use (`--memory-limit`), shared out by [`MemoryBudget`].
     pub memory_limit: usize,
     /// Where sources' history goes (`--object-store`); None: `<data_dir>/history`.
     pub object_store: Option<String>,
+}
+
+/// How `--memory-limit` is shared out.
+///
+/// Why a split: the process's memory is the state store's cache and write buffers, the
+/// current epoch's dirty state (groups touched since the last checkpoint, batches on their
+/// way to operators and sinks), and everything else (the binary and its runtime, queries,
+/// connections, allocator slack). Each of the first two gets a fixed share with its own
+/// mechanism to stay inside it — RocksDB's cache and write-buffer manager evict and flush, the
+/// dataflow ends an epoch early — and the last quarter is left to the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBudget {
+    /// Bytes for RocksDB's block cache and memtables (half).
+    pub state_store: usize,
+    /// Bytes an epoch may hold before it is ended early (a quarter).
+    pub epoch: usize,
+}
+
+impl MemoryBudget {
+    /// The shares of a process-wide limit of `limit` bytes.
+    pub fn of(limit: usize) -> Self {
+        Self { state_store: limit / 2, epoch: limit / 4 }
+    }
 }
 
 /// A running server: its database and the addresses it actually listens on (useful when a
@@ -125,7 +148,8 @@ impl RunningServer {
         let lock = lock_data_dir(&config.data_dir)?;
         let started = std::time::Instant::now();
         let state_dir = config.data_dir.join("state");
-        let options = RocksOptions { memory_limit: config.memory_limit };
+        let budget = MemoryBudget::of(config.memory_limit);
+        let options = RocksOptions { memory_limit: budget.state_store };
         let store = tokio::task::spawn_blocking(move || RocksStateStore::open(state_dir, &options))
             .await
             .map_err(|e| StorageError::Backend(format!("opening the state store panicked: {e}")))??;
@@ -133,6 +157,7 @@ impl RunningServer {
         let dataflow = sluice_sql::DataflowConfig {
             checkpoint_interval: config.checkpoint_interval,
             parallelism: config.parallelism.unwrap_or(defaults.parallelism).max(1),
+            epoch_memory_limit: budget.epoch,
             ..defaults
         };
         let history = crate::history_store::open(config.object_store.as_deref(), &config.data_dir)?;

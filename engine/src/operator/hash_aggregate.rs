@@ -11,7 +11,7 @@ use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 use sluice_storage::{Epoch, StateStore, TableId, WriteBatch};
 
-use super::{evaluate, FastHash, Operator};
+use super::{evaluate, FastHash, Operator, MAP_ENTRY_OVERHEAD};
 use crate::watermark::Watermark;
 use crate::{ChangeBatch, EngineError, EngineResult, Op, StateTable};
 
@@ -132,6 +132,12 @@ struct Dirty {
     value_deltas: Vec<ValueCounts>,
 }
 
+/// Estimated memory of a one-row array slice: the `Arc`, the array struct with its data
+/// type, and a shared handle on the input's buffer.
+const ONE_ROW_ARRAY_BYTES: usize = 160;
+/// Estimated memory of one entry of a [`ValueCounts`] beyond its key bytes.
+const VALUE_COUNT_BYTES: usize = 64 + ONE_ROW_ARRAY_BYTES;
+
 /// Values by multiset key (memcomparable, so in value order): the value and its row count.
 type ValueCounts = BTreeMap<Vec<u8>, (ArrayRef, i64)>;
 
@@ -178,6 +184,8 @@ pub struct HashAggregateOperator {
     input: Schema,
     multisets: Vec<Option<ValueMultiset>>,
     dirty: HashMap<OwnedRow, Dirty, FastHash>,
+    /// Estimated memory of `dirty` (see [`Operator::dirty_bytes`]).
+    dirty_bytes: usize,
     /// For a global aggregate: whether its one row has been emitted (it is, at the first
     /// barrier, even over empty input, as PostgreSQL answers one row for `SELECT count(*)`).
     global_started: bool,
@@ -308,6 +316,7 @@ impl HashAggregateOperator {
             input: input.clone(),
             multisets,
             dirty: HashMap::default(),
+            dirty_bytes: 0,
             global_started: false,
             key_order,
             window,
@@ -836,6 +845,13 @@ impl Operator for HashAggregateOperator {
                 });
                 let emitted_before = stored.filter(|g| g.rows > 0 || self.is_global());
                 let value_deltas = vec![ValueCounts::new(); self.calls.len()];
+                let copies = 1 + usize::from(emitted_before.is_some());
+                self.dirty_bytes += size_of::<(OwnedRow, Dirty)>()
+                    + MAP_ENTRY_OVERHEAD
+                    + key.as_ref().as_ref().len()
+                    + copies * (keys.len() * ONE_ROW_ARRAY_BYTES + self.calls.len() * size_of::<Accumulator>())
+                    + 2 * self.calls.len() * size_of::<ValueCounts>()
+                    + committed_values.iter().map(|v| v.len() * VALUE_COUNT_BYTES).sum::<usize>();
                 self.dirty.insert(key.clone(), Dirty { group, emitted_before, committed_values, value_deltas });
             }
             let sign = if changes.op(row) == Op::Insert { 1 } else { -1 };
@@ -845,9 +861,10 @@ impl Operator for HashAggregateOperator {
                 if arg.is_null(row) {
                     continue;
                 }
-                let entry = dirty.value_deltas[call]
-                    .entry(multiset_key.row(row).data().to_vec())
-                    .or_insert_with(|| (arg.slice(row, 1), 0));
+                let entry = dirty.value_deltas[call].entry(multiset_key.row(row).data().to_vec()).or_insert_with(|| {
+                    self.dirty_bytes += VALUE_COUNT_BYTES + multiset_key.row(row).data().len();
+                    (arg.slice(row, 1), 0)
+                });
                 entry.1 += sign;
             }
             dirty.group.rows += sign;
@@ -869,6 +886,10 @@ impl Operator for HashAggregateOperator {
         Ok(Vec::new())
     }
 
+    fn dirty_bytes(&self) -> usize {
+        self.dirty_bytes
+    }
+
     fn on_barrier(&mut self, _epoch: Epoch, write: &mut WriteBatch) -> EngineResult<Vec<ChangeBatch>> {
         if self.is_global() && !self.global_started && self.dirty.is_empty() {
             // The first barrier of a global aggregate: its row exists even over no input.
@@ -884,6 +905,7 @@ impl Operator for HashAggregateOperator {
             }
         }
         self.global_started = true;
+        self.dirty_bytes = 0;
         let mut drained: Vec<(OwnedRow, Dirty)> = self.dirty.drain().collect();
         for (_, dirty) in &mut drained {
             self.settle_values(dirty, write)?;
@@ -1091,6 +1113,28 @@ mod tests {
             answer.insert(format!("{key}{} {} {sum} {avg} {lo} {hi}", rows.len(), ints.len()), 1);
         }
         answer
+    }
+
+    #[test]
+    fn dirty_bytes_grow_with_the_epochs_groups_and_reset_at_the_barrier() {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStateStore::new());
+        let schema = ChangeBatch::from_pretty(" I I F").unwrap().schema();
+        let mut op = operator(&schema, &store, true);
+        assert_eq!(op.dirty_bytes(), 0);
+        let rows = |from: i64| {
+            let lines: String = (from..from + 1000).map(|g| format!(" + {g} 1 1.5\n")).collect();
+            ChangeBatch::from_pretty(&format!(" I I F\n{lines}")).unwrap()
+        };
+        op.process(rows(0)).unwrap();
+        let thousand = op.dirty_bytes();
+        // Every group costs at least its map entry, key and accumulators.
+        assert!(thousand >= 1000 * (size_of::<(OwnedRow, Dirty)>() + 6 * size_of::<Accumulator>()), "{thousand}");
+        op.process(rows(0)).unwrap();
+        assert_eq!(op.dirty_bytes(), thousand, "the same groups and values again cost nothing new");
+        op.process(rows(1000)).unwrap();
+        assert!(op.dirty_bytes() >= 2 * thousand - 1000 * 64, "{}", op.dirty_bytes());
+        op.on_barrier(1, &mut WriteBatch::new()).unwrap();
+        assert_eq!(op.dirty_bytes(), 0);
     }
 
     fn run(grouped: bool, seed: u64) {

@@ -8,7 +8,7 @@ use datafusion::arrow::compute::interleave;
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use sluice_storage::{Epoch, StateStore, TableId, WriteBatch};
 
-use super::{FastHash, Operator};
+use super::{FastHash, Operator, MAP_ENTRY_OVERHEAD};
 use crate::{ChangeBatch, EngineError, EngineResult, Op, StateTable};
 
 /// Name of the multiplicity column of a view's state table.
@@ -62,6 +62,8 @@ pub struct MaterializeOperator {
     pending: Vec<RecordBatch>,
     /// Per changed row (by key): where one copy of it is in `pending`, and its count change.
     deltas: HashMap<Vec<u8>, ((usize, usize), i64), FastHash>,
+    /// Estimated memory of `pending` and `deltas` (see [`Operator::dirty_bytes`]).
+    dirty_bytes: usize,
 }
 
 impl std::fmt::Debug for MaterializeOperator {
@@ -73,7 +75,7 @@ impl std::fmt::Debug for MaterializeOperator {
 impl MaterializeOperator {
     /// Materializes rows of `view` into state table `table` of `store`.
     pub fn try_new(table: TableId, view: &Schema, store: Arc<dyn StateStore>) -> EngineResult<Self> {
-        Ok(Self { state: view_state_table(table, view)?, store, pending: Vec::new(), deltas: HashMap::default() })
+        Ok(Self { state: view_state_table(table, view)?, store, pending: Vec::new(), deltas: HashMap::default(), dirty_bytes: 0 })
     }
 }
 
@@ -92,14 +94,24 @@ impl Operator for MaterializeOperator {
         let batch = self.pending.len();
         for row in 0..changes.num_rows() {
             let sign = if changes.op(row) == Op::Insert { 1 } else { -1 };
-            let entry = self.deltas.entry(keys.row(row).data().to_vec()).or_insert(((batch, row), 0));
+            let key = keys.row(row).data();
+            let entry = self.deltas.entry(key.to_vec()).or_insert_with(|| {
+                self.dirty_bytes += MAP_ENTRY_OVERHEAD + size_of::<(Vec<u8>, ((usize, usize), i64))>() + key.len();
+                ((batch, row), 0)
+            });
             entry.1 += sign;
         }
+        self.dirty_bytes += changes.data().get_array_memory_size();
         self.pending.push(changes.data().clone());
         Ok(vec![changes])
     }
 
+    fn dirty_bytes(&self) -> usize {
+        self.dirty_bytes
+    }
+
     fn on_barrier(&mut self, _epoch: Epoch, write: &mut WriteBatch) -> EngineResult<Vec<ChangeBatch>> {
+        self.dirty_bytes = 0;
         if self.deltas.is_empty() {
             self.pending.clear();
             return Ok(vec![]);

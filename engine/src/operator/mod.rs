@@ -37,6 +37,11 @@ use crate::{ChangeBatch, EngineResult};
 /// strings, so DataFusion's fast non-cryptographic hash (foldhash) is the right trade.
 pub(crate) type FastHash = datafusion::common::hash_utils::RandomState;
 
+/// What one entry of a per-epoch hash map costs beyond its key bytes and its payload's inline
+/// size: the table's slot and control byte, the key's heap block, allocator rounding. An
+/// estimate for [`Operator::dirty_bytes`], not an exact count.
+pub(crate) const MAP_ENTRY_OVERHEAD: usize = 64;
+
 /// `expr` evaluated over every row of `batch`, as one array.
 pub(crate) fn evaluate(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> EngineResult<ArrayRef> {
     Ok(expr.evaluate(batch)?.into_array(batch.num_rows())?)
@@ -71,6 +76,15 @@ pub trait Operator: Send {
     /// (see `exchange`); an operator that scans its own state (closing windows) must then
     /// handle only the keys it owns. The default ignores it.
     fn set_shard(&mut self, _index: usize, _count: usize) {}
+
+    /// Approximate bytes of memory the operator holds for the current epoch: state touched
+    /// since the last barrier (dirty groups, buffered changes) that only the next barrier
+    /// writes out. The dataflow ends an epoch early when its operators together hold more
+    /// than their budget, so that a flooding input cannot grow an epoch without bound.
+    /// Operators that keep nothing between barriers keep the default.
+    fn dirty_bytes(&self) -> usize {
+        0
+    }
 
     /// Promises the operator can make only after the output of the barrier just run (an
     /// aggregate emits the closed windows' rows at the barrier, and only then promises that

@@ -14,7 +14,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef
 use datafusion::arrow::row::{RowConverter, SortField};
 use sluice_storage::{Epoch, KeyRange, StateStore, TableId, WriteBatch};
 
-use super::Operator;
+use super::{Operator, MAP_ENTRY_OVERHEAD};
 use crate::watermark::Watermark;
 use crate::{ChangeBatch, EngineError, EngineResult, Op, StateTable};
 
@@ -127,6 +127,8 @@ pub struct SessionWindowOperator {
     pending: Vec<RecordBatch>,
     /// Per key (encoded session keys): this epoch's changes as (batch, row, sign).
     deltas: HashMap<Vec<u8>, Vec<(usize, usize, i64)>>,
+    /// Estimated memory of `pending` and `deltas` (see [`Operator::dirty_bytes`]).
+    dirty_bytes: usize,
     watermark: Option<i64>,
     released: Option<i64>,
     /// Keys by the end of their earliest open session: re-examined when the watermark passes.
@@ -189,6 +191,7 @@ impl SessionWindowOperator {
             store,
             pending: Vec::new(),
             deltas: HashMap::new(),
+            dirty_bytes: 0,
             watermark: None,
             released: None,
             timers: BTreeMap::new(),
@@ -400,13 +403,25 @@ impl Operator for SessionWindowOperator {
                 continue;
             }
             let sign = if changes.op(row) == Op::Insert { 1 } else { -1 };
-            self.deltas.entry(prefix).or_default().push((batch, row, sign));
+            let prefix_bytes = prefix.len();
+            let entry = self.deltas.entry(prefix).or_insert_with(|| {
+                self.dirty_bytes += MAP_ENTRY_OVERHEAD + size_of::<(Vec<u8>, Vec<(usize, usize, i64)>)>() + prefix_bytes;
+                Vec::new()
+            });
+            entry.push((batch, row, sign));
+            self.dirty_bytes += size_of::<(usize, usize, i64)>();
         }
+        self.dirty_bytes += rows.get_array_memory_size();
         self.pending.push(rows);
         Ok(Vec::new())
     }
 
+    fn dirty_bytes(&self) -> usize {
+        self.dirty_bytes
+    }
+
     fn on_barrier(&mut self, _epoch: Epoch, write: &mut WriteBatch) -> EngineResult<Vec<ChangeBatch>> {
+        self.dirty_bytes = 0;
         let snapshot = self.store.snapshot();
         let mut examine: HashMap<Vec<u8>, Vec<(usize, usize, i64)>> = std::mem::take(&mut self.deltas);
         if let Some(watermark) = self.watermark {
