@@ -281,7 +281,13 @@ pub async fn run(options: BenchOptions) -> Result<(), SqlError> {
         println!("STATE query={name} events={sent} state_rows={}", state_rows(&db, &store, name)?);
         // Before the VERIFY query, which reads the whole view into memory.
         if let Some(peak) = peak_rss_bytes() {
-            println!("MEMORY query={name} peak_rss_mb={} memory_limit_mb={}", peak >> 20, options.memory_limit >> 20);
+            let parts: Vec<String> = store.memory_usage().iter().map(|(part, bytes)| format!("{part}_mb={}", bytes >> 20)).collect();
+            println!(
+                "MEMORY query={name} peak_rss_mb={} memory_limit_mb={} {}",
+                peak >> 20,
+                options.memory_limit >> 20,
+                parts.join(" ")
+            );
         }
         let verify = match *name {
             "q0" | "filter_project" => format!("SELECT count(*) FROM {name}"),

@@ -240,6 +240,12 @@ pub trait StateStore: Send + Sync + 'static {
         None
     }
 
+    /// Bytes of memory the backend holds, by part (its cache, write buffers, open files'
+    /// readers), for metrics and for checking a memory limit; empty if not tracked.
+    fn memory_usage(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
     /// Gives back now the space of entries deleted from `range` of `table`, rather than
     /// whenever the backend gets to it (RocksDB frees a deleted value at a compaction, which a
     /// store taking no writes may not run for hours). Blocks while it works; what the store

@@ -281,6 +281,17 @@ impl StateStore for RocksStateStore {
         Some(property("rocksdb.total-sst-files-size") + property("rocksdb.cur-size-all-mem-tables"))
     }
 
+    fn memory_usage(&self) -> Vec<(&'static str, u64)> {
+        let property = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        vec![
+            // The cache holds blocks and, charged to it, the memtables.
+            ("block_cache", property("rocksdb.block-cache-usage")),
+            ("block_cache_pinned", property("rocksdb.block-cache-pinned-usage")),
+            ("memtables", property("rocksdb.cur-size-all-mem-tables")),
+            ("table_readers", property("rocksdb.estimate-table-readers-mem")),
+        ]
+    }
+
     /// A manual compaction of the range, through the bottom level: tombstones meet the values
     /// they delete and both go, and a blob file no remaining key points to is deleted. With
     /// large values in blob files the range's SST files hold only keys and pointers, so this
@@ -503,6 +514,24 @@ mod tests {
         assert_eq!(snapshot.get(1, b"c").unwrap(), None);
         assert_eq!(snapshot.get(2, b"gone").unwrap(), None);
         assert_eq!(snapshot.get(2, b"kept").unwrap().as_deref(), Some(&b"1"[..]));
+    }
+
+    /// The memory report names its parts, and a write shows in the memtables and (charged to
+    /// it) the cache.
+    #[test]
+    fn memory_usage_accounts_for_written_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStateStore::open(dir.path(), &RocksOptions::default()).unwrap();
+        let part = |name: &str| store.memory_usage().into_iter().find(|(p, _)| *p == name).map(|(_, b)| b).unwrap();
+        let before = part("memtables");
+        let mut batch = WriteBatch::new();
+        for i in 0u32..10_000 {
+            batch.put(1, i.to_be_bytes().to_vec(), vec![7u8; 100]);
+        }
+        store.commit(1, batch).unwrap();
+        assert!(part("memtables") >= before + 1_000_000, "{:?}", store.memory_usage());
+        assert!(part("block_cache") >= part("memtables") / 2, "{:?}", store.memory_usage());
+        assert!(store.memory_usage().iter().any(|(p, _)| *p == "table_readers"));
     }
 
     /// Bytes of the store's blob files on disk.
