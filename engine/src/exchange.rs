@@ -39,7 +39,9 @@ pub const VIRTUAL_PARTITIONS: u64 = 256;
 const QUEUE_DEPTH: usize = 4;
 
 enum ShardCommand {
-    Changes(ChangeBatch),
+    /// Changes, with the bytes the sender added to the instance's `queued` for them (taken
+    /// off again, the same figure, when the instance picks them up).
+    Changes(ChangeBatch, usize),
     Watermark(usize, Watermark),
     Barrier(Epoch),
 }
@@ -61,6 +63,16 @@ struct Instance {
     commands: SyncSender<ShardCommand>,
     results: Receiver<BarrierResult>,
     thread: Option<JoinHandle<()>>,
+}
+
+impl Instance {
+    /// Queues `changes` for the instance, counting their bytes as queued until it takes them.
+    /// Fails if the instance has stopped.
+    fn enqueue(&self, changes: ChangeBatch) -> Result<(), ()> {
+        let bytes = changes.memory_size();
+        self.held.queued.fetch_add(bytes, Ordering::Relaxed);
+        self.commands.send(ShardCommand::Changes(changes, bytes)).map_err(|_| ())
+    }
 }
 
 /// A stateful operator split into instances by key (see the module doc).
@@ -94,8 +106,8 @@ fn run_instance(
     let mut pending_bytes = 0;
     for command in commands {
         match command {
-            ShardCommand::Changes(changes) => {
-                held.queued.fetch_sub(changes.memory_size(), Ordering::Relaxed);
+            ShardCommand::Changes(changes, bytes) => {
+                held.queued.fetch_sub(bytes, Ordering::Relaxed);
                 if failed.is_some() {
                     continue;
                 }
@@ -197,9 +209,7 @@ impl Operator for ShardedOperator {
         let n = self.instances.len();
         let out = if self.passthrough { vec![changes.clone()] } else { vec![] };
         if n == 1 {
-            self.instances[0].held.queued.fetch_add(changes.memory_size(), Ordering::Relaxed);
-            self.instances[0].commands.send(ShardCommand::Changes(changes)).map_err(|_| self.stopped())?;
-            return Ok(out);
+            return self.instances[0].enqueue(changes).map(|()| out).map_err(|_| self.stopped());
         }
         let rows = changes.num_rows();
         let keys: Vec<ArrayRef> = self.key.iter().map(|e| evaluate(e, changes.data())).collect::<EngineResult<_>>()?;
@@ -220,8 +230,7 @@ impl Operator for ShardedOperator {
                 data,
                 datafusion::arrow::array::AsArray::as_primitive::<datafusion::arrow::datatypes::Int8Type>(&ops).clone(),
             )?;
-            instance.held.queued.fetch_add(part.memory_size(), Ordering::Relaxed);
-            instance.commands.send(ShardCommand::Changes(part)).map_err(|_| self.stopped())?;
+            instance.enqueue(part).map_err(|_| self.stopped())?;
         }
         Ok(out)
     }
