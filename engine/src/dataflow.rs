@@ -44,7 +44,7 @@ use crate::commit::EpochCommitter;
 use crate::exchange::ShardedOperator;
 use datafusion::physical_expr::expressions::Column;
 use crate::operator::{
-    expand_view_rows, AggregateCall, FilterOperator, HashAggregateOperator, MaterializeOperator, ProjectOperator,
+    expand_view_rows, AggregateCall, ViewLayout, FilterOperator, HashAggregateOperator, MaterializeOperator, ProjectOperator,
     ScanOperator, SessionWindowOperator, UnionOperator, UnnestOperator, WindowKey,
 };
 use crate::plan::{NodeKind, RelationId, StreamPlan};
@@ -536,6 +536,7 @@ struct RunningView {
     scans: Vec<(RelationId, usize)>,
     materialize: Box<dyn Operator>,
     materialized: StateTable,
+    layout: ViewLayout,
     state_tables: Vec<TableId>,
     /// Its own source readers (relations no other view reads).
     readers: Vec<RelationId>,
@@ -1098,18 +1099,24 @@ impl Worker {
     fn create_view(&mut self, view: ViewDefinition) -> EngineResult<()> {
         let (nodes, scans) = instantiate(&view.plan, &self.committer, self.parallelism)?;
         let store = Arc::clone(self.committer.store());
+        let layout = view.plan.layout;
         let materialize: Box<dyn Operator> = if self.parallelism > 1 {
             let instances = (0..self.parallelism)
-                .map(|_| Ok(Box::new(MaterializeOperator::try_new(view.id, &view.schema, Arc::clone(&store))?) as Box<dyn Operator>))
+                .map(|_| Ok(Box::new(MaterializeOperator::try_new(view.id, &view.schema, Arc::clone(&store), layout)?) as Box<dyn Operator>))
                 .collect::<EngineResult<Vec<_>>>()?;
-            let key = (0..view.schema.fields().len())
-                .map(|i| Arc::new(Column::new(view.schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>)
-                .collect();
-            Box::new(ShardedOperator::try_new("Materialize", key, instances, true)?)
+            match layout {
+                ViewLayout::AppendOnly => Box::new(ShardedOperator::spreading("Materialize", instances, true)?),
+                ViewLayout::Counted => {
+                    let key = (0..view.schema.fields().len())
+                        .map(|i| Arc::new(Column::new(view.schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>)
+                        .collect();
+                    Box::new(ShardedOperator::try_new("Materialize", key, instances, true)?)
+                }
+            }
         } else {
-            Box::new(MaterializeOperator::try_new(view.id, &view.schema, store)?)
+            Box::new(MaterializeOperator::try_new(view.id, &view.schema, store, layout)?)
         };
-        let materialized = crate::operator::view_state_table(view.id, &view.schema)?;
+        let materialized = crate::operator::view_state_table(view.id, &view.schema, layout)?;
         let mut state_tables = view.plan.state_tables();
         state_tables.push(view.id);
         let running = RunningView {
@@ -1120,6 +1127,7 @@ impl Worker {
             scans,
             materialize,
             materialized,
+            layout,
             state_tables,
             readers: view.readers.iter().map(|r| r.relation).collect(),
             failed: false,
@@ -1174,7 +1182,7 @@ impl Worker {
                     }
                     drop(status);
                     let rows = source.materialized.scan_all(snapshot.as_ref()).and_then(|stored| {
-                        stored.iter().map(|b| expand_view_rows(b, &source.schema)).collect::<EngineResult<Vec<_>>>()
+                        stored.iter().map(|b| expand_view_rows(b, &source.schema, source.layout)).collect::<EngineResult<Vec<_>>>()
                     });
                     match rows {
                         Ok(rows) => (relation, Box::new(rows.into_iter().map(Ok))),
@@ -1393,7 +1401,7 @@ impl Worker {
                     .materialized
                     .scan_all(snapshot.as_ref())?
                     .iter()
-                    .map(|b| expand_view_rows(b, &view.schema))
+                    .map(|b| expand_view_rows(b, &view.schema, view.layout))
                     .collect::<EngineResult<Vec<_>>>()?;
                 let mut write = catalog;
                 let rows: Vec<ChangeBatch> = rows.into_iter().filter(|b| b.num_rows() > 0).map(ChangeBatch::inserts).collect();

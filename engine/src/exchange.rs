@@ -82,6 +82,11 @@ pub struct ShardedOperator {
     /// Whether the operator passes its input through as it goes (materialize): the sharded
     /// operator then forwards its input itself and drops the instances' outputs.
     passthrough: bool,
+    /// Whether rows belong to no instance in particular (an append-only view's
+    /// materialize): whole batches then go to the instances in turn, `next` first, with no
+    /// hashing and no splitting.
+    spread: bool,
+    next: usize,
     instances: Vec<Instance>,
     hashes: Vec<u64>,
     /// Promises released by the last barrier (the smallest over the instances, per column).
@@ -192,7 +197,24 @@ impl ShardedOperator {
                 .map_err(|e| EngineError::Invalid(format!("cannot start instance {i} of {name}: {e}")))?;
             running.push(Instance { held, commands, results, thread: Some(thread) });
         }
-        Ok(Self { name: name.to_string(), key, passthrough, instances: running, hashes: Vec::new(), released: Vec::new() })
+        Ok(Self {
+            name: name.to_string(),
+            key,
+            passthrough,
+            spread: false,
+            next: 0,
+            instances: running,
+            hashes: Vec::new(),
+            released: Vec::new(),
+        })
+    }
+
+    /// Runs `instances` that may each take any row (see the `spread` field), such as an
+    /// append-only view's materialize. `passthrough` as for [`ShardedOperator::try_new`].
+    pub fn spreading(name: &str, instances: Vec<Box<dyn Operator>>, passthrough: bool) -> EngineResult<Self> {
+        let mut sharded = Self::try_new(name, Vec::new(), instances, passthrough)?;
+        sharded.spread = true;
+        Ok(sharded)
     }
 
     fn stopped(&self) -> EngineError {
@@ -210,6 +232,11 @@ impl Operator for ShardedOperator {
         let out = if self.passthrough { vec![changes.clone()] } else { vec![] };
         if n == 1 {
             return self.instances[0].enqueue(changes).map(|()| out).map_err(|_| self.stopped());
+        }
+        if self.spread {
+            let at = self.next;
+            self.next = (at + 1) % n;
+            return self.instances[at].enqueue(changes).map(|()| out).map_err(|_| self.stopped());
         }
         let rows = changes.num_rows();
         let keys: Vec<ArrayRef> = self.key.iter().map(|e| evaluate(e, changes.data())).collect::<EngineResult<_>>()?;

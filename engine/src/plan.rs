@@ -13,7 +13,7 @@ use datafusion::common::DFSchemaRef;
 use datafusion::logical_expr::Expr;
 use sluice_storage::TableId;
 
-use crate::operator::AggregateKind;
+use crate::operator::{AggregateKind, ViewLayout};
 use crate::watermark::monotone_column;
 
 /// Identifies a relation whose changes flow into views: a table, a view, or one reader of a
@@ -121,6 +121,9 @@ pub struct AggregateSpec {
 pub struct StreamPlan {
     /// The operators; inputs come before the nodes that read them.
     pub nodes: Vec<PlanNode>,
+    /// How the view's rows are stored (chosen with [`StreamPlan::inserts_only`] when the view
+    /// is created, then kept: its stored rows are in that layout).
+    pub layout: ViewLayout,
 }
 
 impl StreamPlan {
@@ -133,6 +136,24 @@ impl StreamPlan {
     /// The position of the node producing the view's rows.
     pub fn root(&self) -> Option<usize> {
         self.nodes.len().checked_sub(1)
+    }
+
+    /// Whether the view's changes can only ever be inserts, given whether each relation it
+    /// reads can only grow: sources and `APPEND ONLY` tables can, and what filters,
+    /// projections, unnesting and unions of them make. Aggregates and session windows revise
+    /// rows they emitted, so a view with one is never insert-only.
+    pub fn inserts_only(&self, relation: &dyn Fn(RelationId) -> bool) -> bool {
+        let mut only: Vec<bool> = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let inputs = || node.inputs.iter().all(|i| only.get(*i).copied().unwrap_or(false));
+            let this = match &node.kind {
+                NodeKind::Scan { relation: r, .. } => relation(*r),
+                NodeKind::Filter { .. } | NodeKind::Project { .. } | NodeKind::Unnest { .. } | NodeKind::Union => inputs(),
+                NodeKind::SessionWindow { .. } | NodeKind::Aggregate { .. } => false,
+            };
+            only.push(this);
+        }
+        only.last().copied().unwrap_or(false)
     }
 
     /// Which output columns of each node carry a watermark, given which columns of each
@@ -244,7 +265,10 @@ impl StreamPlan {
     /// inputs indented below it (a node read by several operators is printed once, then
     /// referred to by its number).
     pub fn explain(&self, view: &str) -> String {
-        let mut out = format!("Materialize {view}\n");
+        let mut out = match self.layout {
+            ViewLayout::Counted => format!("Materialize {view}\n"),
+            ViewLayout::AppendOnly => format!("Materialize {view} (append-only)\n"),
+        };
         if let Some(root) = self.root() {
             let mut printed = vec![false; self.nodes.len()];
             self.explain_node(root, 1, &mut printed, &mut out);

@@ -14,6 +14,7 @@ use datafusion::common::TableReference;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::logical_expr::LogicalPlan;
 use sluice_engine::plan::StreamPlan;
+use sluice_engine::operator::ViewLayout;
 use sluice_engine::dataflow::ViewStart;
 use sluice_engine::dataflow::SourceWatermark;
 use sluice_engine::{Backfill, Dataflow, DataflowConfig, EpochCommitter, SourceReader, ViewDefinition};
@@ -462,7 +463,7 @@ impl Database {
                     self.start_history(&entry).await?;
                     summary.sources += 1;
                 }
-                CatalogRecord::View { id, name, definition, plan_ids, explain } => {
+                CatalogRecord::View { id, name, definition, plan_ids, explain, append_only } => {
                     let cannot = |why: String| {
                         SqlError::Internal(format!("materialized view \"{name}\" cannot be restored: {why}"))
                     };
@@ -473,7 +474,8 @@ impl Database {
                     };
                     let (_, plan, names, emit_on_close) =
                         session.plan_view_query(create).await.map_err(|e| cannot(e.to_string()))?;
-                    let restored = RestoredView { id, plan_ids, explain };
+                    let layout = if append_only { ViewLayout::AppendOnly } else { ViewLayout::Counted };
+                    let restored = RestoredView { id, plan_ids, explain, layout };
                     self.start_view(&name, &definition, &plan, &names, Some(restored), emit_on_close).await?;
                     summary.views += 1;
                 }
@@ -821,24 +823,32 @@ impl Database {
         emit_on_close: bool,
     ) -> SqlResult<PlannedView> {
         let (mut stream, reads) = StreamPlanner::new(allocate).build(plan)?;
-        // Which columns of each relation read carry a watermark.
+        // Which columns of each relation read carry a watermark, and which relations only grow.
         let mut marked: std::collections::HashMap<TableId, Vec<usize>> = std::collections::HashMap::new();
+        let mut grows_only: std::collections::HashMap<TableId, bool> = std::collections::HashMap::new();
         for (_, read) in &reads {
             match read {
                 ReadRelation::Table(table) => {
                     marked.insert(table.def().id, table.def().watermark.iter().map(|w| w.column).collect());
+                    grows_only.insert(table.def().id, table.def().append_only);
                 }
                 ReadRelation::View(id) => {
-                    let columns = self.views_read().values().find(|v| v.id == *id).map(|v| v.watermark_columns.clone());
-                    marked.insert(*id, columns.unwrap_or_default());
+                    let view = self.views_read().values().find(|v| v.id == *id).cloned();
+                    marked.insert(*id, view.as_ref().map(|v| v.watermark_columns.clone()).unwrap_or_default());
+                    grows_only.insert(*id, view.is_some_and(|v| v.plan.layout == ViewLayout::AppendOnly));
                 }
                 ReadRelation::Source { reader, watermark, .. } => {
                     marked.insert(*reader, watermark.iter().map(|w| w.time_column).collect());
+                    grows_only.insert(*reader, true);
                 }
                 ReadRelation::PushSource { id, time_column } => {
                     marked.insert(*id, time_column.iter().copied().collect());
+                    grows_only.insert(*id, true);
                 }
             }
+        }
+        if stream.inserts_only(&|relation| grows_only.get(&relation).copied().unwrap_or(false)) {
+            stream.layout = ViewLayout::AppendOnly;
         }
         let view_watermarks = stream
             .assign_windows(&|relation| marked.get(&relation).cloned().unwrap_or_default(), emit_on_close)
@@ -917,7 +927,11 @@ impl Database {
             allocated.lock().unwrap_or_else(|p| p.into_inner()).push(id);
             id
         };
-        let (stream, reads, schema, watermark_columns) = self.plan_view(plan, names, &allocate, emit_on_close)?;
+        let (mut stream, reads, schema, watermark_columns) = self.plan_view(plan, names, &allocate, emit_on_close)?;
+        if let Some(restored) = &restored {
+            // Its rows are stored as they were when it was created.
+            stream.layout = restored.layout;
+        }
         let plan_ids = allocated.into_inner().unwrap_or_else(|p| p.into_inner());
         let explain = stream.explain(name);
         if let Some(restored) = &restored {
@@ -1006,6 +1020,7 @@ impl Database {
                         definition: definition.to_string(),
                         plan_ids: plan_ids.clone(),
                         explain: explain.clone(),
+                        append_only: stream.layout == ViewLayout::AppendOnly,
                     }
                     .put(&mut catalog)?;
                     self.persist_next_id(&mut catalog);
@@ -1289,6 +1304,8 @@ struct RestoredView {
     id: TableId,
     plan_ids: Vec<TableId>,
     explain: String,
+    /// The layout its rows were stored in.
+    layout: ViewLayout,
 }
 
 /// A source's entry: its columns and its connector (which `created_at` anchors for datagen).

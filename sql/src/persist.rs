@@ -74,6 +74,10 @@ pub enum CatalogRecord {
         /// `EXPLAIN` of the plan: re-planning must give the same operator graph, or the
         /// stored state would be read by operators it was not written for.
         explain: String,
+        /// Whether its rows are stored by arrival (`ViewLayout::AppendOnly`), as chosen when
+        /// it was created; absent in records written before that layout existed.
+        #[serde(default)]
+        append_only: bool,
     },
 }
 
@@ -133,6 +137,7 @@ mod tests {
             definition: "CREATE MATERIALIZED VIEW v AS SELECT 1 FROM t".into(),
             plan_ids: vec![7, 8],
             explain: "Materialize v".into(),
+            append_only: false,
         };
         let table = CatalogRecord::Table(TableDef {
             id: 2,

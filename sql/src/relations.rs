@@ -61,7 +61,7 @@ impl ViewEntry {
         watermark_columns: Vec<usize>,
         readers: Vec<(RelationId, String)>,
     ) -> SqlResult<Self> {
-        let rows = view_state_table(id, &schema)?;
+        let rows = view_state_table(id, &schema, plan.layout)?;
         Ok(Self { id, name, definition, schema, depends_on, tables, plan, rows, watermark_columns, readers })
     }
 }
@@ -135,7 +135,7 @@ impl TableProvider for ViewTable {
         let stored = self.entry.rows.scan_all(snapshot.as_ref()).map_err(|e| to_datafusion(e.into()))?;
         let batches = stored
             .iter()
-            .map(|b| expand_view_rows(b, &self.entry.schema))
+            .map(|b| expand_view_rows(b, &self.entry.schema, self.entry.plan.layout))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| to_datafusion(e.into()))?;
         Ok(MemorySourceConfig::try_new_exec(&[batches], Arc::clone(&self.entry.schema), projection.cloned())?)

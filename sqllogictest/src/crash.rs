@@ -90,6 +90,8 @@ fn base_views() -> Vec<(String, String)> {
         ),
         ("busy_urls", "SELECT count(*) AS urls, sum(n) AS total FROM per_url WHERE n > 3"),
         ("big_events", "SELECT id, url, bytes FROM events WHERE bytes > 700"),
+        // Append-only (rows stored by arrival, written blind).
+        ("even_visits", "SELECT id, user_id, ts FROM visits WHERE user_id % 2 = 0"),
         ("log_totals", "SELECT user_id, sum(n) AS s, count(*) AS c FROM log GROUP BY user_id"),
         (
             "visits_per_minute",
@@ -319,6 +321,7 @@ fn setup_sql(source_rows: u64) -> Vec<String> {
     }
     statements.push(format!("CREATE MATERIALIZED VIEW {} AS {} EMIT ON WINDOW CLOSE", VISITS_FINAL.0, VISITS_FINAL.1));
     statements.push("CREATE MATERIALIZED VIEW clicks_total AS SELECT count(*) AS n, sum(seq) AS s FROM clicks".into());
+    statements.push("CREATE MATERIALIZED VIEW clicks_rows AS SELECT seq, k FROM clicks WHERE k >= 0".into());
     statements.push(
         "CREATE MATERIALIZED VIEW clicks_by_k AS SELECT k, count(*) AS n, sum(seq) AS s, max(seq) AS top FROM clicks GROUP BY k".into(),
     );
@@ -436,6 +439,8 @@ async fn check_source_views(client: &Client) -> Result<(u64, u64), String> {
     for (view, sql) in [
         ("clicks_total", "SELECT n, s FROM clicks_total"),
         ("clicks_by_k", "SELECT sum(n), sum(s) FROM clicks_by_k"),
+        // The append-only view holds the rows themselves: also no sequence number twice.
+        ("clicks_rows", "SELECT count(*), sum(seq), count(DISTINCT seq), max(seq) FROM clicks_rows"),
     ] {
         let rows = query(client, sql).await?;
         let row = rows.into_iter().next().ok_or_else(|| format!("{view} has no row"))?;
@@ -446,6 +451,9 @@ async fn check_source_views(client: &Client) -> Result<(u64, u64), String> {
         let expected = n * (n + 1) / 2;
         if s != expected {
             return Err(format!("{view} counts {n} rows whose sequence sums to {s}, not {expected}: rows lost or doubled"));
+        }
+        if row.len() > 2 && (int(2)? != n || int(3)? != n) {
+            return Err(format!("{view} holds {n} rows but {} distinct sequence numbers up to {}: rows lost or doubled", int(2)?, int(3)?));
         }
         smallest = smallest.min(n);
         largest = largest.max(n);

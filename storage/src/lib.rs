@@ -129,6 +129,9 @@ pub enum WriteOp {
 
 /// All changes of one epoch, applied atomically by [`StateStore::commit`].
 ///
+/// Keys and values may be slices of buffers shared by many operations (writers pack a
+/// batch's rows into one buffer); a store that keeps them after the commit copies them.
+///
 /// Operations apply in order, so a later put of the same key wins; a `DropTable` followed by
 /// puts leaves only those puts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -62,7 +62,9 @@ impl StateStore for MemoryStateStore {
         for op in batch.ops {
             match op {
                 WriteOp::Put { table, key, value } => {
-                    tables.entry(table).or_default().insert(key, value);
+                    // Copied: a batch's keys and values may be slices of one shared buffer,
+                    // which keeping them would keep whole.
+                    tables.entry(table).or_default().insert(Bytes::copy_from_slice(&key), Bytes::copy_from_slice(&value));
                 }
                 WriteOp::Delete { table, key } => {
                     if let Some(t) = tables.get_mut(&table) {

@@ -584,7 +584,9 @@ impl HashAggregateOperator {
                 let row = RecordBatch::try_new(Arc::clone(multiset.state.schema()), columns)?;
                 match entry.1 {
                     0 => multiset.state.delete_rows(&row, write)?,
-                    n if n > 0 => multiset.state.write_rows(&row, write)?,
+                    n if n > 0 => {
+                        multiset.state.write_rows(&row, write)?;
+                    }
                     _ => return Err(EngineError::Invalid("a value was deleted more often than inserted".into())),
                 }
             }
