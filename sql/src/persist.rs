@@ -128,6 +128,15 @@ mod tests {
     use crate::types::SqlType;
     use sluice_storage::{MemoryStateStore, StateStore};
 
+    /// A view recorded before append-only views existed keeps the counted layout it was
+    /// stored in.
+    #[test]
+    fn a_view_record_without_a_layout_is_counted() {
+        let old = r#"{"View":{"id":9,"name":"v","definition":"CREATE MATERIALIZED VIEW v AS SELECT 1","plan_ids":[],"explain":"Materialize v\n"}}"#;
+        let record: CatalogRecord = serde_json::from_str(old).unwrap();
+        assert!(matches!(record, CatalogRecord::View { append_only: false, .. }), "{record:?}");
+    }
+
     #[test]
     fn records_round_trip_in_creation_order() {
         let store = MemoryStateStore::new();

@@ -38,7 +38,17 @@ const VIEWS: &[(&str, &str)] = &[
     ("both", "SELECT user_id, url FROM page_views WHERE status = 200 UNION ALL SELECT user_id, url FROM clicks"),
     ("distinct_users", "SELECT DISTINCT user_id FROM both"),
     ("click_totals", "SELECT user_id % 3 AS bucket, count(*) AS n, max(url) AS last FROM clicks GROUP BY user_id % 3"),
+    // Append-only views over the APPEND ONLY table (rows stored by arrival, written blind),
+    // views on them, and windows without aggregation.
+    ("hits_all", "SELECT * FROM hits"),
+    ("hits_big", "SELECT user_id, url, bytes + 1 AS b FROM hits WHERE bytes > 300"),
+    ("hits_both", "SELECT url FROM hits_big UNION ALL SELECT url FROM hits WHERE user_id < 5"),
+    ("hits_hop", "SELECT window_start, url FROM HOP(hits, ts, INTERVAL '1 minute', INTERVAL '2 minutes') WHERE url IS NOT NULL"),
+    ("hits_per_url", "SELECT url, count(*) AS n, sum(b) AS b FROM hits_big GROUP BY url"),
 ];
+
+/// The views of [`VIEWS`] whose rows are stored by arrival.
+const APPEND_ONLY: &[&str] = &["hits_all", "hits_big", "hits_both", "hits_hop"];
 
 const URLS: &[&str] = &["/", "/a", "/b", "/checkout"];
 const COUNTRIES: &[&str] = &["de", "fr", "us"];
@@ -61,6 +71,17 @@ fn page_view(random: &mut Random, id: u64) -> String {
     format!("({id}, {}, '{url}', {status}, {bytes}, {country}, {ts}, {price})", random.below(20))
 }
 
+/// A row of the APPEND ONLY `hits` table; duplicates are likely.
+fn hit(random: &mut Random) -> String {
+    let url = if random.below(8) == 0 { "NULL".to_string() } else { format!("'{}'", URLS[random.below(4) as usize]) };
+    let ts = if random.below(8) == 0 {
+        "NULL".to_string()
+    } else {
+        format!("TIMESTAMP '2026-01-01 00:00:00' + INTERVAL '{} seconds'", 30 * random.below(10))
+    };
+    format!("({}, {url}, {}, {ts})", random.below(10), 100 * random.below(6))
+}
+
 async fn oracle(seed: u64, parallelism: usize) {
     let config = DataflowConfig { parallelism, ..DataflowConfig::default() };
     let db = Database::with_dataflow(Arc::new(MemoryStateStore::new()), config).unwrap();
@@ -70,7 +91,8 @@ async fn oracle(seed: u64, parallelism: usize) {
         &mut session,
         "CREATE TABLE page_views (id BIGINT PRIMARY KEY, user_id BIGINT, url VARCHAR, status INT, bytes BIGINT, \
          country VARCHAR, ts TIMESTAMP, price NUMERIC(8,2)); \
-         CREATE TABLE clicks (user_id BIGINT, url VARCHAR)",
+         CREATE TABLE clicks (user_id BIGINT, url VARCHAR); \
+         CREATE TABLE hits (user_id BIGINT, url VARCHAR, bytes BIGINT, ts TIMESTAMP) APPEND ONLY",
     )
     .await;
     let mut next_id = 1;
@@ -80,11 +102,17 @@ async fn oracle(seed: u64, parallelism: usize) {
         run(&mut session, &format!("INSERT INTO page_views VALUES {}", page_view(&mut random, next_id))).await;
         next_id += 1;
     }
+    for _ in 0..5 {
+        run(&mut session, &format!("INSERT INTO hits VALUES {}", hit(&mut random))).await;
+    }
     for (name, query) in VIEWS {
+        let explain = rows(&mut session, &format!("EXPLAIN CREATE MATERIALIZED VIEW {name} AS {query}")).await.unwrap();
+        let append_only = explain.iter().any(|line| line.contains("(append-only)"));
+        assert_eq!(append_only, APPEND_ONLY.contains(name), "view {name}: {explain:?}");
         run(&mut session, &format!("CREATE MATERIALIZED VIEW {name} AS {query}")).await;
     }
     for step in 0..120 {
-        let statement = match random.below(10) {
+        let statement = match random.below(11) {
             0..=3 => {
                 let values: Vec<String> = (0..1 + random.below(4))
                     .map(|_| {
@@ -106,6 +134,10 @@ async fn oracle(seed: u64, parallelism: usize) {
                 random.below(20)
             ),
             8 => format!("DELETE FROM clicks WHERE user_id = {}", random.below(20)),
+            9 => {
+                let values: Vec<String> = (0..1 + random.below(6)).map(|_| hit(&mut random)).collect();
+                format!("INSERT INTO hits VALUES {}", values.join(", "))
+            }
             _ => "FLUSH".to_string(),
         };
         run(&mut session, &statement).await;
