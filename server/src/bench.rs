@@ -299,9 +299,10 @@ pub async fn run(options: BenchOptions) -> Result<(), SqlError> {
         if let Some(peak) = peak_rss_bytes() {
             let parts: Vec<String> = store.memory_usage().iter().map(|(part, bytes)| format!("{part}_mb={}", bytes >> 20)).collect();
             println!(
-                "MEMORY query={name} peak_rss_mb={} memory_limit_mb={} {}",
+                "MEMORY query={name} peak_rss_mb={} memory_limit_mb={} state_mb={} {}",
                 peak >> 20,
                 options.memory_limit >> 20,
+                store.approximate_bytes().unwrap_or(0) >> 20,
                 parts.join(" ")
             );
         }
