@@ -26,6 +26,7 @@
 //! on.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -353,6 +354,8 @@ pub struct Dataflow {
     commands: mpsc::Sender<Command>,
     failures: Arc<Mutex<HashMap<RelationId, String>>>,
     status: Arc<Mutex<EventTimeStatus>>,
+    /// The worker's epoch memory limit, which [`Dataflow::set_epoch_memory_limit`] changes.
+    epoch_memory_limit: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Dataflow {
@@ -395,8 +398,9 @@ impl Dataflow {
             sinks: Vec::new(),
             archives: Vec::new(),
             buffered_bytes: 0,
-            epoch_memory_limit: config.epoch_memory_limit,
+            epoch_memory_limit: Arc::new(AtomicUsize::new(config.epoch_memory_limit)),
         };
+        let epoch_memory_limit = Arc::clone(&worker.epoch_memory_limit);
         std::thread::Builder::new()
             .name("sluice-dataflow".into())
             .stack_size(64 << 20)
@@ -415,7 +419,18 @@ impl Dataflow {
                 }
             }
         });
-        Ok(Self { commands, failures, status })
+        Ok(Self { commands, failures, status, epoch_memory_limit })
+    }
+
+    /// Changes [`DataflowConfig::epoch_memory_limit`] from the next input batch on (a memory
+    /// governor lowers it while the process is over its limit).
+    pub fn set_epoch_memory_limit(&self, bytes: usize) {
+        self.epoch_memory_limit.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The current [`DataflowConfig::epoch_memory_limit`].
+    pub fn epoch_memory_limit(&self) -> usize {
+        self.epoch_memory_limit.load(Ordering::Relaxed)
     }
 
     /// Enqueues the changes of `relation` that change-log entry `seq` holds (committed with
@@ -578,8 +593,8 @@ struct Worker {
     /// Bytes of changes waiting in sinks' and history feeds' `pending` since the last
     /// checkpoint.
     buffered_bytes: usize,
-    /// See [`DataflowConfig::epoch_memory_limit`].
-    epoch_memory_limit: usize,
+    /// See [`DataflowConfig::epoch_memory_limit`]; shared with [`Dataflow`], which may change it.
+    epoch_memory_limit: Arc<AtomicUsize>,
 }
 
 fn physical(expr: &Expr, input: &DFSchema) -> EngineResult<Arc<dyn PhysicalExpr>> {
@@ -849,8 +864,9 @@ impl Worker {
                     // After the bookkeeping above, so that the checkpoint carries the position
                     // of the rows it holds.
                     let held = self.epoch_bytes();
-                    if held > self.epoch_memory_limit {
-                        tracing::debug!(held, limit = self.epoch_memory_limit, "epoch ended early: its memory limit is reached");
+                    let limit = self.epoch_memory_limit.load(Ordering::Relaxed);
+                    if held > limit {
+                        tracing::debug!(held, limit, "epoch ended early: its memory limit is reached");
                         if let Err(e) = self.barrier(WriteBatch::new(), false) {
                             tracing::error!(error = %e, "barrier failed");
                         }

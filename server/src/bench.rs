@@ -231,6 +231,8 @@ pub async fn run(options: BenchOptions) -> Result<(), SqlError> {
         };
         let (store, scratch) = open_store(&options, name)?;
         let db = Database::with_dataflow(Arc::clone(&store), config)?;
+        // As `serve` runs it (see `memory`); stopped with this query's database.
+        let governor = crate::memory::spawn(options.memory_limit, crate::MemoryBudget::of(options.memory_limit), Arc::clone(&store), db.dataflow().clone());
         let mut session = db.session("sluice", "bench", 0);
         let event_time = name.ends_with("_eowc");
         let table_ddl = if event_time {
@@ -311,6 +313,7 @@ pub async fn run(options: BenchOptions) -> Result<(), SqlError> {
             _ => format!("SELECT count(*), sum(cnt), sum(sum_price) FROM {name}"),
         };
         println!("VERIFY sluice {name} {}", query_text(&mut session, &verify).await?);
+        governor.abort();
         db.dataflow().shutdown().await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         drop(session);

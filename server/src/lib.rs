@@ -16,6 +16,7 @@ mod encode;
 pub mod bench_ingest;
 mod history_store;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod pg;
 mod sqlstate;
@@ -133,6 +134,8 @@ pub struct RunningServer {
     pub http_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The memory governor's loop (see [`memory`]), stopped with the server.
+    governor: tokio::task::JoinHandle<()>,
     _lock: File,
 }
 
@@ -169,7 +172,9 @@ impl RunningServer {
             ..defaults
         };
         let history = crate::history_store::open(config.object_store.as_deref(), &config.data_dir)?;
-        let (db, recovered) = Database::open_with_history(Arc::new(store), dataflow, Some(history)).await?;
+        let store: Arc<dyn sluice_storage::StateStore> = Arc::new(store);
+        let (db, recovered) = Database::open_with_history(Arc::clone(&store), dataflow, Some(history)).await?;
+        let governor = memory::spawn(config.memory_limit, budget, store, db.dataflow().clone());
         let took = started.elapsed();
         info!(
             epoch = recovered.epoch,
@@ -211,12 +216,13 @@ impl RunningServer {
             }
         });
         info!(%pg_addr, %http_addr, data_dir = %config.data_dir.display(), "sluice is ready");
-        Ok(Self { db, pg_addr, http_addr, shutdown, tasks: vec![pg_task, http_task], _lock: lock })
+        Ok(Self { db, pg_addr, http_addr, shutdown, tasks: vec![pg_task, http_task], governor, _lock: lock })
     }
 
     /// Stops accepting connections, waits for the listeners to close and takes a last
     /// checkpoint, so that a clean restart has nothing to replay.
     pub async fn stop(self) {
+        self.governor.abort();
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;

@@ -243,6 +243,11 @@ pub trait StateStore: Send + Sync + 'static {
         None
     }
 
+    /// Resizes the backend's cache of stored data to `bytes` (a memory governor shrinks it
+    /// while the process is over its memory limit, and grows it back). Default: no cache,
+    /// nothing to do.
+    fn set_cache_capacity(&self, _bytes: usize) {}
+
     /// Bytes of memory the backend holds, by part (its cache, write buffers, open files'
     /// readers), for metrics and for checking a memory limit; empty if not tracked.
     fn memory_usage(&self) -> Vec<(&'static str, u64)> {

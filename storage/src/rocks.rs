@@ -116,6 +116,9 @@ pub struct RocksStateStore {
     /// Held by [`StateStore::reclaim`], which changes a column family option for the length
     /// of its compaction.
     reclaim_lock: Mutex<()>,
+    /// The block cache (memtables are charged to it), resized by
+    /// [`StateStore::set_cache_capacity`].
+    cache: Mutex<Cache>,
 }
 
 impl std::fmt::Debug for RocksStateStore {
@@ -225,7 +228,7 @@ impl RocksStateStore {
                 0
             }
         };
-        Ok(Self { db: Arc::new(db), path, commit_lock: Mutex::new(epoch), reclaim_lock: Mutex::new(()) })
+        Ok(Self { db: Arc::new(db), path, commit_lock: Mutex::new(epoch), reclaim_lock: Mutex::new(()), cache: Mutex::new(cache) })
     }
 
     /// The directory the store lives in.
@@ -279,6 +282,10 @@ impl StateStore for RocksStateStore {
     fn approximate_bytes(&self) -> Option<u64> {
         let property = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
         Some(property("rocksdb.total-sst-files-size") + property("rocksdb.cur-size-all-mem-tables"))
+    }
+
+    fn set_cache_capacity(&self, bytes: usize) {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).set_capacity(bytes);
     }
 
     fn memory_usage(&self) -> Vec<(&'static str, u64)> {

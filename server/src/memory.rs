@@ -1,0 +1,166 @@
+//! The memory governor: keeps the process's resident memory under `--memory-limit` by
+//! resizing the two shares that can shrink — RocksDB's cache and the epoch's dirty state.
+//!
+//! Why a feedback loop on top of [`MemoryBudget`]'s fixed shares: the shares bound what each
+//! part *holds*, but the process's resident memory also counts what the allocator keeps after
+//! a free (mimalloc returns freed pages to the system after a delay), the binary itself, and
+//! queries; none of these has a share, and how much they take depends on the workload. The
+//! governor measures what the shares cannot see — the resident set — and, while it is over
+//! the limit, takes the difference out of the cache (evicted blocks are freed) and shortens
+//! epochs; once well under, it gives the shares back. RisingWave's memory manager works the
+//! same way, from jemalloc's statistics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_engine::Dataflow;
+use sluice_storage::StateStore;
+
+use crate::MemoryBudget;
+
+/// How often the governor reads the resident set.
+pub const GOVERNOR_PERIOD: Duration = Duration::from_millis(500);
+
+/// The sizes the governor gives the two shares, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shares {
+    /// RocksDB's block cache (memtables are charged to it).
+    pub cache: usize,
+    /// [`sluice_sql::DataflowConfig::epoch_memory_limit`].
+    pub epoch: usize,
+}
+
+/// Decides the shares from the resident set (see the module doc). Pure: the loop that reads
+/// the resident set and applies the shares is [`spawn`].
+#[derive(Debug, Clone)]
+pub struct MemoryGovernor {
+    limit: usize,
+    full: Shares,
+    floor: Shares,
+    current: Shares,
+}
+
+impl MemoryGovernor {
+    /// A governor for a process limit of `limit` bytes, starting from (and never growing past)
+    /// the shares of `budget`.
+    pub fn new(limit: usize, budget: MemoryBudget) -> Self {
+        let full = Shares { cache: budget.state_store, epoch: budget.epoch };
+        // Below these the cache thrashes and epochs commit every few rows, for little memory.
+        let floor = Shares { cache: (full.cache / 8).max(8 << 20).min(full.cache), epoch: (full.epoch / 8).max(1 << 20).min(full.epoch) };
+        Self { limit, full, floor, current: full }
+    }
+
+    /// The shares now.
+    pub fn shares(&self) -> Shares {
+        self.current
+    }
+
+    /// The shares to apply when the process is `resident` bytes. Over 95% of the limit, the
+    /// excess comes out of the cache and the epoch's share halves; under 80%, the cache grows
+    /// back by a sixteenth of its full size (or what is left below 80%) and the epoch's share
+    /// by a quarter. In between, nothing changes, so the loop settles instead of oscillating.
+    pub fn adjust(&mut self, resident: usize) -> Shares {
+        let high = self.limit / 20 * 19;
+        let low = self.limit / 5 * 4;
+        let Shares { cache, epoch } = self.current;
+        self.current = if resident > high {
+            Shares { cache: cache.saturating_sub(resident - high).max(self.floor.cache), epoch: (epoch / 2).max(self.floor.epoch) }
+        } else if resident < low {
+            let step = (self.full.cache / 16).min(low - resident);
+            Shares { cache: (cache + step).min(self.full.cache), epoch: (epoch + epoch / 4).min(self.full.epoch) }
+        } else {
+            self.current
+        };
+        self.current
+    }
+}
+
+/// The process's resident set in bytes (`VmRSS`; Linux only).
+pub fn resident_bytes() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb << 10)
+}
+
+/// Runs the governor for `store` and `dataflow` every [`GOVERNOR_PERIOD`] until the returned
+/// task is aborted. Without `/proc` (not Linux) it logs that once and stops: the fixed shares
+/// still apply.
+pub fn spawn(limit: usize, budget: MemoryBudget, store: Arc<dyn StateStore>, dataflow: Dataflow) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut governor = MemoryGovernor::new(limit, budget);
+        let mut timer = tokio::time::interval(GOVERNOR_PERIOD);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            timer.tick().await;
+            let Some(resident) = resident_bytes() else {
+                tracing::info!("the resident set cannot be read here: memory stays in its fixed shares");
+                return;
+            };
+            let before = governor.shares();
+            let after = governor.adjust(resident);
+            if after != before {
+                tracing::debug!(resident, cache = after.cache, epoch = after.epoch, "memory shares adjusted");
+                store.set_cache_capacity(after.cache);
+                dataflow.set_epoch_memory_limit(after.epoch);
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MB: usize = 1 << 20;
+
+    fn governor() -> MemoryGovernor {
+        MemoryGovernor::new(512 * MB, MemoryBudget::of(512 * MB))
+    }
+
+    #[test]
+    fn over_the_limit_the_excess_comes_out_of_the_cache_and_epochs_shorten() {
+        let mut g = governor();
+        let full = g.shares();
+        // 600 MB resident against a high mark of 486.4 MB: the cache gives up the ~114 MB.
+        let shares = g.adjust(600 * MB);
+        assert_eq!(shares.cache, full.cache - (600 * MB - 512 * MB / 20 * 19));
+        assert_eq!(shares.epoch, full.epoch / 2);
+        // However far over and for however long, never below the floors.
+        for _ in 0..10 {
+            g.adjust(10_000 * MB);
+        }
+        assert_eq!(g.shares(), Shares { cache: full.cache / 8, epoch: full.epoch / 8 });
+    }
+
+    #[test]
+    fn between_the_marks_nothing_changes_and_under_them_the_shares_grow_back_to_full() {
+        let mut g = governor();
+        let full = g.shares();
+        let shrunk = g.adjust(700 * MB);
+        assert_eq!(g.adjust(450 * MB), shrunk, "450 MB is between 80% and 95% of 512 MB");
+        let mut grown = shrunk;
+        for _ in 0..64 {
+            grown = g.adjust(100 * MB);
+        }
+        assert_eq!(grown, full);
+        // Growing never passes full.
+        assert_eq!(g.adjust(0), full);
+    }
+
+    #[test]
+    fn growth_stops_at_the_low_mark() {
+        let mut g = governor();
+        let shrunk = g.adjust(10_000 * MB);
+        // 409.6 MB is the low mark: at 409 MB there is less than one MB to grow into.
+        let grown = g.adjust(409 * MB);
+        assert!(grown.cache - shrunk.cache < MB, "{grown:?} from {shrunk:?}");
+    }
+
+    #[test]
+    fn the_resident_set_is_read() {
+        if cfg!(target_os = "linux") {
+            assert!(resident_bytes().is_some_and(|b| b > 0));
+        }
+    }
+}
