@@ -37,7 +37,7 @@ pub use commit::EpochCommitter;
 pub use dataflow::{Backfill, Dataflow, DataflowConfig, SourceReader, ViewDefinition};
 pub use error::{EngineError, EngineResult};
 pub use operator::Operator;
-pub use state_table::StateTable;
+pub use state_table::{StateTable, SCAN_BATCH_ROWS};
 
 /// How PostgreSQL names the SQL type Sluice stores as Arrow type `t` (`integer`, `numeric(10,2)`,
 /// `timestamp with time zone`, ...), for messages and DESCRIBE: one mapping, so an error from

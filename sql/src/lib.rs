@@ -31,6 +31,7 @@ mod provider;
 mod relations;
 mod session;
 mod source_status;
+mod state_scan;
 mod statement;
 mod stream_planner;
 mod types;

@@ -35,7 +35,7 @@ use sluice_engine::recovery::{
     table_watermark, LateRow,
 };
 use sluice_engine::watermark::{split_late, Watermark, WatermarkGenerator};
-use sluice_engine::{ChangeBatch, Dataflow, EpochCommitter, StateTable};
+use sluice_engine::{ChangeBatch, Dataflow, EpochCommitter, StateTable, SCAN_BATCH_ROWS};
 use sluice_storage::{StateSnapshot, StateStore, WriteBatch};
 use tokio::sync::Mutex;
 
@@ -545,19 +545,21 @@ impl TableProvider for StoredTable {
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let snapshot = ReadSnapshot::of(state, self.writer.store());
-        let mut batches = match self.key_lookup(snapshot.as_ref(), filters).map_err(to_datafusion)? {
-            Some(batch) => vec![batch],
-            None => self.state.scan_all(snapshot.as_ref()).map_err(|e| to_datafusion(e.into()))?,
-        };
-        if self.def.has_row_id() {
-            // Drop the hidden row id: the user columns come first.
-            let width = self.def.columns.len();
-            batches = batches
-                .into_iter()
-                .map(|b| RecordBatch::try_new(Arc::clone(&self.user_schema), b.columns()[..width].to_vec()))
-                .collect::<Result<_, _>>()?;
+        // The hidden row id, if any, is the last column: the user columns come first.
+        let width = self.def.columns.len();
+        let user_schema = Arc::clone(&self.user_schema);
+        let user_rows = move |b: RecordBatch| RecordBatch::try_new(Arc::clone(&user_schema), b.columns()[..width].to_vec());
+        if let Some(batch) = self.key_lookup(snapshot.as_ref(), filters).map_err(to_datafusion)? {
+            return Ok(MemorySourceConfig::try_new_exec(&[vec![user_rows(batch)?]], Arc::clone(&self.user_schema), projection.cloned())?);
         }
-        Ok(MemorySourceConfig::try_new_exec(&[batches], Arc::clone(&self.user_schema), projection.cloned())?)
+        // Every row: streamed from the snapshot a batch at a time (a table may be larger than
+        // memory).
+        let table = Arc::clone(&self.state);
+        let read = move |after: Option<&[u8]>| {
+            let chunk = table.scan_chunk(snapshot.as_ref(), after, SCAN_BATCH_ROWS).map_err(|e| to_datafusion(e.into()))?;
+            chunk.map(|(stored, last)| Ok((user_rows(stored)?, last))).transpose()
+        };
+        crate::state_scan::StateScan::plan(Arc::clone(&self.user_schema), Arc::new(read), projection)
     }
 
     /// Filters are offered to `scan` to find primary-key lookups; DataFusion still applies them

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::TableType;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
@@ -14,6 +13,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use sluice_engine::operator::{expand_view_rows, view_state_table};
 use sluice_engine::plan::{RelationId, StreamPlan};
 use sluice_engine::{Dataflow, StateTable};
+use sluice_engine::SCAN_BATCH_ROWS;
 use sluice_storage::StateStore;
 
 use crate::error::{to_datafusion, SqlError, SqlResult};
@@ -132,13 +132,17 @@ impl TableProvider for ViewTable {
             ))));
         }
         let snapshot = ReadSnapshot::of(state, &self.store);
-        let stored = self.entry.rows.scan_all(snapshot.as_ref()).map_err(|e| to_datafusion(e.into()))?;
-        let batches = stored
-            .iter()
-            .map(|b| expand_view_rows(b, &self.entry.schema, self.entry.plan.layout))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| to_datafusion(e.into()))?;
-        Ok(MemorySourceConfig::try_new_exec(&[batches], Arc::clone(&self.entry.schema), projection.cloned())?)
+        let entry = Arc::clone(&self.entry);
+        let read = move |after: Option<&[u8]>| {
+            let chunk = entry.rows.scan_chunk(snapshot.as_ref(), after, SCAN_BATCH_ROWS).map_err(|e| to_datafusion(e.into()))?;
+            chunk
+                .map(|(stored, last)| {
+                    let rows = expand_view_rows(&stored, &entry.schema, entry.plan.layout).map_err(|e| to_datafusion(e.into()))?;
+                    Ok((rows, last))
+                })
+                .transpose()
+        };
+        crate::state_scan::StateScan::plan(Arc::clone(&self.entry.schema), Arc::new(read), projection)
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
