@@ -55,13 +55,14 @@ impl MemoryGovernor {
         self.current
     }
 
-    /// The shares to apply when the process is `resident` bytes. Over 95% of the limit, the
-    /// excess comes out of the cache and the epoch's share halves; under 80%, the cache grows
-    /// back by a sixteenth of its full size (or what is left below 80%) and the epoch's share
+    /// The shares to apply when the process is `resident` bytes. Over 90% of the limit (the
+    /// margin covers what grows between two readings), the excess comes out of the cache and
+    /// the epoch's share halves; under 75%, the cache grows back by a sixteenth of its full
+    /// size (or what is left below 75%) and the epoch's share
     /// by a quarter. In between, nothing changes, so the loop settles instead of oscillating.
     pub fn adjust(&mut self, resident: usize) -> Shares {
-        let high = self.limit / 20 * 19;
-        let low = self.limit / 5 * 4;
+        let high = self.limit / 10 * 9;
+        let low = self.limit / 4 * 3;
         let Shares { cache, epoch } = self.current;
         self.current = if resident > high {
             Shares { cache: cache.saturating_sub(resident - high).max(self.floor.cache), epoch: (epoch / 2).max(self.floor.epoch) }
@@ -122,9 +123,9 @@ mod tests {
     fn over_the_limit_the_excess_comes_out_of_the_cache_and_epochs_shorten() {
         let mut g = governor();
         let full = g.shares();
-        // 600 MB resident against a high mark of 486.4 MB: the cache gives up the ~114 MB.
+        // 600 MB resident against a high mark of 460.8 MB: the cache gives up the ~139 MB.
         let shares = g.adjust(600 * MB);
-        assert_eq!(shares.cache, full.cache - (600 * MB - 512 * MB / 20 * 19));
+        assert_eq!(shares.cache, full.cache - (600 * MB - 512 * MB / 10 * 9));
         assert_eq!(shares.epoch, full.epoch / 2);
         // However far over and for however long, never below the floors.
         for _ in 0..10 {
@@ -138,7 +139,7 @@ mod tests {
         let mut g = governor();
         let full = g.shares();
         let shrunk = g.adjust(700 * MB);
-        assert_eq!(g.adjust(450 * MB), shrunk, "450 MB is between 80% and 95% of 512 MB");
+        assert_eq!(g.adjust(420 * MB), shrunk, "420 MB is between 75% and 90% of 512 MB");
         let mut grown = shrunk;
         for _ in 0..64 {
             grown = g.adjust(100 * MB);
@@ -152,8 +153,8 @@ mod tests {
     fn growth_stops_at_the_low_mark() {
         let mut g = governor();
         let shrunk = g.adjust(10_000 * MB);
-        // 409.6 MB is the low mark: at 409 MB there is less than one MB to grow into.
-        let grown = g.adjust(409 * MB);
+        // 384 MB is the low mark: at 383.5 MB there is less than one MB to grow into.
+        let grown = g.adjust(383 * MB + MB / 2);
         assert!(grown.cache - shrunk.cache < MB, "{grown:?} from {shrunk:?}");
     }
 
