@@ -127,21 +127,24 @@ fn entry_seq(key: &[u8]) -> EngineResult<u64> {
 }
 
 /// Source `source`'s queued rows as of `snapshot`, oldest first, as rows of `schema` (the
-/// source's columns); at most the entries that reach `max_rows` (at least one entry).
+/// source's columns); at most the entries that reach `max_rows` rows or `max_bytes` bytes of
+/// decoded rows, whichever comes first (at least one entry).
 pub fn queued_rows(
     snapshot: &dyn StateSnapshot,
     source: RelationId,
     schema: &SchemaRef,
     max_rows: usize,
+    max_bytes: usize,
 ) -> EngineResult<Vec<QueuedRows>> {
     let mut out = Vec::new();
-    let mut rows = 0;
+    let (mut rows, mut bytes) = (0, 0);
     for entry in queued_entries(snapshot, source, schema)? {
-        if rows >= max_rows {
+        if rows >= max_rows || bytes >= max_bytes {
             break;
         }
         let entry = entry?;
         rows += entry.num_rows();
+        bytes += entry.batches.iter().map(RecordBatch::get_array_memory_size).sum::<usize>();
         out.push(entry);
     }
     Ok(out)

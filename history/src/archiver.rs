@@ -31,8 +31,13 @@ use crate::pins::{Retired, ScanPins};
 use crate::store::HistoryStore;
 use crate::HistoryError;
 
-/// Rows archived per round at most (bounds the memory a round takes).
+/// Rows archived per round at most.
 const ROWS_PER_ROUND: usize = 1_000_000;
+/// Bytes of decoded rows archived per round at most: a round holds its rows about three times
+/// over (decoded, split by hour, encoded as Parquet), so wide rows must not fill a round by
+/// count alone (a round of a million 100-byte rows took a flooding source's peak RSS from
+/// 599 MB to 872 MB at a 512 MB limit; BENCHMARKS.md).
+const BYTES_PER_ROUND: usize = 32 << 20;
 /// How often at most the state store is asked to give back the space of archived queue
 /// entries (a manual compaction of the source's queue range).
 const RECLAIM_INTERVAL: Duration = Duration::from_secs(60);
@@ -157,7 +162,7 @@ fn time_range(spec: &HistorySpec, batches: &[RecordBatch]) -> Result<(Option<i64
 /// Archives up to [`ROWS_PER_ROUND`] queued rows of `spec`'s source; returns how many.
 async fn archive_round(spec: &HistorySpec, store: &HistoryStore, committer: &EpochCommitter) -> Result<usize, HistoryError> {
     let snapshot = committer.store().snapshot();
-    let entries = queued_rows(snapshot.as_ref(), spec.id, &spec.schema, ROWS_PER_ROUND)?;
+    let entries = queued_rows(snapshot.as_ref(), spec.id, &spec.schema, ROWS_PER_ROUND, BYTES_PER_ROUND)?;
     drop(snapshot);
     let (Some(first), Some(last)) = (entries.first().map(|e| e.seq), entries.last().map(|e| e.seq)) else {
         return Ok(0);
