@@ -126,7 +126,7 @@ pub const PANELS: &[(&str, &str)] = &[
     (
         "A real access log, followed as it is written (access_log file source: status_codes; bad lines in sluice_errors)",
         "SELECT s.status, s.requests, s.clients, s.bytes, r.records AS lines_read, r.errors AS bad_lines
-         FROM status_codes s, (SELECT records, errors FROM sluice_sources WHERE source = 'access_log') r
+         FROM status_codes s, (SELECT records, errors FROM sluice_sources WHERE source = 'access_log' AND view = 'status_codes') r
          ORDER BY s.requests DESC LIMIT 4",
     ),
 ];
