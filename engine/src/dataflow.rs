@@ -428,10 +428,6 @@ impl Dataflow {
         self.epoch_memory_limit.store(bytes, Ordering::Relaxed);
     }
 
-    /// The current [`DataflowConfig::epoch_memory_limit`].
-    pub fn epoch_memory_limit(&self) -> usize {
-        self.epoch_memory_limit.load(Ordering::Relaxed)
-    }
 
     /// Enqueues the changes of `relation` that change-log entry `seq` holds (committed with
     /// the table write). Waits while the dataflow is behind. The checkpoint that absorbs them

@@ -10,36 +10,26 @@ use sluice_storage::{KeyRange, StateSnapshot, TableId, WriteBatch};
 
 use crate::{EngineError, EngineResult};
 
-/// About how many bytes of memory `ops` queued write operations holding `data` bytes of keys
-/// and values take: each operation's own size plus the data, which [`packed`] keeps in one
-/// buffer per batch.
-pub fn queued_bytes(ops: usize, data: usize) -> usize {
-    ops * size_of::<sluice_storage::WriteOp>() + data
-}
-
-/// Each row of `rows` as a slice of one shared buffer, and the buffer's size.
+/// All rows of `rows` in one buffer, and each row's slice of it, in order.
 ///
-/// Why: an epoch queues millions of keys and values; one allocation per batch instead of
-/// two per row keeps the allocator out of the hot path and lets the whole epoch's writes be
-/// freed at once when it commits.
-fn packed(rows: &Rows) -> (Vec<Bytes>, usize) {
+/// Why: an epoch queues millions of keys and values; one allocation per batch instead of one
+/// per row keeps the allocator out of the hot path and lets the whole epoch's writes be freed
+/// at once when it commits.
+fn packed(rows: &Rows) -> (Bytes, impl Iterator<Item = Bytes> + '_) {
     let mut buffer = Vec::with_capacity(rows.iter().map(|r| r.data().len()).sum());
     for row in rows.iter() {
         buffer.extend_from_slice(row.data());
     }
-    let size = buffer.len();
     let buffer = Bytes::from(buffer);
+    let whole = buffer.clone();
     let mut start = 0;
-    let slices = rows
-        .iter()
-        .map(|row| {
-            let end = start + row.data().len();
-            let slice = buffer.slice(start..end);
-            start = end;
-            slice
-        })
-        .collect();
-    (slices, size)
+    let slices = rows.iter().map(move |row| {
+        let end = start + row.data().len();
+        let slice = buffer.slice(start..end);
+        start = end;
+        slice
+    });
+    (whole, slices)
 }
 
 /// A relation of one Arrow schema, stored as `key → row` in one storage table.
@@ -152,23 +142,22 @@ impl StateTable {
     }
 
     /// Queues an upsert of every row of `batch` into `write`; returns about how many bytes of
-    /// memory the queued writes take (see [`queued_bytes`]).
+    /// memory the queued writes take (each operation's own size plus its key and value).
     pub fn write_rows(&self, batch: &RecordBatch, write: &mut WriteBatch) -> EngineResult<usize> {
         let keys = self.encode_keys(batch)?;
         let values = self.value_codec.convert_columns(batch.columns())?;
-        let (keys, key_bytes) = packed(&keys);
-        let (values, value_bytes) = packed(&values);
-        let rows = keys.len();
-        for (key, value) in keys.into_iter().zip(values) {
+        let (key_buffer, keys) = packed(&keys);
+        let (value_buffer, values) = packed(&values);
+        for (key, value) in keys.zip(values) {
             write.put(self.id, key, value);
         }
-        Ok(queued_bytes(rows, key_bytes + value_bytes))
+        Ok(batch.num_rows() * size_of::<sluice_storage::WriteOp>() + key_buffer.len() + value_buffer.len())
     }
 
     /// Queues the deletion of every row of `batch` (by key) into `write`.
     pub fn delete_rows(&self, batch: &RecordBatch, write: &mut WriteBatch) -> EngineResult<()> {
         let keys = self.encode_keys(batch)?;
-        for key in packed(&keys).0 {
+        for key in packed(&keys).1 {
             write.delete(self.id, key);
         }
         Ok(())

@@ -168,15 +168,6 @@ fn threads_cpu_seconds(counted: impl Fn(&str) -> bool) -> f64 {
     total
 }
 
-/// The process's peak resident set so far (`VmHWM`; Linux only). The benchmark runs one query
-/// per process when the figure matters.
-fn peak_rss_bytes() -> Option<usize> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb << 10)
-}
-
 /// User plus system CPU seconds in a `/proc/.../stat` line (0 if it cannot be read).
 pub(crate) fn stat_cpu_seconds(stat: &str) -> f64 {
     // Fields after the parenthesised command: state is field 3; utime, stime are 14, 15.
@@ -224,15 +215,16 @@ pub async fn run(options: BenchOptions) -> Result<(), SqlError> {
     );
     for (name, query) in QUERIES.iter().filter(|(n, _)| options.queries.iter().any(|q| q == n)) {
         // A fresh database per query, so that no other view shares the dataflow.
+        let budget = crate::MemoryBudget::of(options.memory_limit);
         let config = DataflowConfig {
             parallelism: options.parallelism.max(1),
-            epoch_memory_limit: crate::MemoryBudget::of(options.memory_limit).epoch,
+            epoch_memory_limit: budget.epoch,
             ..DataflowConfig::default()
         };
         let (store, scratch) = open_store(&options, name)?;
         let db = Database::with_dataflow(Arc::clone(&store), config)?;
         // As `serve` runs it (see `memory`); stopped with this query's database.
-        let governor = crate::memory::spawn(options.memory_limit, crate::MemoryBudget::of(options.memory_limit), Arc::clone(&store), db.dataflow().clone());
+        let governor = crate::memory::spawn(options.memory_limit, budget, Arc::clone(&store), db.dataflow().clone());
         let mut session = db.session("sluice", "bench", 0);
         let event_time = name.ends_with("_eowc");
         let table_ddl = if event_time {
@@ -298,7 +290,8 @@ pub async fn run(options: BenchOptions) -> Result<(), SqlError> {
         );
         println!("STATE query={name} events={sent} state_rows={}", state_rows(&db, &store, name)?);
         // Before the VERIFY query, which reads the whole view into memory.
-        if let Some(peak) = peak_rss_bytes() {
+        // The process's peak: the benchmark runs one query per process when the figure matters.
+        if let Some(peak) = crate::memory::peak_resident_bytes() {
             let parts: Vec<String> = store.memory_usage().iter().map(|(part, bytes)| format!("{part}_mb={}", bytes >> 20)).collect();
             println!(
                 "MEMORY query={name} peak_rss_mb={} memory_limit_mb={} state_mb={} {}",

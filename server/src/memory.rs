@@ -58,8 +58,8 @@ impl MemoryGovernor {
     /// The shares to apply when the process is `resident` bytes. Over 90% of the limit (the
     /// margin covers what grows between two readings), the excess comes out of the cache and
     /// the epoch's share halves; under 75%, the cache grows back by a sixteenth of its full
-    /// size (or what is left below 75%) and the epoch's share
-    /// by a quarter. In between, nothing changes, so the loop settles instead of oscillating.
+    /// size (or what is left below 75%) and the epoch's share by a quarter. In between,
+    /// nothing changes, so the loop settles instead of oscillating.
     pub fn adjust(&mut self, resident: usize) -> Shares {
         let high = self.limit / 10 * 9;
         let low = self.limit / 4 * 3;
@@ -78,8 +78,18 @@ impl MemoryGovernor {
 
 /// The process's resident set in bytes (`VmRSS`; Linux only).
 pub fn resident_bytes() -> Option<usize> {
+    process_status_bytes("VmRSS")
+}
+
+/// The process's peak resident set so far in bytes (`VmHWM`; Linux only).
+pub fn peak_resident_bytes() -> Option<usize> {
+    process_status_bytes("VmHWM")
+}
+
+/// A size field of `/proc/self/status` (given in kB there), in bytes.
+fn process_status_bytes(field: &str) -> Option<usize> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|l| l.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')))?;
     let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb << 10)
 }
@@ -161,7 +171,8 @@ mod tests {
     #[test]
     fn the_resident_set_is_read() {
         if cfg!(target_os = "linux") {
-            assert!(resident_bytes().is_some_and(|b| b > 0));
+            let (now, peak) = (resident_bytes().unwrap_or(0), peak_resident_bytes().unwrap_or(0));
+            assert!(now > 0 && peak >= now, "VmRSS {now}, VmHWM {peak}");
         }
     }
 }

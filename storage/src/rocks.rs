@@ -539,6 +539,11 @@ mod tests {
         assert!(part("memtables") >= before + 1_000_000, "{:?}", store.memory_usage());
         assert!(part("block_cache") >= part("memtables") / 2, "{:?}", store.memory_usage());
         assert!(store.memory_usage().iter().any(|(p, _)| *p == "table_readers"));
+        // The governor's resize reaches the cache.
+        let capacity = || store.db.property_int_value("rocksdb.block-cache-capacity").unwrap().unwrap();
+        assert_eq!(capacity(), RocksOptions::default().memory_limit.max(16 << 20) as u64);
+        store.set_cache_capacity(8 << 20);
+        assert_eq!(capacity(), 8 << 20);
     }
 
     /// Bytes of the store's blob files on disk.

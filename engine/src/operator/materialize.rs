@@ -15,10 +15,10 @@ use crate::{ChangeBatch, EngineError, EngineResult, Op, StateTable};
 pub const COUNT_COLUMN: &str = "__count";
 /// Names of the two key columns of an append-only view's state table
 /// ([`ViewLayout::AppendOnly`]).
-pub const ARRIVAL_COLUMNS: [&str; 2] = ["__epoch", "__seq"];
+const ARRIVAL_COLUMNS: [&str; 2] = ["__epoch", "__seq"];
 
 /// Bits of an arrival sequence number below the instance index: an instance numbers at most
-/// 2^40 rows per barrier.
+/// 2^40 rows under one `__epoch`.
 const ARRIVAL_SEQ_BITS: u32 = 40;
 
 /// How a view's rows are kept in its state table.
@@ -111,12 +111,14 @@ pub struct MaterializeOperator {
     /// [`ViewLayout::AppendOnly`]: this epoch's rows, already encoded (their keys are known
     /// on arrival), handed over whole at the barrier.
     writes: WriteBatch,
-    /// This epoch's changes, kept to gather the changed rows at the barrier.
+    /// [`ViewLayout::Counted`]: this epoch's changes, kept to gather the changed rows at the
+    /// barrier.
     pending: Vec<RecordBatch>,
     /// Per changed row (by key): where one copy of it is in `pending`, and its count change
     /// ([`ViewLayout::Counted`] only).
     deltas: HashMap<Vec<u8>, ((usize, usize), i64), FastHash>,
-    /// Estimated memory of `pending` and `deltas` (see [`Operator::dirty_bytes`]).
+    /// Estimated memory of `pending` and `deltas`, or of `writes` (see
+    /// [`Operator::dirty_bytes`]).
     dirty_bytes: usize,
 }
 
@@ -210,7 +212,7 @@ impl MaterializeOperator {
         }
         let rows = changes.num_rows() as i64;
         if self.arrival_count + rows > 1 << ARRIVAL_SEQ_BITS {
-            return Err(EngineError::Invalid("a view instance received more than 2^40 rows in one epoch".into()));
+            return Err(EngineError::Invalid("a view instance received more than 2^40 rows between two checkpoints".into()));
         }
         let first = ((self.instance as i64) << ARRIVAL_SEQ_BITS) + self.arrival_count;
         let mut columns = changes.data().columns().to_vec();

@@ -17,7 +17,7 @@ mod unnest;
 
 pub use filter::FilterOperator;
 pub use hash_aggregate::{AggregateCall, AggregateKind, HashAggregateOperator, WindowKey};
-pub use materialize::{expand_view_rows, view_state_table, MaterializeOperator, ViewLayout, ARRIVAL_COLUMNS, COUNT_COLUMN};
+pub use materialize::{expand_view_rows, view_state_table, MaterializeOperator, ViewLayout, COUNT_COLUMN};
 pub use project::ProjectOperator;
 pub use scan::ScanOperator;
 pub use session::{assign_sessions, session_windows, with_bounds, SessionWindowOperator};
