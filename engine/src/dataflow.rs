@@ -50,13 +50,56 @@ use crate::operator::{
 };
 use crate::plan::{NodeKind, RelationId, StreamPlan};
 use crate::recovery::{
-    late_rows_counter, log_key, read_counter, record_late_rows, recorded_failure, source_position, system_tables,
+    creating_view_entry, late_rows_counter, log_key, read_counter, record_late_rows, recorded_failure, source_position, system_tables,
     record_source_errors, source_errors_counter, LateRow, RejectedRecord, SourcePosition,
 };
 use crate::sink::{delivery_loop, next_outbox_seq, outbox_key, RunningSink, SinkDefinition};
 use crate::source::{ErrorPolicy, SourceBatch, SourceConnector};
 use crate::watermark::{split_late, Watermark, WatermarkGenerator};
 use crate::{ChangeBatch, EngineError, EngineResult, Operator, StateTable};
+
+/// A stored table's rows as of one snapshot, read [`crate::state_table::SCAN_BATCH_ROWS`] at a
+/// time and shaped by `shape`: a new view's backfill from a table or view, which must not
+/// have to fit in memory.
+struct StoredRows<F> {
+    table: Arc<StateTable>,
+    snapshot: Arc<dyn StateSnapshot>,
+    /// The key of the last row read; None before the first chunk.
+    after: Option<Vec<u8>>,
+    finished: bool,
+    shape: F,
+}
+
+impl<F: FnMut(RecordBatch) -> EngineResult<RecordBatch>> StoredRows<F> {
+    fn new(table: Arc<StateTable>, snapshot: Arc<dyn StateSnapshot>, shape: F) -> Self {
+        Self { table, snapshot, after: None, finished: false, shape }
+    }
+}
+
+impl<F: FnMut(RecordBatch) -> EngineResult<RecordBatch>> Iterator for StoredRows<F> {
+    type Item = EngineResult<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.finished {
+            return None;
+        }
+        let chunk = self.table.scan_chunk(self.snapshot.as_ref(), self.after.as_deref(), crate::state_table::SCAN_BATCH_ROWS);
+        match chunk {
+            Ok(Some((batch, last))) => {
+                self.after = Some(last);
+                Some((self.shape)(batch))
+            }
+            Ok(None) => {
+                self.finished = true;
+                None
+            }
+            Err(e) => {
+                self.finished = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
 
 /// How a new view gets the current contents of a relation it reads.
 pub enum Backfill {
@@ -372,6 +415,9 @@ impl Dataflow {
     /// Starts the dataflow thread and its barrier ticker. Must be called inside a tokio
     /// runtime (source readers and the ticker run on it).
     pub fn start(committer: Arc<EpochCommitter>, config: DataflowConfig) -> EngineResult<Self> {
+        for view in crate::recovery::discard_unfinished_views(&committer)? {
+            tracing::warn!(view, "dropped the partial state of a materialized view whose CREATE did not finish");
+        }
         let (commands, receiver) = mpsc::channel(config.channel_capacity.max(1));
         let failures = Arc::new(Mutex::new(HashMap::new()));
         let status = Arc::new(Mutex::new(EventTimeStatus::default()));
@@ -1162,8 +1208,14 @@ impl Worker {
             }
             ViewStart::New { backfill, catalog } => (backfill, catalog),
         };
-        // Settle every running view first, so that views this one reads are committed.
-        self.barrier(WriteBatch::new(), false)?;
+        // Settle every running view first, so that views this one reads are committed. The
+        // same epoch records that the view is being created: its backfill may commit partial
+        // state over several epochs before its catalog entry exists, and a restart drops the
+        // state such a record names (`discard_unfinished_views`).
+        let mut intent = WriteBatch::new();
+        let (key, tables) = creating_view_entry(view.id, &running.state_tables);
+        intent.put(system_tables::CREATING_VIEWS, key, tables);
+        self.barrier(intent, false)?;
         self.views.push(running);
         let at = self.views.len() - 1;
         let snapshot = self.committer.store().snapshot();
@@ -1173,13 +1225,8 @@ impl Worker {
                 Backfill::Table { relation, state, columns, snapshot, watermark } => {
                     watermarks.extend(watermark);
                     let projection: Vec<usize> = (0..columns).collect();
-                    let batches = state.scan_all(snapshot.as_ref()).and_then(|batches| {
-                        batches.into_iter().map(|b| b.project(&projection).map_err(EngineError::from)).collect::<EngineResult<Vec<_>>>()
-                    });
-                    match batches {
-                        Ok(batches) => (relation, Box::new(batches.into_iter().map(Ok))),
-                        Err(e) => return self.abandon(at, e.to_string()),
-                    }
+                    let shape = move |b: RecordBatch| b.project(&projection).map_err(EngineError::from);
+                    (relation, Box::new(StoredRows::new(state, snapshot, shape)))
                 }
                 Backfill::View { relation } => {
                     let Some(source) = self.views.iter().find(|v| v.id == relation) else {
@@ -1193,13 +1240,13 @@ impl Worker {
                         watermarks.extend(columns.iter().map(|(column, value)| Watermark { column: *column, value: *value }));
                     }
                     drop(status);
-                    let rows = source.materialized.scan_all(snapshot.as_ref()).and_then(|stored| {
-                        stored.iter().map(|b| expand_view_rows(b, &source.schema, source.layout)).collect::<EngineResult<Vec<_>>>()
-                    });
-                    match rows {
-                        Ok(rows) => (relation, Box::new(rows.into_iter().map(Ok))),
+                    let (schema, layout) = (Arc::clone(&source.schema), source.layout);
+                    let stored = match crate::operator::view_state_table(relation, &schema, layout) {
+                        Ok(table) => Arc::new(table),
                         Err(e) => return self.abandon(at, e.to_string()),
-                    }
+                    };
+                    let shape = move |b: RecordBatch| expand_view_rows(&b, &schema, layout);
+                    (relation, Box::new(StoredRows::new(stored, Arc::clone(&snapshot), shape)))
                 }
                 Backfill::Rows { relation, rows, watermark } => {
                     watermarks.extend(watermark);
@@ -1218,6 +1265,11 @@ impl Worker {
                     // The view's state is discarded below; the rest need not be read.
                     break;
                 }
+                // A backfill larger than an epoch's memory commits as it goes, like any input.
+                if self.epoch_bytes() > self.epoch_memory_limit.load(Ordering::Relaxed) {
+                    tracing::debug!(view = %view.name, "backfill epoch ended early: its memory limit is reached");
+                    self.barrier(WriteBatch::new(), false)?;
+                }
             }
             for w in watermarks {
                 self.deliver(relation, Message::Watermark(w), Some(at));
@@ -1232,6 +1284,7 @@ impl Worker {
             return self.abandon(at, reason);
         }
         write.append(catalog);
+        write.delete(system_tables::CREATING_VIEWS, view.id.to_be_bytes().to_vec());
         self.commit_checkpoint(write, true)?;
         for reader in view.readers {
             self.late_counts.insert(reader.relation, 0);
@@ -1267,6 +1320,7 @@ impl Worker {
         }
         self.status.lock().unwrap_or_else(|p| p.into_inner()).watermarks.remove(&view.id);
         write.delete(system_tables::FAILED_VIEWS, view.id.to_be_bytes().to_vec());
+        write.delete(system_tables::CREATING_VIEWS, view.id.to_be_bytes().to_vec());
         self.newly_failed.retain(|(id, _)| *id != view.id);
         self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&view.id);
         write.append(extra);

@@ -64,6 +64,48 @@ pub mod system_tables {
     /// The row count of each history queue entry, by the entry's key: what counting the queue
     /// reads, instead of every entry's (large, blob-stored) value.
     pub const HISTORY_QUEUE_ROWS: TableId = u32::MAX - 11;
+    /// Materialized views whose CREATE is backfilling, by view id, with the state tables it
+    /// writes: a backfill larger than an epoch's memory commits partial state before the
+    /// view's catalog entry exists, and a restart drops what such an entry names.
+    pub const CREATING_VIEWS: TableId = u32::MAX - 12;
+}
+
+/// The [`system_tables::CREATING_VIEWS`] entry of a view being created with state tables
+/// `tables`, as (key, value).
+pub fn creating_view_entry(view: RelationId, tables: &[TableId]) -> (Vec<u8>, Vec<u8>) {
+    (view.to_be_bytes().to_vec(), tables.iter().flat_map(|t| t.to_be_bytes()).collect())
+}
+
+/// Drops the state of every view whose CREATE did not finish (the server stopped during its
+/// backfill): its state tables, its recorded failure and its entry, in one durable epoch.
+/// Returns the views dropped. Runs before anything is restored, so that ids the unfinished
+/// view held, which the catalog never recorded as used, can be handed out again.
+pub fn discard_unfinished_views(committer: &crate::EpochCommitter) -> EngineResult<Vec<RelationId>> {
+    let snapshot = committer.store().snapshot();
+    let mut write = sluice_storage::WriteBatch::new();
+    let mut views = Vec::new();
+    for kv in snapshot.scan(system_tables::CREATING_VIEWS, KeyRange::all())? {
+        let (key, value) = kv?;
+        let view = <[u8; 4]>::try_from(key.as_ref())
+            .map(RelationId::from_be_bytes)
+            .map_err(|_| EngineError::Invalid("a creating-view entry has a malformed key".into()))?;
+        if value.len() % 4 != 0 {
+            return Err(EngineError::Invalid(format!("the creating-view entry of view {view} is malformed")));
+        }
+        for table in value.chunks_exact(4) {
+            let mut id = [0u8; 4];
+            id.copy_from_slice(table);
+            write.drop_table(TableId::from_be_bytes(id));
+        }
+        write.delete(system_tables::FAILED_VIEWS, key.to_vec());
+        write.delete(system_tables::CREATING_VIEWS, key.to_vec());
+        views.push(view);
+    }
+    if !views.is_empty() {
+        write.set_durable();
+        committer.commit(write)?;
+    }
+    Ok(views)
 }
 
 /// Rejected records kept per source reader in `sluice_errors` (older ones are dropped; every

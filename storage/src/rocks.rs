@@ -89,6 +89,21 @@ fn in_key_order(ops: &[WriteOp]) -> impl Iterator<Item = &WriteOp> {
     order.into_iter()
 }
 
+/// Bytes a RocksDB write batch takes for `ops` with the epoch record: each operation's
+/// stored key and value plus its tag and two length prefixes, and the batch header.
+fn encoded_size(ops: &[WriteOp]) -> usize {
+    const PER_OP: usize = 1 + 5 + 5 + 4;
+    let ops: usize = ops
+        .iter()
+        .map(|op| match op {
+            WriteOp::Put { key, value, .. } => PER_OP + key.len() + value.len(),
+            WriteOp::Delete { key, .. } => PER_OP + key.len(),
+            WriteOp::DropTable { .. } => 2 * PER_OP,
+        })
+        .sum();
+    12 + ops + 64
+}
+
 fn stored_key(table: TableId, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(4 + key.len());
     k.extend_from_slice(&table_prefix(table));
@@ -253,7 +268,10 @@ impl StateStore for RocksStateStore {
             return Err(StorageError::EpochOutOfOrder { committed: *committed, attempted: epoch });
         }
         let meta = self.db.cf_handle(META_CF).ok_or_else(|| StorageError::Corrupt("no meta column family".into()))?;
-        let mut write = rocksdb::WriteBatch::default();
+        // Sized up front: grown by doubling, a large epoch's batch would hold its old and new
+        // buffers at once, a momentary spike of up to twice the batch (measured as the peaks
+        // over the memory limit).
+        let mut write = rocksdb::WriteBatch::with_capacity_bytes(encoded_size(batch.ops()));
         for op in in_key_order(batch.ops()) {
             match op {
                 WriteOp::Put { table, key, value } => write.put(stored_key(*table, key), value),
