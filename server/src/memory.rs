@@ -55,14 +55,26 @@ impl MemoryGovernor {
         self.current
     }
 
-    /// The shares to apply when the process is `resident` bytes. Over 90% of the limit (the
-    /// margin covers what grows between two readings), the excess comes out of the cache and
-    /// the epoch's share halves; under 75%, the cache grows back by a sixteenth of its full
-    /// size (or what is left below 75%) and the epoch's share by a quarter. In between,
-    /// nothing changes, so the loop settles instead of oscillating.
+    /// The high and low marks for the current shares, in bytes of resident set.
+    ///
+    /// The high mark leaves room under the limit for what grows between two readings, the
+    /// larger of a tenth of the limit and two epochs' shares: a checkpoint's commit holds the
+    /// epoch's writes twice more for a moment (RocksDB's write batch and its memtable) on top
+    /// of what the reading saw, and those spikes, not the level, are what passed the limit
+    /// (BENCHMARKS.md, "Memory limit"). The low mark is an eighth of the limit below it.
+    pub fn marks(&self) -> (usize, usize) {
+        let reserve = (self.limit / 10).max(2 * self.current.epoch);
+        let high = self.limit.saturating_sub(reserve);
+        (high, high.saturating_sub(self.limit / 8))
+    }
+
+    /// The shares to apply when the process is `resident` bytes. Over the high mark (see
+    /// [`MemoryGovernor::marks`]), the excess comes out of the cache and the epoch's share
+    /// halves; under the low mark, the cache grows back by a sixteenth of its full size (or
+    /// what is left below the mark) and the epoch's share by a quarter. In between, nothing
+    /// changes, so the loop settles instead of oscillating.
     pub fn adjust(&mut self, resident: usize) -> Shares {
-        let high = self.limit / 10 * 9;
-        let low = self.limit / 4 * 3;
+        let (high, low) = self.marks();
         let Shares { cache, epoch } = self.current;
         self.current = if resident > high {
             Shares { cache: cache.saturating_sub(resident - high).max(self.floor.cache), epoch: (epoch / 2).max(self.floor.epoch) }
@@ -133,10 +145,14 @@ mod tests {
     fn over_the_limit_the_excess_comes_out_of_the_cache_and_epochs_shorten() {
         let mut g = governor();
         let full = g.shares();
-        // 600 MB resident against a high mark of 460.8 MB: the cache gives up the ~139 MB.
+        // At 512 MB the epoch's share is 32 MB: the high mark leaves two of them, 64 MB, free.
+        assert_eq!(g.marks(), (448 * MB, 384 * MB));
+        // 600 MB resident against the high mark: the cache gives up the 152 MB.
         let shares = g.adjust(600 * MB);
-        assert_eq!(shares.cache, full.cache - (600 * MB - 512 * MB / 10 * 9));
+        assert_eq!(shares.cache, full.cache - 152 * MB);
         assert_eq!(shares.epoch, full.epoch / 2);
+        // With shorter epochs a tenth of the limit is the larger reserve.
+        assert_eq!(g.marks(), (512 * MB - 512 * MB / 10, 512 * MB - 512 * MB / 10 - 64 * MB));
         // However far over and for however long, never below the floors.
         for _ in 0..10 {
             g.adjust(10_000 * MB);
@@ -149,7 +165,7 @@ mod tests {
         let mut g = governor();
         let full = g.shares();
         let shrunk = g.adjust(700 * MB);
-        assert_eq!(g.adjust(420 * MB), shrunk, "420 MB is between 75% and 90% of 512 MB");
+        assert_eq!(g.adjust(420 * MB), shrunk, "420 MB is between the marks");
         let mut grown = shrunk;
         for _ in 0..64 {
             grown = g.adjust(100 * MB);
@@ -163,8 +179,12 @@ mod tests {
     fn growth_stops_at_the_low_mark() {
         let mut g = governor();
         let shrunk = g.adjust(10_000 * MB);
-        // 384 MB is the low mark: at 383.5 MB there is less than one MB to grow into.
-        let grown = g.adjust(383 * MB + MB / 2);
+        // With the epoch's share halved, a tenth of the limit is the reserve: the low mark is
+        // 512 - 51.2 - 64 MB.
+        let (_, low) = g.marks();
+        assert_eq!(low, 512 * MB - 512 * MB / 10 - 64 * MB);
+        // Half a megabyte under it there is less than one MB to grow into.
+        let grown = g.adjust(low - MB / 2);
         assert!(grown.cache - shrunk.cache < MB, "{grown:?} from {shrunk:?}");
     }
 
