@@ -592,7 +592,7 @@ struct RunningView {
     /// Which nodes read which relation.
     scans: Vec<(RelationId, usize)>,
     materialize: Box<dyn Operator>,
-    materialized: StateTable,
+    materialized: Arc<StateTable>,
     layout: ViewLayout,
     state_tables: Vec<TableId>,
     /// Its own source readers (relations no other view reads).
@@ -1174,7 +1174,7 @@ impl Worker {
         } else {
             Box::new(MaterializeOperator::try_new(view.id, &view.schema, store, layout)?)
         };
-        let materialized = crate::operator::view_state_table(view.id, &view.schema, layout)?;
+        let materialized = Arc::new(crate::operator::view_state_table(view.id, &view.schema, layout)?);
         let mut state_tables = view.plan.state_tables();
         state_tables.push(view.id);
         let running = RunningView {
@@ -1241,10 +1241,7 @@ impl Worker {
                     }
                     drop(status);
                     let (schema, layout) = (Arc::clone(&source.schema), source.layout);
-                    let stored = match crate::operator::view_state_table(relation, &schema, layout) {
-                        Ok(table) => Arc::new(table),
-                        Err(e) => return self.abandon(at, e.to_string()),
-                    };
+                    let stored = Arc::clone(&source.materialized);
                     let shape = move |b: RecordBatch| expand_view_rows(&b, &schema, layout);
                     (relation, Box::new(StoredRows::new(stored, Arc::clone(&snapshot), shape)))
                 }

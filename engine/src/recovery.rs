@@ -81,29 +81,36 @@ pub fn creating_view_entry(view: RelationId, tables: &[TableId]) -> (Vec<u8>, Ve
 /// Returns the views dropped. Runs before anything is restored, so that ids the unfinished
 /// view held, which the catalog never recorded as used, can be handed out again.
 pub fn discard_unfinished_views(committer: &crate::EpochCommitter) -> EngineResult<Vec<RelationId>> {
-    let snapshot = committer.store().snapshot();
+    let unfinished = creating_views(committer.store().snapshot().as_ref())?;
+    if unfinished.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut write = sluice_storage::WriteBatch::new();
+    for (view, tables) in &unfinished {
+        for table in tables {
+            write.drop_table(*table);
+        }
+        write.delete(system_tables::FAILED_VIEWS, view.to_be_bytes().to_vec());
+        write.delete(system_tables::CREATING_VIEWS, view.to_be_bytes().to_vec());
+    }
+    write.set_durable();
+    committer.commit(write)?;
+    Ok(unfinished.into_iter().map(|(view, _)| view).collect())
+}
+
+/// The views `snapshot` records as being created (see [`creating_view_entry`]), each with
+/// the state tables its backfill writes.
+pub fn creating_views(snapshot: &dyn StateSnapshot) -> EngineResult<Vec<(RelationId, Vec<TableId>)>> {
+    let id = |bytes: &[u8]| <[u8; 4]>::try_from(bytes).map(u32::from_be_bytes);
     let mut views = Vec::new();
     for kv in snapshot.scan(system_tables::CREATING_VIEWS, KeyRange::all())? {
         let (key, value) = kv?;
-        let view = <[u8; 4]>::try_from(key.as_ref())
-            .map(RelationId::from_be_bytes)
-            .map_err(|_| EngineError::Invalid("a creating-view entry has a malformed key".into()))?;
+        let view = id(&key).map_err(|_| EngineError::Invalid("a creating-view entry has a malformed key".into()))?;
         if value.len() % 4 != 0 {
             return Err(EngineError::Invalid(format!("the creating-view entry of view {view} is malformed")));
         }
-        for table in value.chunks_exact(4) {
-            let mut id = [0u8; 4];
-            id.copy_from_slice(table);
-            write.drop_table(TableId::from_be_bytes(id));
-        }
-        write.delete(system_tables::FAILED_VIEWS, key.to_vec());
-        write.delete(system_tables::CREATING_VIEWS, key.to_vec());
-        views.push(view);
-    }
-    if !views.is_empty() {
-        write.set_durable();
-        committer.commit(write)?;
+        let tables = value.chunks_exact(4).filter_map(|t| id(t).ok()).collect();
+        views.push((view, tables));
     }
     Ok(views)
 }

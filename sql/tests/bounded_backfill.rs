@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{rows, run};
-use sluice_engine::recovery::system_tables;
 use sluice_sql::{DataflowConfig, Database, Session};
 use sluice_storage::{Epoch, KeyRange, MemoryStateStore, StateSnapshot, StateStore, StorageError, StorageResult, TableId, WriteBatch};
 
@@ -81,16 +80,8 @@ fn stored_rows(store: &dyn StateStore, table: TableId) -> usize {
 }
 
 /// The views `store` records as being created, with their state tables.
-fn creating(store: &dyn StateStore) -> Vec<(Vec<u8>, Vec<TableId>)> {
-    let snapshot = store.snapshot();
-    let entries = snapshot.scan(system_tables::CREATING_VIEWS, KeyRange::all()).unwrap();
-    entries
-        .map(|kv| {
-            let (key, value) = kv.unwrap();
-            let tables = value.chunks_exact(4).map(|c| TableId::from_be_bytes(c.try_into().unwrap())).collect();
-            (key.to_vec(), tables)
-        })
-        .collect()
+fn creating(store: &dyn StateStore) -> Vec<(u32, Vec<TableId>)> {
+    sluice_engine::recovery::creating_views(store.snapshot().as_ref()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,11 +104,20 @@ fn encoded_size(ops: &[WriteOp]) -> usize {
     12 + ops + 64
 }
 
+/// `key` of `table` as RocksDB stores it (the table's prefix, then the key), written into
+/// `buffer`, which is reused from one key to the next.
+fn stored_key_into<'a>(buffer: &'a mut Vec<u8>, table: TableId, key: &[u8]) -> &'a [u8] {
+    buffer.clear();
+    buffer.extend_from_slice(&table_prefix(table));
+    buffer.extend_from_slice(key);
+    buffer
+}
+
+/// `key` of `table` as RocksDB stores it, in a buffer of its own.
 fn stored_key(table: TableId, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(4 + key.len());
-    k.extend_from_slice(&table_prefix(table));
-    k.extend_from_slice(key);
-    k
+    let mut buffer = Vec::with_capacity(4 + key.len());
+    stored_key_into(&mut buffer, table, key);
+    buffer
 }
 
 /// A [`StateStore`] on RocksDB: state larger than memory, and commits that survive a crash.
@@ -272,10 +281,12 @@ impl StateStore for RocksStateStore {
         // buffers at once, a momentary spike of up to twice the batch (measured as the peaks
         // over the memory limit).
         let mut write = rocksdb::WriteBatch::with_capacity_bytes(encoded_size(batch.ops()));
+        // One buffer for every stored key: the batch copies what it is given.
+        let mut stored = Vec::new();
         for op in in_key_order(batch.ops()) {
             match op {
-                WriteOp::Put { table, key, value } => write.put(stored_key(*table, key), value),
-                WriteOp::Delete { table, key } => write.delete(stored_key(*table, key)),
+                WriteOp::Put { table, key, value } => write.put(stored_key_into(&mut stored, *table, key), value),
+                WriteOp::Delete { table, key } => write.delete(stored_key_into(&mut stored, *table, key)),
                 WriteOp::DropTable { table } => match table.checked_add(1) {
                     Some(next) => write.delete_range(table_prefix(*table), table_prefix(next)),
                     None => {
