@@ -101,6 +101,35 @@ impl<F: FnMut(RecordBatch) -> EngineResult<RecordBatch>> Iterator for StoredRows
     }
 }
 
+/// The outbox entries of a new sink's first delivery as they are written (see
+/// `Worker::first_delivery`): rows gathered into the next entry, and the entries not yet
+/// committed.
+struct OutboxEntries {
+    sink: RelationId,
+    next_seq: u64,
+    /// Entries written since the last commit, and their encoded bytes.
+    write: WriteBatch,
+    written: usize,
+    /// Rows of the next entry, their count and (estimated) bytes in memory.
+    pending: Vec<ChangeBatch>,
+    pending_rows: usize,
+    pending_bytes: usize,
+}
+
+impl OutboxEntries {
+    /// Encodes the pending rows, if any, as the next entry.
+    fn seal(&mut self) -> EngineResult<()> {
+        self.pending_rows = 0;
+        self.pending_bytes = 0;
+        let Some(changes) = ChangeBatch::take_concat(&mut self.pending)? else { return Ok(()) };
+        let entry = crate::recovery::encode_log_entry(self.sink, &changes, None)?;
+        self.written += entry.len();
+        self.write.put(system_tables::SINK_OUTBOX, outbox_key(self.sink, self.next_seq), entry);
+        self.next_seq += 1;
+        Ok(())
+    }
+}
+
 /// How a new view gets the current contents of a relation it reads.
 pub enum Backfill {
     /// A table's rows as of the snapshot taken when the view was enqueued (the table's state
@@ -342,6 +371,16 @@ fn apply_source_watermark(
 /// memory limit.
 pub const DEFAULT_EPOCH_MEMORY_LIMIT: usize = 128 << 20;
 
+/// Rows per outbox entry of a new sink's first delivery (the view's current rows), at most:
+/// each entry is one `SinkConnector::deliver` call, so a large view goes out in pieces a
+/// connector can hold, and the delivery task holds one piece at a time. (An entry of wide rows
+/// ends sooner, at [`SINK_ENTRY_BYTES`].)
+pub const SINK_ENTRY_ROWS: usize = 64 * 1024;
+
+/// Bytes in memory of one outbox entry of a new sink's first delivery, at most (about: the
+/// rows' Arrow size, estimated per chunk).
+pub const SINK_ENTRY_BYTES: usize = 8 << 20;
+
 /// Settings of the dataflow.
 #[derive(Debug, Clone)]
 pub struct DataflowConfig {
@@ -417,6 +456,9 @@ impl Dataflow {
     pub fn start(committer: Arc<EpochCommitter>, config: DataflowConfig) -> EngineResult<Self> {
         for view in crate::recovery::discard_unfinished_views(&committer)? {
             tracing::warn!(view, "dropped the partial state of a materialized view whose CREATE did not finish");
+        }
+        for sink in crate::recovery::discard_unfinished_sinks(&committer)? {
+            tracing::warn!(sink, "dropped the partial first delivery of a sink whose CREATE did not finish");
         }
         let (commands, receiver) = mpsc::channel(config.channel_capacity.max(1));
         let failures = Arc::new(Mutex::new(HashMap::new()));
@@ -1445,37 +1487,32 @@ impl Worker {
         self.readers.insert(relation, handle);
     }
 
-    fn create_sink(&mut self, sink: SinkDefinition) -> EngineResult<()> {
+    fn create_sink(&mut self, mut sink: SinkDefinition) -> EngineResult<()> {
         let Some(view) = self.views.iter().find(|v| v.id == sink.view) else {
             return Err(EngineError::Invalid(format!("materialized view {} is not running", sink.view)));
         };
         if view.failed {
             return Err(EngineError::Invalid(format!("materialized view \"{}\" has failed", view.name)));
         }
-        let next_seq = match sink.catalog {
+        let next_seq = match sink.catalog.take() {
             None => next_outbox_seq(self.committer.store().snapshot().as_ref(), sink.id)?,
-            Some(catalog) => {
-                // Settle the view, then its current rows are the sink's first delivery,
-                // committed with the sink's catalog entry.
-                self.barrier(WriteBatch::new(), false)?;
-                let view = self.views.iter().find(|v| v.id == sink.view).ok_or_else(|| EngineError::Invalid("view gone".into()))?;
-                let snapshot = self.committer.store().snapshot();
-                let rows = view
-                    .materialized
-                    .scan_all(snapshot.as_ref())?
-                    .iter()
-                    .map(|b| expand_view_rows(b, &view.schema, view.layout))
-                    .collect::<EngineResult<Vec<_>>>()?;
-                let mut write = catalog;
-                let rows: Vec<ChangeBatch> = rows.into_iter().filter(|b| b.num_rows() > 0).map(ChangeBatch::inserts).collect();
-                if !rows.is_empty() {
-                    let changes = ChangeBatch::concat(&rows)?;
-                    write.put(system_tables::SINK_OUTBOX, outbox_key(sink.id, 0), crate::recovery::encode_log_entry(sink.id, &changes, None)?);
+            Some(catalog) => match self.first_delivery(&sink, catalog) {
+                Ok(next_seq) => next_seq,
+                Err(e) => {
+                    // Leave nothing behind: the entries committed so far and the intent go
+                    // (a restart would drop them too, see `discard_unfinished_sinks`).
+                    let mut write = WriteBatch::new();
+                    let cleanup = self.delete_outbox(sink.id, &mut write).and_then(|()| {
+                        write.delete(system_tables::CREATING_SINKS, sink.id.to_be_bytes().to_vec());
+                        write.set_durable();
+                        Ok(self.committer.commit(write)?)
+                    });
+                    if let Err(cleanup) = cleanup {
+                        tracing::warn!(sink = %sink.name, error = %cleanup, "a failed CREATE SINK left its partial first delivery for the next start to drop");
+                    }
+                    return Err(e);
                 }
-                write.set_durable();
-                self.committer.commit(write)?;
-                1
-            }
+            },
         };
         let notify = Arc::new(tokio::sync::Notify::new());
         let delivery = self.runtime.spawn(delivery_loop(
@@ -1492,6 +1529,68 @@ impl Worker {
         Ok(())
     }
 
+    /// A new sink's first delivery: the view's current rows as inserts, written to the sink's
+    /// outbox as entries of at most [`SINK_ENTRY_ROWS`] rows (fewer for wide rows); returns
+    /// the next entry's number.
+    ///
+    /// Settles the view first. The view is read a chunk at a time from one snapshot, and past
+    /// the epoch's memory limit the entries written so far commit early, so a view larger than
+    /// memory never has to be held at once. The epoch before the first chunk records the
+    /// CREATE in [`system_tables::CREATING_SINKS`]; the sink's catalog entry commits with the
+    /// last entries and the record's removal, so a crash part-way leaves either no sink (a
+    /// restart drops the entries the record names) or a sink with its whole first delivery.
+    fn first_delivery(&mut self, sink: &SinkDefinition, catalog: WriteBatch) -> EngineResult<u64> {
+        let mut intent = WriteBatch::new();
+        intent.put(system_tables::CREATING_SINKS, sink.id.to_be_bytes().to_vec(), Vec::new());
+        self.barrier(intent, false)?;
+        let view = self.views.iter().find(|v| v.id == sink.view).ok_or_else(|| EngineError::Invalid("view gone".into()))?;
+        if view.failed {
+            // Settling it ran the view into an error: its rows are not a result to send.
+            return Err(EngineError::Invalid(format!("materialized view \"{}\" has failed", view.name)));
+        }
+        let (schema, layout) = (Arc::clone(&view.schema), view.layout);
+        let shape = move |b: RecordBatch| expand_view_rows(&b, &schema, layout);
+        let rows = StoredRows::new(Arc::clone(&view.materialized), self.committer.store().snapshot(), shape);
+        let limit = self.epoch_memory_limit.load(Ordering::Relaxed);
+        let mut entries = OutboxEntries { sink: sink.id, next_seq: 0, write: WriteBatch::new(), written: 0, pending: Vec::new(), pending_rows: 0, pending_bytes: 0 };
+        for batch in rows {
+            let batch = batch?;
+            // A stored row counted n times expands to n rows, so a chunk may hold more than
+            // an entry's rows: it is cut to fit.
+            let bytes_per_row = batch.get_array_memory_size() / batch.num_rows().max(1);
+            let mut offset = 0;
+            while offset < batch.num_rows() {
+                let take = (SINK_ENTRY_ROWS - entries.pending_rows).min(batch.num_rows() - offset);
+                entries.pending.push(ChangeBatch::inserts(batch.slice(offset, take)));
+                entries.pending_rows += take;
+                entries.pending_bytes += take * bytes_per_row;
+                offset += take;
+                // An entry ends at its rows or (wide rows) its bytes; the entries commit early
+                // past the epoch's memory share.
+                if entries.pending_rows == SINK_ENTRY_ROWS || entries.pending_bytes >= SINK_ENTRY_BYTES {
+                    entries.seal()?;
+                }
+                if entries.written > limit {
+                    tracing::debug!(sink = %sink.name, "first delivery epoch ended early: its memory limit is reached");
+                    self.committer.commit(std::mem::take(&mut entries.write))?;
+                    entries.written = 0;
+                }
+            }
+        }
+        entries.seal()?;
+        let mut write = entries.write;
+        write.append(catalog);
+        write.delete(system_tables::CREATING_SINKS, sink.id.to_be_bytes().to_vec());
+        write.set_durable();
+        self.committer.commit(write)?;
+        Ok(entries.next_seq)
+    }
+
+    /// Deletes every outbox entry of sink `id` in `write`.
+    fn delete_outbox(&self, id: RelationId, write: &mut WriteBatch) -> EngineResult<()> {
+        crate::sink::delete_outbox(self.committer.store().snapshot().as_ref(), id, write)
+    }
+
     fn drop_sink(&mut self, id: RelationId, catalog: WriteBatch) -> EngineResult<()> {
         let mut write = catalog;
         if let Some(at) = self.sinks.iter().position(|s| s.id == id) {
@@ -1499,11 +1598,7 @@ impl Worker {
             sink.delivery.abort();
         }
         self.status.lock().unwrap_or_else(|p| p.into_inner()).sinks.remove(&id);
-        let snapshot = self.committer.store().snapshot();
-        for kv in snapshot.scan(system_tables::SINK_OUTBOX, sluice_storage::KeyRange::prefix(&id.to_be_bytes()))? {
-            let (key, _) = kv?;
-            write.delete(system_tables::SINK_OUTBOX, key.to_vec());
-        }
+        self.delete_outbox(id, &mut write)?;
         write.set_durable();
         self.committer.commit(write)?;
         Ok(())

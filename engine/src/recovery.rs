@@ -68,6 +68,10 @@ pub mod system_tables {
     /// writes: a backfill larger than an epoch's memory commits partial state before the
     /// view's catalog entry exists, and a restart drops what such an entry names.
     pub const CREATING_VIEWS: TableId = u32::MAX - 12;
+    /// Sinks whose CREATE is writing its first delivery (the view's current rows) to the
+    /// outbox, by sink id: a first delivery larger than an epoch's memory commits entries
+    /// before the sink's catalog entry exists, and a restart deletes the outbox of such a sink.
+    pub const CREATING_SINKS: TableId = u32::MAX - 13;
 }
 
 /// The [`system_tables::CREATING_VIEWS`] entry of a view being created with state tables
@@ -96,6 +100,40 @@ pub fn discard_unfinished_views(committer: &crate::EpochCommitter) -> EngineResu
     write.set_durable();
     committer.commit(write)?;
     Ok(unfinished.into_iter().map(|(view, _)| view).collect())
+}
+
+/// Deletes the outbox of every sink whose CREATE did not finish (the server stopped while it
+/// wrote the first delivery) and its [`system_tables::CREATING_SINKS`] entry, in one durable
+/// epoch. Returns the sinks. Runs before anything is restored, like
+/// [`discard_unfinished_views`].
+pub fn discard_unfinished_sinks(committer: &crate::EpochCommitter) -> EngineResult<Vec<RelationId>> {
+    let snapshot = committer.store().snapshot();
+    let unfinished = creating_sinks(snapshot.as_ref())?;
+    if unfinished.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut write = sluice_storage::WriteBatch::new();
+    for sink in &unfinished {
+        crate::sink::delete_outbox(snapshot.as_ref(), *sink, &mut write)?;
+        write.delete(system_tables::CREATING_SINKS, sink.to_be_bytes().to_vec());
+    }
+    drop(snapshot);
+    write.set_durable();
+    committer.commit(write)?;
+    Ok(unfinished)
+}
+
+/// The sinks `snapshot` records as being created (see [`discard_unfinished_sinks`]).
+pub fn creating_sinks(snapshot: &dyn StateSnapshot) -> EngineResult<Vec<RelationId>> {
+    let mut sinks = Vec::new();
+    for kv in snapshot.scan(system_tables::CREATING_SINKS, KeyRange::all())? {
+        let (key, _) = kv?;
+        let sink = <[u8; 4]>::try_from(key.as_ref())
+            .map(u32::from_be_bytes)
+            .map_err(|_| EngineError::Invalid("a creating-sink entry has a malformed key".into()))?;
+        sinks.push(sink);
+    }
+    Ok(sinks)
 }
 
 /// The views `snapshot` records as being created (see [`creating_view_entry`]), each with

@@ -45,8 +45,8 @@ pub struct SinkDefinition {
     pub view: RelationId,
     /// Where it sends them.
     pub connector: Arc<dyn SinkConnector>,
-    /// A new sink: its catalog entry, committed with its first outbox entry (the view's
-    /// current rows, as inserts). None: a sink restored after a restart.
+    /// A new sink: its catalog entry, committed with the last outbox entries of its first
+    /// delivery (the view's current rows, as inserts). None: a sink restored after a restart.
     pub catalog: Option<WriteBatch>,
 }
 
@@ -90,15 +90,38 @@ pub(crate) fn outbox_key(sink: RelationId, seq: u64) -> Vec<u8> {
     key
 }
 
-/// Sink `sink`'s outbox entries, in order.
-pub(crate) fn outbox(snapshot: &dyn StateSnapshot, sink: RelationId) -> EngineResult<Vec<(Vec<u8>, ChangeBatch)>> {
-    let mut out = Vec::new();
-    for kv in snapshot.scan(system_tables::SINK_OUTBOX, KeyRange::prefix(&sink.to_be_bytes()))? {
-        let (key, value) = kv?;
-        let (_, changes, _) = decode_log_entry(&value)?;
-        out.push((key.to_vec(), changes));
+/// Sink `sink`'s oldest outbox entry after key `after` (from the first if None), decoded.
+///
+/// Why one at a time: an outbox grows while its destination is down (hours of checkpoints,
+/// or a large view's first delivery), and the delivery task must not hold all of it.
+/// Starting after the last key delivered skips the deleted entries before it.
+pub(crate) fn next_outbox_entry(
+    snapshot: &dyn StateSnapshot,
+    sink: RelationId,
+    after: Option<&[u8]>,
+) -> EngineResult<Option<(Vec<u8>, ChangeBatch)>> {
+    let mut range = KeyRange::prefix(&sink.to_be_bytes());
+    if let Some(after) = after {
+        range.start = std::ops::Bound::Excluded(after.to_vec());
     }
-    Ok(out)
+    match snapshot.scan(system_tables::SINK_OUTBOX, range)?.next() {
+        Some(kv) => {
+            let (key, value) = kv?;
+            let (_, changes, _) = decode_log_entry(&value)?;
+            Ok(Some((key.to_vec(), changes)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Deletes every outbox entry of sink `sink` as of `snapshot` in `write` (a dropped sink, or
+/// one whose CREATE did not finish).
+pub(crate) fn delete_outbox(snapshot: &dyn StateSnapshot, sink: RelationId, write: &mut WriteBatch) -> EngineResult<()> {
+    for kv in snapshot.scan(system_tables::SINK_OUTBOX, KeyRange::prefix(&sink.to_be_bytes()))? {
+        let (key, _) = kv?;
+        write.delete(system_tables::SINK_OUTBOX, key.to_vec());
+    }
+    Ok(())
 }
 
 /// The number after the last outbox entry of `sink` (0 if none).
@@ -136,43 +159,44 @@ pub(crate) async fn delivery_loop(
         let mut status = status.lock().unwrap_or_else(|p| p.into_inner());
         update(status.sinks.entry(sink).or_default());
     };
+    // The key of the last entry delivered: the next one is after it (entries are numbered in
+    // the order they commit, and delivery is their only reader).
+    let mut delivered: Option<Vec<u8>> = None;
     loop {
         notify.notified().await;
         loop {
             let snapshot = committer.store().snapshot();
-            let entries = match outbox(snapshot.as_ref(), sink) {
-                Ok(entries) => entries,
+            let entry = match next_outbox_entry(snapshot.as_ref(), sink, delivered.as_deref()) {
+                Ok(entry) => entry,
                 Err(e) => {
                     tracing::error!(sink = %name, error = %e, "cannot read the sink's outbox");
                     break;
                 }
             };
             drop(snapshot);
-            if entries.is_empty() {
-                break;
+            let Some((key, changes)) = entry else { break };
+            let mut backoff = Duration::from_millis(100);
+            while let Err(e) = connector.deliver(&changes).await {
+                tracing::warn!(sink = %name, error = %e, retry_in = ?backoff, "sink delivery failed");
+                let reason = e.to_string();
+                record(&|s| s.last_error = Some(reason.clone()));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
-            for (key, changes) in entries {
-                let mut backoff = Duration::from_millis(100);
-                while let Err(e) = connector.deliver(&changes).await {
-                    tracing::warn!(sink = %name, error = %e, retry_in = ?backoff, "sink delivery failed");
-                    let reason = e.to_string();
-                    record(&|s| s.last_error = Some(reason.clone()));
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-                let rows = changes.num_rows() as u64;
-                record(&|s| {
-                    s.delivered_entries += 1;
-                    s.delivered_changes += rows;
-                    s.last_error = None;
-                });
-                let mut write = WriteBatch::new();
-                write.delete(system_tables::SINK_OUTBOX, key);
-                if let Err(e) = committer.commit(write) {
-                    tracing::error!(sink = %name, error = %e, "cannot record a sink delivery");
-                    return;
-                }
+            let rows = changes.num_rows() as u64;
+            drop(changes);
+            record(&|s| {
+                s.delivered_entries += 1;
+                s.delivered_changes += rows;
+                s.last_error = None;
+            });
+            let mut write = WriteBatch::new();
+            write.delete(system_tables::SINK_OUTBOX, key.clone());
+            if let Err(e) = committer.commit(write) {
+                tracing::error!(sink = %name, error = %e, "cannot record a sink delivery");
+                return;
             }
+            delivered = Some(key);
         }
     }
 }

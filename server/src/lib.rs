@@ -159,6 +159,14 @@ impl RunningServer {
         let lock = lock_data_dir(&config.data_dir)?;
         let started = std::time::Instant::now();
         let state_dir = config.data_dir.join("state");
+        if config.memory_limit < memory::SMALLEST_HELD_LIMIT {
+            tracing::warn!(
+                limit_mb = config.memory_limit >> 20,
+                smallest_held_mb = memory::SMALLEST_HELD_LIMIT >> 20,
+                "the memory limit is below what the process needs to stay inside it: state and epochs stay bounded, \
+                 but the resident set will pass the limit"
+            );
+        }
         let budget = MemoryBudget::of(config.memory_limit);
         let options = RocksOptions { memory_limit: budget.state_store };
         let store = tokio::task::spawn_blocking(move || RocksStateStore::open(state_dir, &options))

@@ -18,8 +18,17 @@ use sluice_storage::StateStore;
 
 use crate::MemoryBudget;
 
-/// How often the governor reads the resident set.
-pub const GOVERNOR_PERIOD: Duration = Duration::from_millis(500);
+/// The smallest `--memory-limit` measured to hold (BENCHMARKS.md, "Memory limit"): 512 MB
+/// holds with state five times over it, 256 MB does not (peaks near 300 MB). The process's
+/// fixed part (binary, runtime, threads) is about 100 MB, and the shares' floors and a
+/// checkpoint's commit need the rest. Smaller limits are accepted (tests use them to make
+/// state outgrow memory cheaply) with a warning at start-up: state and epochs stay bounded by
+/// their shares, the resident set does not stay under the limit.
+pub const SMALLEST_HELD_LIMIT: usize = 512 << 20;
+
+/// How often the governor reads the resident set. Reading `/proc/self/status` costs tens of
+/// microseconds; at 500 ms the resident set rose past the limit between two readings.
+pub const GOVERNOR_PERIOD: Duration = Duration::from_millis(100);
 
 /// The sizes the governor gives the two shares, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +47,15 @@ pub struct MemoryGovernor {
     full: Shares,
     floor: Shares,
     current: Shares,
+    /// Readings left to skip after a shrink (see [`SETTLE_READINGS`]).
+    settling: u32,
 }
+
+/// Readings the governor lets pass after it shrinks the shares before it may shrink again:
+/// memory freed by the shrink (evicted blocks, flushed memtables) leaves the resident set only
+/// after mimalloc's purge delay (100 ms, set by `main`), so the next reading would still show
+/// the excess, and the same excess would be taken again, driving the shares to their floors.
+pub const SETTLE_READINGS: u32 = 2;
 
 impl MemoryGovernor {
     /// A governor for a process limit of `limit` bytes, starting from (and never growing past)
@@ -47,7 +64,7 @@ impl MemoryGovernor {
         let full = Shares { cache: budget.state_store, epoch: budget.epoch };
         // Below these the cache thrashes and epochs commit every few rows, for little memory.
         let floor = Shares { cache: (full.cache / 8).max(8 << 20).min(full.cache), epoch: (full.epoch / 8).max(1 << 20).min(full.epoch) };
-        Self { limit, full, floor, current: full }
+        Self { limit, full, floor, current: full, settling: 0 }
     }
 
     /// The shares now.
@@ -70,17 +87,26 @@ impl MemoryGovernor {
 
     /// The shares to apply when the process is `resident` bytes. Over the high mark (see
     /// [`MemoryGovernor::marks`]), the excess comes out of the cache and the epoch's share
-    /// halves; under the low mark, the cache grows back by a sixteenth of its full size (or
-    /// what is left below the mark) and the epoch's share by a quarter. In between, nothing
-    /// changes, so the loop settles instead of oscillating.
+    /// halves, after which [`SETTLE_READINGS`] readings pass before the next shrink; under the
+    /// low mark, the cache grows back by a 128th of its full size (or what is left below the
+    /// mark) and the epoch's share by a 32nd — at [`GOVERNOR_PERIOD`], about 8% of the full
+    /// cache and a third more epoch per second, so that growth does not overshoot. In between,
+    /// nothing changes, so the loop settles instead of oscillating.
     pub fn adjust(&mut self, resident: usize) -> Shares {
         let (high, low) = self.marks();
         let Shares { cache, epoch } = self.current;
+        if self.settling > 0 {
+            self.settling -= 1;
+            if resident > high {
+                return self.current;
+            }
+        }
         self.current = if resident > high {
+            self.settling = SETTLE_READINGS;
             Shares { cache: cache.saturating_sub(resident - high).max(self.floor.cache), epoch: (epoch / 2).max(self.floor.epoch) }
         } else if resident < low {
-            let step = (self.full.cache / 16).min(low - resident);
-            Shares { cache: (cache + step).min(self.full.cache), epoch: (epoch + epoch / 4).min(self.full.epoch) }
+            let step = (self.full.cache / 128).min(low - resident);
+            Shares { cache: (cache + step).min(self.full.cache), epoch: (epoch + epoch / 32).min(self.full.epoch) }
         } else {
             self.current
         };
@@ -167,12 +193,25 @@ mod tests {
         let shrunk = g.adjust(700 * MB);
         assert_eq!(g.adjust(420 * MB), shrunk, "420 MB is between the marks");
         let mut grown = shrunk;
-        for _ in 0..64 {
+        for _ in 0..256 {
             grown = g.adjust(100 * MB);
         }
         assert_eq!(grown, full);
         // Growing never passes full.
         assert_eq!(g.adjust(0), full);
+    }
+
+    #[test]
+    fn after_a_shrink_the_excess_is_not_taken_again_until_the_memory_could_leave() {
+        let mut g = governor();
+        let first = g.adjust(500 * MB);
+        // The freed memory has not left the resident set yet: the same reading changes nothing.
+        for _ in 0..SETTLE_READINGS {
+            assert_eq!(g.adjust(500 * MB), first);
+        }
+        // Still over afterwards: the excess left now comes out.
+        let second = g.adjust(500 * MB);
+        assert!(second.cache < first.cache && second.epoch < first.epoch, "{second:?} after {first:?}");
     }
 
     #[test]

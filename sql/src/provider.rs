@@ -27,6 +27,7 @@ use datafusion::logical_expr::dml::InsertOp;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::expr::InList;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 use sluice_engine::plan::RelationId;
@@ -280,15 +281,33 @@ impl StoredTable {
         &self.state
     }
 
-    /// The stored rows (hidden row id included) as of `snapshot` that `filters` can match, as
-    /// one batch: the rows of the primary keys the filters pin down, or else all rows. The
-    /// caller still applies the filters.
-    fn read_stored(&self, snapshot: &dyn StateSnapshot, filters: &[Expr]) -> SqlResult<RecordBatch> {
-        let batches = match self.key_lookup(snapshot, filters)? {
-            Some(batch) => vec![batch],
-            None => self.state.scan_all(snapshot)?,
+    /// The stored rows (hidden row id included) as of `snapshot` that `filters` match, as one
+    /// batch: the rows of the primary keys the filters pin down, or else the table read
+    /// [`SCAN_BATCH_ROWS`] rows at a time, each chunk filtered before the next is read.
+    ///
+    /// Why chunks: an UPDATE or DELETE without a key filter must look at every row, but should
+    /// hold only the rows it changes, not the whole table (which may be larger than memory).
+    fn matching_stored(&self, state: &dyn Session, snapshot: &dyn StateSnapshot, filters: &[Expr]) -> SqlResult<RecordBatch> {
+        let predicate = self.row_predicate(state, filters)?;
+        let matching = |stored: RecordBatch| -> SqlResult<RecordBatch> {
+            match &predicate {
+                Some(predicate) if stored.num_rows() > 0 => predicate.filter(&stored),
+                _ => Ok(stored),
+            }
         };
-        Ok(datafusion::arrow::compute::concat_batches(self.state.schema(), &batches)?)
+        if let Some(batch) = self.key_lookup(snapshot, filters)? {
+            return matching(batch);
+        }
+        let mut kept = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        while let Some((chunk, last)) = self.state.scan_chunk(snapshot, after.as_deref(), SCAN_BATCH_ROWS)? {
+            let chunk = matching(chunk)?;
+            if chunk.num_rows() > 0 {
+                kept.push(chunk);
+            }
+            after = Some(last);
+        }
+        Ok(datafusion::arrow::compute::concat_batches(self.state.schema(), &kept)?)
     }
 
     /// If `filters` fix every primary-key column to literal values (`k = 1`, `k IN (1, 2)`),
@@ -391,28 +410,18 @@ impl StoredTable {
         Ok(RecordBatch::try_new(Arc::clone(self.state.schema()), out)?)
     }
 
-    /// Rows of `stored` matching every filter (SQL semantics: NULL does not match).
-    fn matching_rows(&self, state: &dyn Session, stored: &RecordBatch, filters: &[Expr]) -> SqlResult<RecordBatch> {
-        if filters.is_empty() || stored.num_rows() == 0 {
-            return Ok(stored.clone());
+    /// The WHERE clause of an UPDATE or DELETE planned once against the stored schema; None
+    /// without one (every row matches).
+    fn row_predicate(&self, state: &dyn Session, filters: &[Expr]) -> SqlResult<Option<RowPredicate>> {
+        if filters.is_empty() {
+            return Ok(None);
         }
         let df_schema = DFSchema::try_from(Arc::clone(self.state.schema()))?;
-        let mut mask: Option<BooleanArray> = None;
-        for filter in filters {
-            let expr = state.create_physical_expr(unqualify(filter.clone())?, &df_schema)?;
-            let value = expr.evaluate(stored)?.into_array(stored.num_rows())?;
-            let value = value.as_boolean_opt().ok_or_else(|| {
-                SqlError::TypeMismatch(format!("argument of WHERE must be type boolean, not {}", value.data_type()))
-            })?;
-            mask = Some(match mask {
-                None => value.clone(),
-                Some(m) => datafusion::arrow::compute::and(&m, value)?,
-            });
-        }
-        match mask {
-            Some(mask) => Ok(filter_record_batch(stored, &mask)?),
-            None => Ok(stored.clone()),
-        }
+        let exprs = filters
+            .iter()
+            .map(|filter| Ok(state.create_physical_expr(unqualify(filter.clone())?, &df_schema)?))
+            .collect::<SqlResult<Vec<_>>>()?;
+        Ok(Some(RowPredicate { exprs }))
     }
 }
 
@@ -586,8 +595,7 @@ impl TableProvider for StoredTable {
         let deleted = self
             .writer
             .write(|snapshot, feeds| {
-                let stored = self.read_stored(snapshot, &filters)?;
-                let doomed = self.matching_rows(state, &stored, &filters)?;
+                let doomed = self.matching_stored(state, snapshot, &filters)?;
                 let mut batch = WriteBatch::new();
                 self.state.delete_rows(&doomed, &mut batch)?;
                 let mut changes = Vec::new();
@@ -611,8 +619,7 @@ impl TableProvider for StoredTable {
         let updated = self
             .writer
             .write(|snapshot, feeds| {
-                let stored = self.read_stored(snapshot, &filters)?;
-                let old = self.matching_rows(state, &stored, &filters)?;
+                let old = self.matching_stored(state, snapshot, &filters)?;
                 let df_schema = DFSchema::try_from(Arc::clone(self.state.schema()))?;
                 let mut columns: Vec<ArrayRef> = (0..self.def.columns.len()).map(|i| Arc::clone(old.column(i))).collect();
                 for (name, expr) in &assignments {
@@ -639,6 +646,33 @@ impl TableProvider for StoredTable {
             .await
             .map_err(to_datafusion)?;
         count_plan(updated)
+    }
+}
+
+/// An UPDATE's or DELETE's WHERE clause, each conjunct a physical expression over the stored
+/// schema.
+struct RowPredicate {
+    exprs: Vec<Arc<dyn PhysicalExpr>>,
+}
+
+impl RowPredicate {
+    /// The rows of `stored` every conjunct holds for (NULL counts as false).
+    fn filter(&self, stored: &RecordBatch) -> SqlResult<RecordBatch> {
+        let mut mask: Option<BooleanArray> = None;
+        for expr in &self.exprs {
+            let value = expr.evaluate(stored)?.into_array(stored.num_rows())?;
+            let value = value.as_boolean_opt().ok_or_else(|| {
+                SqlError::TypeMismatch(format!("argument of WHERE must be type boolean, not {}", value.data_type()))
+            })?;
+            mask = Some(match mask {
+                None => value.clone(),
+                Some(m) => datafusion::arrow::compute::and(&m, value)?,
+            });
+        }
+        match mask {
+            Some(mask) => Ok(filter_record_batch(stored, &mask)?),
+            None => Ok(stored.clone()),
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! The system tables about what sources read and sinks send: `sluice_sources` (per source
 //! reader: records read, records rejected, late rows), `sluice_errors` (the rejected records
-//! themselves) and `sluice_sinks` (per sink: checkpoints waiting, delivered, last error).
+//! themselves) and `sluice_sinks` (per sink: outbox entries waiting and delivered — one per checkpoint
+//! with changes, a new sink's first delivery in entries of up to 64k rows — and the last
+//! error).
 //!
 //! Why per reader: every materialized view over a source runs its own reader (its own copy
 //! of the stream, at its own position), so each reader meets a bad record once.

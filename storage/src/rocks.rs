@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions,
+    BlockBasedOptions, BlockBasedTablePinningTier, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions,
     SnapshotWithThreadMode, WriteBufferManager, WriteOptions, DB,
 };
 
@@ -173,12 +173,16 @@ impl RocksStateStore {
         // new view row) reads one 4 KB filter partition, not a filter over the whole file. With
         // whole-file filters and state beyond the cache, the filters were evicted and re-read,
         // and reading and checksumming them took 57% of the CPU (BENCHMARKS.md, durable
-        // state). The small top level of each file stays pinned in the cache.
+        // state). The small top level of each file stays pinned in the cache; the partitions
+        // are ordinary (high-priority) cache entries, L0's included, so that shrinking the
+        // cache evicts them: pinned, the partitions of every freshly flushed file were memory
+        // the governor could not take back, and it grew with the write rate.
         table_options.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
         table_options.set_partition_filters(true);
         table_options.set_metadata_block_size(4096);
-        table_options.set_pin_top_level_index_and_filter(true);
-        table_options.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        table_options.set_top_level_index_pinning_tier(BlockBasedTablePinningTier::All);
+        table_options.set_partition_pinning_tier(BlockBasedTablePinningTier::None);
+        table_options.set_unpartitioned_pinning_tier(BlockBasedTablePinningTier::None);
         let mut db_options = Options::default();
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
@@ -252,7 +256,13 @@ impl RocksStateStore {
                 0
             }
         };
-        Ok(Self { db: Arc::new(db), path, commit_lock: Mutex::new(epoch), reclaim_lock: Mutex::new(()), cache: Mutex::new(cache) })
+        Ok(Self {
+            db: Arc::new(db),
+            path,
+            commit_lock: Mutex::new(epoch),
+            reclaim_lock: Mutex::new(()),
+            cache: Mutex::new(cache),
+        })
     }
 
     /// The directory the store lives in.
@@ -314,6 +324,8 @@ impl StateStore for RocksStateStore {
     }
 
     fn set_cache_capacity(&self, bytes: usize) {
+        // The memtables' budget inside the cache stays as it is: shrunk with the cache (to
+        // below a memtable's size) it stalled writers for good (a 256 MB limit, BENCHMARKS.md).
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).set_capacity(bytes);
     }
 

@@ -16,7 +16,7 @@ use sluice_storage::{Epoch, KeyRange, StateStore, TableId, WriteBatch};
 
 use super::{Operator, MAP_ENTRY_OVERHEAD};
 use crate::watermark::Watermark;
-use crate::{ChangeBatch, EngineError, EngineResult, Op, StateTable};
+use crate::{ChangeBatch, EngineError, EngineResult, Op, StateTable, SCAN_BATCH_ROWS};
 
 /// Per row: its session's start and end (None: the row is in no session).
 pub type SessionBounds = (Vec<Option<i64>>, Vec<Option<i64>>);
@@ -427,8 +427,12 @@ impl Operator for SessionWindowOperator {
         if let Some(watermark) = self.watermark {
             if !self.timers_loaded {
                 // After a restart: every stored key may hold sessions the watermark closes.
+                // The stored sessions are read a chunk at a time: only their distinct keys
+                // are kept, never the whole state.
                 let mut prefixes = HashSet::new();
-                for batch in self.state.scan_all(snapshot.as_ref())? {
+                let mut after: Option<Vec<u8>> = None;
+                while let Some((batch, last)) = self.state.scan_chunk(snapshot.as_ref(), after.as_deref(), SCAN_BATCH_ROWS)? {
+                    after = Some(last);
                     let columns: Vec<ArrayRef> = (0..self.keys.len()).map(|j| Arc::clone(batch.column(j))).collect();
                     match &self.key_codec {
                         Some(codec) => {
