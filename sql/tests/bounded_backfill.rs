@@ -8,52 +8,18 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
-use common::{rows, run};
-use sluice_sql::{DataflowConfig, Database, Session};
-use sluice_storage::{Epoch, KeyRange, MemoryStateStore, StateSnapshot, StateStore, StorageError, StorageResult, TableId, WriteBatch};
+use common::{open_with_epoch_limit, rows, run, FillingStore};
+use sluice_sql::{Database, Session};
+use sluice_storage::{KeyRange, MemoryStateStore, StateStore, TableId};
 
 const KEYS: i64 = 120_000;
 const VIEW: &str = "CREATE MATERIALIZED VIEW per_k AS SELECT k, count(*) AS n, sum(v) AS s FROM t GROUP BY k";
 
-/// A store whose commits fail from epoch `fail_from` on, like a disk that filled up.
-struct FillingStore {
-    inner: Arc<MemoryStateStore>,
-    fail_from: AtomicU64,
-}
-
-impl StateStore for FillingStore {
-    fn committed_epoch(&self) -> Epoch {
-        self.inner.committed_epoch()
-    }
-
-    fn commit(&self, epoch: Epoch, batch: WriteBatch) -> StorageResult<()> {
-        if epoch >= self.fail_from.load(Ordering::SeqCst) {
-            return Err(StorageError::Backend("no space left on device (injected)".into()));
-        }
-        self.inner.commit(epoch, batch)
-    }
-
-    fn snapshot(&self) -> Arc<dyn StateSnapshot> {
-        self.inner.snapshot()
-    }
-}
-
-/// A database over `store` with an hour between periodic checkpoints, ending epochs past
-/// `epoch_memory_limit` bytes.
 async fn open(store: Arc<dyn StateStore>, epoch_memory_limit: usize) -> (Arc<Database>, Session) {
-    let config = DataflowConfig {
-        parallelism: 2,
-        checkpoint_interval: Duration::from_secs(3600),
-        epoch_memory_limit,
-        ..DataflowConfig::default()
-    };
-    let (db, _) = Database::open(store, config).await.unwrap();
-    let session = db.session("sluice", "backfill", 1);
-    (db, session)
+    open_with_epoch_limit(store, epoch_memory_limit, "backfill").await
 }
 
 /// Table `t` with `KEYS` rows, each its own key (a new group of `per_k` per row).
@@ -110,7 +76,7 @@ async fn a_backfill_past_the_epoch_limit_commits_as_it_goes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_drops_what_an_unfinished_create_committed() {
     let inner = Arc::new(MemoryStateStore::new());
-    let filling = Arc::new(FillingStore { inner: Arc::clone(&inner), fail_from: AtomicU64::new(u64::MAX) });
+    let filling = Arc::new(FillingStore::new(Arc::clone(&inner)));
     let (db, mut session) = open(filling.clone(), 256 << 10).await;
     fill(&mut session).await;
     // The disk fills after the epoch that records the CREATE and the backfill's first one.

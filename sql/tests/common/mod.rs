@@ -71,3 +71,51 @@ pub async fn number(session: &mut Session, sql: &str) -> i64 {
         column.as_primitive::<Int64Type>().value(0)
     }
 }
+
+/// A store whose commits fail from epoch `fail_from` on, like a disk that filled up.
+pub struct FillingStore {
+    pub inner: std::sync::Arc<sluice_storage::MemoryStateStore>,
+    pub fail_from: std::sync::atomic::AtomicU64,
+}
+
+impl FillingStore {
+    /// Over `inner`, failing no commit until `fail_from` is set.
+    pub fn new(inner: std::sync::Arc<sluice_storage::MemoryStateStore>) -> Self {
+        Self { inner, fail_from: std::sync::atomic::AtomicU64::new(u64::MAX) }
+    }
+}
+
+impl sluice_storage::StateStore for FillingStore {
+    fn committed_epoch(&self) -> sluice_storage::Epoch {
+        self.inner.committed_epoch()
+    }
+
+    fn commit(&self, epoch: sluice_storage::Epoch, batch: sluice_storage::WriteBatch) -> sluice_storage::StorageResult<()> {
+        if epoch >= self.fail_from.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(sluice_storage::StorageError::Backend("no space left on device (injected)".into()));
+        }
+        self.inner.commit(epoch, batch)
+    }
+
+    fn snapshot(&self) -> std::sync::Arc<dyn sluice_storage::StateSnapshot> {
+        self.inner.snapshot()
+    }
+}
+
+/// A database over `store` with parallelism 2, an hour between periodic checkpoints, and
+/// epochs ended past `epoch_memory_limit` bytes; with a session for `user`.
+pub async fn open_with_epoch_limit(
+    store: std::sync::Arc<dyn sluice_storage::StateStore>,
+    epoch_memory_limit: usize,
+    user: &str,
+) -> (std::sync::Arc<sluice_sql::Database>, Session) {
+    let config = sluice_sql::DataflowConfig {
+        parallelism: 2,
+        checkpoint_interval: std::time::Duration::from_secs(3600),
+        epoch_memory_limit,
+        ..sluice_sql::DataflowConfig::default()
+    };
+    let (db, _) = sluice_sql::Database::open(store, config).await.unwrap();
+    let session = db.session("sluice", user, 1);
+    (db, session)
+}
