@@ -211,22 +211,33 @@ impl StateTable {
     }
 
     /// Every row of the table as of `snapshot`, in key order, in batches of at most
-    /// [`SCAN_BATCH_ROWS`] rows.
-    pub fn scan_all(&self, snapshot: &dyn StateSnapshot) -> EngineResult<Vec<RecordBatch>> {
-        let mut batches = Vec::new();
+    /// [`SCAN_BATCH_ROWS`] rows, decoded one batch at a time as the iterator is advanced (one
+    /// pass over the store, so a table larger than memory is never held whole).
+    pub fn scan_batches<'a>(
+        &'a self,
+        snapshot: &'a dyn StateSnapshot,
+    ) -> EngineResult<impl Iterator<Item = EngineResult<RecordBatch>> + 'a> {
+        let mut pairs = snapshot.scan(self.id, KeyRange::all())?;
         let mut pending: Vec<bytes::Bytes> = Vec::with_capacity(SCAN_BATCH_ROWS);
-        for kv in snapshot.scan(self.id, KeyRange::all())? {
-            let (_, value) = kv?;
-            pending.push(value);
-            if pending.len() == SCAN_BATCH_ROWS {
-                batches.push(self.decode_values(pending.iter().map(|v| v.as_ref()))?);
-                pending.clear();
+        Ok(std::iter::from_fn(move || {
+            pending.clear();
+            for kv in pairs.by_ref() {
+                match kv {
+                    Ok((_, value)) => pending.push(value),
+                    Err(e) => return Some(Err(e.into())),
+                }
+                if pending.len() == SCAN_BATCH_ROWS {
+                    break;
+                }
             }
-        }
-        if !pending.is_empty() {
-            batches.push(self.decode_values(pending.iter().map(|v| v.as_ref()))?);
-        }
-        Ok(batches)
+            (!pending.is_empty()).then(|| self.decode_values(pending.iter().map(|v| v.as_ref())))
+        }))
+    }
+
+    /// Every row of the table as of `snapshot`, in key order, in batches of at most
+    /// [`SCAN_BATCH_ROWS`] rows (see [`StateTable::scan_batches`]).
+    pub fn scan_all(&self, snapshot: &dyn StateSnapshot) -> EngineResult<Vec<RecordBatch>> {
+        self.scan_batches(snapshot)?.collect()
     }
 }
 

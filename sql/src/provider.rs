@@ -299,13 +299,11 @@ impl StoredTable {
             return matching(batch);
         }
         let mut kept = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
-        while let Some((chunk, last)) = self.state.scan_chunk(snapshot, after.as_deref(), SCAN_BATCH_ROWS)? {
-            let chunk = matching(chunk)?;
+        for chunk in self.state.scan_batches(snapshot)? {
+            let chunk = matching(chunk?)?;
             if chunk.num_rows() > 0 {
                 kept.push(chunk);
             }
-            after = Some(last);
         }
         Ok(datafusion::arrow::compute::concat_batches(self.state.schema(), &kept)?)
     }

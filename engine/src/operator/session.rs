@@ -16,7 +16,7 @@ use sluice_storage::{Epoch, KeyRange, StateStore, TableId, WriteBatch};
 
 use super::{Operator, MAP_ENTRY_OVERHEAD};
 use crate::watermark::Watermark;
-use crate::{ChangeBatch, EngineError, EngineResult, Op, StateTable, SCAN_BATCH_ROWS};
+use crate::{ChangeBatch, EngineError, EngineResult, Op, StateTable};
 
 /// Per row: its session's start and end (None: the row is in no session).
 pub type SessionBounds = (Vec<Option<i64>>, Vec<Option<i64>>);
@@ -430,9 +430,8 @@ impl Operator for SessionWindowOperator {
                 // The stored sessions are read a chunk at a time: only their distinct keys
                 // are kept, never the whole state.
                 let mut prefixes = HashSet::new();
-                let mut after: Option<Vec<u8>> = None;
-                while let Some((batch, last)) = self.state.scan_chunk(snapshot.as_ref(), after.as_deref(), SCAN_BATCH_ROWS)? {
-                    after = Some(last);
+                for batch in self.state.scan_batches(snapshot.as_ref())? {
+                    let batch = batch?;
                     let columns: Vec<ArrayRef> = (0..self.keys.len()).map(|j| Arc::clone(batch.column(j))).collect();
                     match &self.key_codec {
                         Some(codec) => {
