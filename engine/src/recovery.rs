@@ -72,6 +72,11 @@ pub mod system_tables {
     /// outbox, by sink id: a first delivery larger than an epoch's memory commits entries
     /// before the sink's catalog entry exists, and a restart deletes the outbox of such a sink.
     pub const CREATING_SINKS: TableId = u32::MAX - 13;
+
+    // The store keeps bookkeeping apart from operator state by id (see
+    // `sluice_storage::FIRST_SYSTEM_TABLE`): every table above but the catalog (written only
+    // by DDL) must be in that range.
+    const _: () = assert!(CREATING_SINKS >= sluice_storage::FIRST_SYSTEM_TABLE);
 }
 
 /// The [`system_tables::CREATING_VIEWS`] entry of a view being created with state tables

@@ -125,14 +125,14 @@ pub(crate) fn delete_outbox(snapshot: &dyn StateSnapshot, sink: RelationId, writ
 }
 
 /// The number after the last outbox entry of `sink` (0 if none).
+///
+/// One backward seek: a sink whose broker was down for long may have a long outbox.
 pub(crate) fn next_outbox_seq(snapshot: &dyn StateSnapshot, sink: RelationId) -> EngineResult<u64> {
-    let mut next = 0;
-    for kv in snapshot.scan(system_tables::SINK_OUTBOX, KeyRange::prefix(&sink.to_be_bytes()))? {
-        let (key, _) = kv?;
-        let seq = key.get(4..12).and_then(|s| s.try_into().ok()).map(u64::from_be_bytes);
-        next = seq.ok_or_else(|| EngineError::Invalid("corrupt outbox key".into()))? + 1;
-    }
-    Ok(next)
+    let Some(key) = snapshot.last_key(system_tables::SINK_OUTBOX, KeyRange::prefix(&sink.to_be_bytes()))? else {
+        return Ok(0);
+    };
+    let seq = key.get(4..12).and_then(|s| s.try_into().ok()).map(u64::from_be_bytes);
+    Ok(seq.ok_or_else(|| EngineError::Invalid("corrupt outbox key".into()))? + 1)
 }
 
 impl RunningSink {

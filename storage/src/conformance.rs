@@ -17,6 +17,7 @@ pub fn run_all(factory: StoreFactory<'_>) {
     scans_are_ordered_and_bounded(factory());
     drop_table_removes_only_that_table(factory());
     later_ops_in_a_batch_win(factory());
+    last_key_is_the_greatest_in_range(factory());
 }
 
 fn scan_keys(store: &dyn StateStore, table: u32, range: KeyRange) -> Vec<Vec<u8>> {
@@ -117,4 +118,31 @@ fn later_ops_in_a_batch_win(store: Box<dyn StateStore>) {
     assert_eq!(snap.get(1, b"a").unwrap().as_deref(), Some(&b"2"[..]));
     assert_eq!(snap.get(1, b"gone").unwrap(), None);
     assert_eq!(scan_keys(store.as_ref(), 2, KeyRange::all()), vec![b"new".to_vec()]);
+}
+
+fn last_key_is_the_greatest_in_range(store: Box<dyn StateStore>) {
+    let mut b = WriteBatch::new();
+    for k in [&b"a"[..], b"b", b"b1", b"b\xff", b"c"] {
+        b.put(7, k.to_vec(), b"v".to_vec());
+    }
+    b.put(8, b"z".to_vec(), b"other table".to_vec());
+    b.put(6, b"zz".to_vec(), b"other table".to_vec());
+    store.commit(1, b).unwrap();
+    let mut b = WriteBatch::new();
+    b.delete(7, b"c".to_vec());
+    store.commit(2, b).unwrap();
+    let snap = store.snapshot();
+    let last = |range: KeyRange| snap.last_key(7, range).unwrap().map(|k| k.to_vec());
+    assert_eq!(last(KeyRange::all()), Some(b"b\xff".to_vec()), "a deleted key is not the last");
+    assert_eq!(last(KeyRange::prefix(b"b")), Some(b"b\xff".to_vec()));
+    assert_eq!(last(KeyRange::prefix(b"a")), Some(b"a".to_vec()));
+    assert_eq!(last(KeyRange::prefix(b"d")), None);
+    let below_b1 = KeyRange { start: std::ops::Bound::Unbounded, end: std::ops::Bound::Excluded(b"b1".to_vec()) };
+    assert_eq!(last(below_b1), Some(b"b".to_vec()));
+    let through_b1 = KeyRange { start: std::ops::Bound::Excluded(b"a".to_vec()), end: std::ops::Bound::Included(b"b1".to_vec()) };
+    assert_eq!(last(through_b1), Some(b"b1".to_vec()));
+    let only_a_excluded = KeyRange { start: std::ops::Bound::Excluded(b"a".to_vec()), end: std::ops::Bound::Excluded(b"b".to_vec()) };
+    assert_eq!(last(only_a_excluded), None);
+    assert_eq!(snap.last_key(99, KeyRange::all()).unwrap(), None);
+    assert_eq!(snap.last_key(u32::MAX, KeyRange::all()).unwrap(), None);
 }

@@ -39,6 +39,17 @@ pub use rocks::{RocksOptions, RocksStateStore, FORMAT_VERSION};
 /// so a dropped table's keys can never be mistaken for a new table's.
 pub type TableId = u32;
 
+/// Table ids from this one up are the engine's bookkeeping (change log, source offsets,
+/// counters, sink outboxes...), below it operator state and tables.
+///
+/// Why the store is told: bookkeeping is a few keys rewritten or deleted at every checkpoint,
+/// far above every state table's key range. Kept beside operator state in one key space, each
+/// flushed file of an append-only view (keys that only grow) would also span those keys, so
+/// no two files would ever be disjoint and every compaction would rewrite the view's rows
+/// again and again; kept apart (RocksDB: its own column family), such files are moved down
+/// the tree without being rewritten.
+pub const FIRST_SYSTEM_TABLE: TableId = u32::MAX - 0xFFFF;
+
 /// A checkpoint epoch. Every committed [`WriteBatch`] carries one; they strictly increase, so
 /// "the state as of epoch N" is well defined and a snapshot names exactly one of them.
 pub type Epoch = u64;
@@ -218,6 +229,19 @@ pub trait StateSnapshot: Send + Sync {
         table: TableId,
         range: KeyRange,
     ) -> StorageResult<Box<dyn Iterator<Item = StorageResult<KeyValue>> + Send + '_>>;
+
+    /// The greatest key of `table` in `range`, if any.
+    ///
+    /// A log kept under increasing sequence numbers finds where it ends with this (a restarted
+    /// sink's next outbox entry) in one seek, instead of reading every entry and its value.
+    /// The default scans the range; backends that can seek backwards override it.
+    fn last_key(&self, table: TableId, range: KeyRange) -> StorageResult<Option<Bytes>> {
+        let mut last = None;
+        for kv in self.scan(table, range)? {
+            last = Some(kv?.0);
+        }
+        Ok(last)
+    }
 }
 
 /// The state store: atomic commits of epochs, and snapshot reads of the last committed one.

@@ -112,6 +112,12 @@ impl StateSnapshot for MemorySnapshot {
         );
         Ok(Box::new(t.range(bounds).map(|(k, v)| Ok((k.clone(), v.clone())))))
     }
+
+    fn last_key(&self, table: TableId, range: KeyRange) -> StorageResult<Option<Bytes>> {
+        let Some(t) = self.version.tables.get(&table) else { return Ok(None) };
+        let bounds = (range.start.map(Bytes::from), range.end.map(Bytes::from));
+        Ok(t.range(bounds).next_back().map(|(k, _)| k.clone()))
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
 //! The durable backend: every state table in one RocksDB database.
 //!
-//! Layout: the default column family holds every table's pairs under a 4-byte big-endian
-//! table-id prefix (so one table is one contiguous, ordered key range, and dropping it is one
-//! range tombstone); the `meta` column family holds the committed epoch and the format
-//! version. One [`WriteBatch`] becomes one RocksDB write batch that also sets the epoch, so an
+//! Layout: every table's pairs are stored under a 4-byte big-endian table-id prefix (so one
+//! table is one contiguous, ordered key range, and dropping it is one range tombstone): the
+//! default column family holds operator state and tables, the `system` column family the
+//! engine's bookkeeping (tables from [`FIRST_SYSTEM_TABLE`] up, see there why apart), and the
+//! `meta` column family the committed epoch and the format version. One [`WriteBatch`]
+//! becomes one RocksDB write batch across the families that also sets the epoch, so an
 //! epoch's state and its number land together or not at all.
 
 use std::path::{Path, PathBuf};
@@ -17,14 +19,17 @@ use rocksdb::{
 
 use crate::{
     Epoch, KeyRange, KeyValue, StateSnapshot, StateStore, StorageError, StorageResult, TableId, WriteBatch,
-    WriteOp,
+    WriteOp, FIRST_SYSTEM_TABLE,
 };
 
 /// The on-disk format this build reads and writes. Bump it whenever the layout or the value
 /// encodings above the store change in a way old data cannot be read with.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// 2: the engine's bookkeeping tables moved to their own column family.
+pub const FORMAT_VERSION: u32 = 2;
 
 const META_CF: &str = "meta";
+const SYSTEM_CF: &str = "system";
 const EPOCH_KEY: &[u8] = b"epoch";
 const FORMAT_KEY: &[u8] = b"format";
 /// Pairs read from RocksDB per step of a scan (each step re-seeks after the last key).
@@ -56,8 +61,52 @@ fn backend(path: &Path, e: rocksdb::Error) -> StorageError {
     StorageError::Backend(format!("{}: {}", path.display(), e.into_string()))
 }
 
+/// The column family that holds `table` (see the module's layout).
+fn family(db: &DB, table: TableId) -> StorageResult<&rocksdb::ColumnFamily> {
+    let name = if table >= FIRST_SYSTEM_TABLE { SYSTEM_CF } else { rocksdb::DEFAULT_COLUMN_FAMILY_NAME };
+    db.cf_handle(name).ok_or_else(|| StorageError::Corrupt(format!("no {name} column family")))
+}
+
+/// The handles of the two column families that hold tables, looked up once per commit rather
+/// than once per written row.
+struct Families<'a> {
+    state: &'a rocksdb::ColumnFamily,
+    system: &'a rocksdb::ColumnFamily,
+}
+
+impl<'a> Families<'a> {
+    fn of(db: &'a DB) -> StorageResult<Self> {
+        Ok(Self { state: family(db, 0)?, system: family(db, FIRST_SYSTEM_TABLE)? })
+    }
+
+    fn holding(&self, table: TableId) -> &'a rocksdb::ColumnFamily {
+        if table >= FIRST_SYSTEM_TABLE {
+            self.system
+        } else {
+            self.state
+        }
+    }
+}
+
 fn table_prefix(table: TableId) -> [u8; 4] {
     table.to_be_bytes()
+}
+
+/// `range` of `table` as stored keys: the first key it may hold, and the first key past it
+/// (`None` past the last table, whose keys run to the end of the key space).
+fn stored_bounds(table: TableId, range: &KeyRange) -> (Vec<u8>, Option<Vec<u8>>) {
+    use std::ops::Bound;
+    let start = match &range.start {
+        Bound::Included(s) => stored_key(table, s),
+        Bound::Excluded(s) => stored_key(table, &successor(s)),
+        Bound::Unbounded => table_prefix(table).to_vec(),
+    };
+    let end = match &range.end {
+        Bound::Included(e) => Some(stored_key(table, &successor(e))),
+        Bound::Excluded(e) => Some(stored_key(table, e)),
+        Bound::Unbounded => table.checked_add(1).map(|next| table_prefix(next).to_vec()),
+    };
+    (start, end)
 }
 
 /// The smallest key above `key`: `key` followed by a zero byte.
@@ -215,10 +264,21 @@ impl RocksStateStore {
         data_options.set_enable_blob_gc(true);
         data_options.set_blob_gc_age_cutoff(BLOB_GC_AGE_CUTOFF);
         let families = vec![
-            ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, data_options),
+            ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, data_options.clone()),
+            ColumnFamilyDescriptor::new(SYSTEM_CF, data_options),
             ColumnFamilyDescriptor::new(META_CF, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&db_options, &path, families).map_err(|e| backend(&path, e))?;
+        // No rewrite of operator state's bottom-level files just to clear their sequence numbers
+        // (compaction reason "BottommostFiles": RocksDB rewrites each such file once no snapshot
+        // is older than it). An append-only view's files reach the bottom by trivial moves, so
+        // that rewrite was half of RocksDB's CPU on a passthrough view (BENCHMARKS.md). What it
+        // could drop besides is what a snapshot protected during an earlier compaction:
+        // snapshots are short-lived here (operators take one per batch, a query holds one while
+        // it runs), and the next compaction that reaches the file drops it. The option has no
+        // setter before opening; it is set at every open.
+        let state = Families::of(&db)?.state;
+        db.set_options_cf(state, &[("bottommost_file_compaction_delay", &u32::MAX.to_string())]).map_err(|e| backend(&path, e))?;
         let meta = db.cf_handle(META_CF).ok_or_else(|| StorageError::Corrupt("no meta column family".into()))?;
         let format = db.get_cf(meta, FORMAT_KEY).map_err(|e| backend(&path, e))?;
         let epoch = match format {
@@ -271,6 +331,16 @@ impl RocksStateStore {
     }
 
 
+    /// A per-column-family integer property, summed over the column families (0 where it
+    /// cannot be read).
+    fn summed_property(&self, name: &str) -> u64 {
+        [rocksdb::DEFAULT_COLUMN_FAMILY_NAME, SYSTEM_CF, META_CF]
+            .into_iter()
+            .filter_map(|family| self.db.cf_handle(family))
+            .map(|cf| self.db.property_int_value_cf(cf, name).ok().flatten().unwrap_or(0))
+            .sum()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Epoch> {
         self.commit_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -293,21 +363,29 @@ impl StateStore for RocksStateStore {
         let mut write = rocksdb::WriteBatch::with_capacity_bytes(encoded_size(batch.ops()));
         // One buffer for every stored key: the batch copies what it is given.
         let mut stored = Vec::new();
+        let families = Families::of(&self.db)?;
         for op in in_key_order(batch.ops()) {
             match op {
-                WriteOp::Put { table, key, value } => write.put(stored_key_into(&mut stored, *table, key), value),
-                WriteOp::Delete { table, key } => write.delete(stored_key_into(&mut stored, *table, key)),
-                WriteOp::DropTable { table } => match table.checked_add(1) {
-                    Some(next) => write.delete_range(table_prefix(*table), table_prefix(next)),
-                    None => {
-                        // The last table id has no successor prefix: delete its keys one by one.
-                        let start = table_prefix(*table);
-                        for item in self.db.iterator(IteratorMode::From(&start, Direction::Forward)) {
-                            let (key, _) = item.map_err(|e| backend(&self.path, e))?;
-                            write.delete(key);
+                WriteOp::Put { table, key, value } => {
+                    write.put_cf(families.holding(*table), stored_key_into(&mut stored, *table, key), value)
+                }
+                WriteOp::Delete { table, key } => {
+                    write.delete_cf(families.holding(*table), stored_key_into(&mut stored, *table, key))
+                }
+                WriteOp::DropTable { table } => {
+                    let cf = families.holding(*table);
+                    match table.checked_add(1) {
+                        Some(next) => write.delete_range_cf(cf, table_prefix(*table), table_prefix(next)),
+                        None => {
+                            // The last table id has no successor prefix: delete its keys one by one.
+                            let start = table_prefix(*table);
+                            for item in self.db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
+                                let (key, _) = item.map_err(|e| backend(&self.path, e))?;
+                                write.delete_cf(cf, key);
+                            }
                         }
                     }
-                },
+                }
             }
         }
         write.put_cf(meta, EPOCH_KEY, epoch.to_be_bytes());
@@ -319,8 +397,7 @@ impl StateStore for RocksStateStore {
     }
 
     fn approximate_bytes(&self) -> Option<u64> {
-        let property = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
-        Some(property("rocksdb.total-sst-files-size") + property("rocksdb.cur-size-all-mem-tables"))
+        Some(self.summed_property("rocksdb.total-sst-files-size") + self.summed_property("rocksdb.cur-size-all-mem-tables"))
     }
 
     fn set_cache_capacity(&self, bytes: usize) {
@@ -335,8 +412,8 @@ impl StateStore for RocksStateStore {
             // The cache holds blocks and, charged to it, the memtables.
             ("block_cache", property("rocksdb.block-cache-usage")),
             ("block_cache_pinned", property("rocksdb.block-cache-pinned-usage")),
-            ("memtables", property("rocksdb.cur-size-all-mem-tables")),
-            ("table_readers", property("rocksdb.estimate-table-readers-mem")),
+            ("memtables", self.summed_property("rocksdb.cur-size-all-mem-tables")),
+            ("table_readers", self.summed_property("rocksdb.estimate-table-readers-mem")),
         ]
     }
 
@@ -345,29 +422,22 @@ impl StateStore for RocksStateStore {
     /// large values in blob files the range's SST files hold only keys and pointers, so this
     /// rewrites little.
     fn reclaim(&self, table: TableId, range: KeyRange) -> StorageResult<()> {
-        use std::ops::Bound;
-        let start = match &range.start {
-            Bound::Included(s) => stored_key(table, s),
-            Bound::Excluded(s) => stored_key(table, &successor(s)),
-            Bound::Unbounded => table_prefix(table).to_vec(),
-        };
-        let end = match &range.end {
-            Bound::Included(e) => Some(stored_key(table, &successor(e))),
-            Bound::Excluded(e) => Some(stored_key(table, e)),
-            Bound::Unbounded => table.checked_add(1).map(|next| table_prefix(next).to_vec()),
-        };
+        let (start, end) = stored_bounds(table, &range);
         let mut options = rocksdb::CompactOptions::default();
         options.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
         // A blob file goes only once no key points into it. The range's live values are moved
         // out of every blob file they share with deleted ones (garbage collection over all blob
         // files, not just the oldest quarter), for this compaction only.
         let _one_at_a_time = self.reclaim_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let cf = family(&self.db, table)?;
         let set_cutoff = |cutoff: f64| {
             let cutoff = cutoff.to_string();
-            self.db.set_options(&[("blob_garbage_collection_age_cutoff", cutoff.as_str())]).map_err(|e| backend(&self.path, e))
+            self.db
+                .set_options_cf(cf, &[("blob_garbage_collection_age_cutoff", cutoff.as_str())])
+                .map_err(|e| backend(&self.path, e))
         };
         set_cutoff(1.0)?;
-        self.db.compact_range_opt(Some(start), end, &options);
+        self.db.compact_range_cf_opt(cf, Some(start), end, &options);
         set_cutoff(BLOB_GC_AGE_CUTOFF)
     }
 
@@ -400,7 +470,8 @@ impl RocksSnapshot {
     /// Up to [`SCAN_CHUNK`] pairs (fewer once [`SCAN_CHUNK_BYTES`] are read) from `start`, and
     /// whether the chunk stopped early (more pairs may follow).
     fn chunk(&self, table: TableId, start: &[u8], end: &Option<Vec<u8>>) -> StorageResult<(Vec<KeyValue>, bool)> {
-        self.cell.with_dependent(|_, snapshot| {
+        self.cell.with_dependent(|db, snapshot| {
+            let cf = family(db, table)?;
             let mut options = ReadOptions::default();
             let upper = match end {
                 Some(end) => stored_key(table, end),
@@ -413,7 +484,7 @@ impl RocksSnapshot {
             let from = stored_key(table, start);
             let mut out = Vec::new();
             let mut bytes = 0;
-            for item in snapshot.iterator_opt(IteratorMode::From(&from, Direction::Forward), options) {
+            for item in snapshot.iterator_cf_opt(cf, options, IteratorMode::From(&from, Direction::Forward)) {
                 let (key, value) = item.map_err(|e| backend(&self.path, e))?;
                 if key.len() < 4 || key[..4] != table_prefix(table) {
                     return Ok((out, false));
@@ -435,9 +506,9 @@ impl StateSnapshot for RocksSnapshot {
     }
 
     fn get(&self, table: TableId, key: &[u8]) -> StorageResult<Option<Bytes>> {
-        self.cell.with_dependent(|_, snapshot| {
+        self.cell.with_dependent(|db, snapshot| {
             snapshot
-                .get_pinned(stored_key(table, key))
+                .get_pinned_cf(family(db, table)?, stored_key(table, key))
                 .map(|v| v.map(|v| Bytes::copy_from_slice(&v)))
                 .map_err(|e| backend(&self.path, e))
         })
@@ -455,6 +526,27 @@ impl StateSnapshot for RocksSnapshot {
             Bound::Unbounded => Vec::new(),
         };
         Ok(Box::new(ChunkedScan { snapshot: self, table, range, next: Some(start), buffer: Vec::new().into_iter() }))
+    }
+
+    /// One backward seek from the range's end, bounded below by its start: RocksDB reads the
+    /// last key's block and nothing before it.
+    fn last_key(&self, table: TableId, range: KeyRange) -> StorageResult<Option<Bytes>> {
+        let (start, end) = stored_bounds(table, &range);
+        self.cell.with_dependent(|db, snapshot| {
+            let cf = family(db, table)?;
+            let mut options = ReadOptions::default();
+            options.set_iterate_lower_bound(start);
+            if let Some(end) = end {
+                options.set_iterate_upper_bound(end);
+            }
+            let mut keys = snapshot.raw_iterator_cf_opt(cf, options);
+            keys.seek_to_last();
+            let last = keys.key().filter(|key| key.len() >= 4 && key[..4] == table_prefix(table));
+            match last {
+                Some(key) => Ok(Some(Bytes::copy_from_slice(&key[4..]))),
+                None => keys.status().map(|()| None).map_err(|e| backend(&self.path, e)),
+            }
+        })
     }
 }
 
@@ -682,6 +774,36 @@ mod tests {
             end: std::ops::Bound::Included(2000u32.to_be_bytes().to_vec()),
         };
         assert_eq!(snap.scan(1, bounded).unwrap().count(), 1995);
+    }
+
+    /// Bookkeeping tables go to the `system` column family, operator state to the default
+    /// one, and one commit spanning both is read back whole; dropping a table of either only
+    /// touches its own family.
+    #[test]
+    fn bookkeeping_tables_are_kept_apart_from_operator_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStateStore::open(dir.path(), &RocksOptions::default()).unwrap();
+        let (state, system) = (5, FIRST_SYSTEM_TABLE + 3);
+        let mut b = WriteBatch::new();
+        b.put(state, b"k".to_vec(), b"state".to_vec());
+        b.put(system, b"k".to_vec(), b"system".to_vec());
+        store.commit(1, b).unwrap();
+        let in_family = |name: &str, table: TableId| {
+            let cf = store.db.cf_handle(name).unwrap();
+            store.db.get_cf(cf, stored_key(table, b"k")).unwrap()
+        };
+        assert_eq!(in_family(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, state).as_deref(), Some(&b"state"[..]));
+        assert_eq!(in_family(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, system), None);
+        assert_eq!(in_family(SYSTEM_CF, system).as_deref(), Some(&b"system"[..]));
+        assert_eq!(in_family(SYSTEM_CF, state), None);
+        let snapshot = store.snapshot();
+        assert_eq!(snapshot.get(system, b"k").unwrap().as_deref(), Some(&b"system"[..]));
+        assert_eq!(snapshot.scan(system, KeyRange::all()).unwrap().count(), 1);
+        let mut b = WriteBatch::new();
+        b.drop_table(system);
+        store.commit(2, b).unwrap();
+        assert_eq!(store.snapshot().get(system, b"k").unwrap(), None);
+        assert_eq!(store.snapshot().get(state, b"k").unwrap().as_deref(), Some(&b"state"[..]));
     }
 
     #[test]
