@@ -234,14 +234,8 @@ pub trait StateSnapshot: Send + Sync {
     ///
     /// A log kept under increasing sequence numbers finds where it ends with this (a restarted
     /// sink's next outbox entry) in one seek, instead of reading every entry and its value.
-    /// The default scans the range; backends that can seek backwards override it.
-    fn last_key(&self, table: TableId, range: KeyRange) -> StorageResult<Option<Bytes>> {
-        let mut last = None;
-        for kv in self.scan(table, range)? {
-            last = Some(kv?.0);
-        }
-        Ok(last)
-    }
+    /// Both backends seek backwards; there is no scanning fallback to hide a slow one.
+    fn last_key(&self, table: TableId, range: KeyRange) -> StorageResult<Option<Bytes>>;
 }
 
 /// The state store: atomic commits of epochs, and snapshot reads of the last committed one.

@@ -804,6 +804,19 @@ mod tests {
         store.commit(2, b).unwrap();
         assert_eq!(store.snapshot().get(system, b"k").unwrap(), None);
         assert_eq!(store.snapshot().get(state, b"k").unwrap().as_deref(), Some(&b"state"[..]));
+        // Operator state's bottom-level files are not rewritten for their sequence numbers:
+        // the option set at open is in the options file RocksDB keeps current.
+        let options_file = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("OPTIONS-")))
+            .max()
+            .unwrap();
+        let options = std::fs::read_to_string(options_file).unwrap();
+        let default_family = options.split("[CFOptions \"default\"]").nth(1).unwrap().split("[CFOptions ").next().unwrap();
+        assert!(default_family.contains(&format!("bottommost_file_compaction_delay={}", u32::MAX)), "{default_family}");
+        let system_family = options.split("[CFOptions \"system\"]").nth(1).unwrap().split("[CFOptions ").next().unwrap();
+        assert!(system_family.contains("bottommost_file_compaction_delay=0"), "{system_family}");
     }
 
     #[test]
