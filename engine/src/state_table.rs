@@ -52,6 +52,8 @@ pub struct StateTable {
     key_indices: Vec<usize>,
     key_codec: RowConverter,
     value_codec: RowConverter,
+    /// Whether rows are stored many to a value (see [`StateTable::try_new_packed`]).
+    packed: bool,
 }
 
 impl std::fmt::Debug for StateTable {
@@ -60,12 +62,23 @@ impl std::fmt::Debug for StateTable {
             .field("id", &self.id)
             .field("schema", &self.schema)
             .field("key_indices", &self.key_indices)
+            .field("packed", &self.packed)
             .finish()
     }
 }
 
 /// Rows decoded per output batch of a scan.
 pub const SCAN_BATCH_ROWS: usize = 8192;
+
+/// Bytes of encoded rows a packed table puts in one stored value before it starts the next
+/// (see [`StateTable::try_new_packed`]). Large enough that the store's cost per key (its
+/// index and filter entries, a memtable insert) is spread over a hundred rows or more;
+/// small enough that a value stays well inside the durable store's LSM tree (it moves values
+/// of 64 KB and more to blob files) and a scan's first rows come back without decoding much.
+const PACK_BYTES: usize = 16 << 10;
+
+/// Bytes of the length before each row in a packed value.
+const PACK_LENGTH_BYTES: usize = 4;
 
 impl StateTable {
     /// A state table `id` holding rows of `schema`, keyed by the columns at `key_indices`.
@@ -91,7 +104,24 @@ impl StateTable {
         let value_codec = RowConverter::new(
             schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect(),
         )?;
-        Ok(Self { id, schema, key_indices, key_codec, value_codec })
+        Ok(Self { id, schema, key_indices, key_codec, value_codec, packed: false })
+    }
+
+    /// Like [`StateTable::try_new`], but storing rows many to a value: each call of
+    /// [`StateTable::write_rows`] stores its rows, in key order, as values of about
+    /// [`PACK_BYTES`], each under the key of its first row.
+    ///
+    /// Why: an append-only view writes every row once and never looks one up. Stored one per
+    /// key, each of its rows cost the durable store a memtable insert and an index and filter
+    /// entry when flushed, which with small rows was most of its CPU time (BENCHMARKS.md,
+    /// durable state).
+    ///
+    /// What the caller promises: every row ever written has a key of its own, and no row
+    /// written later falls between the first and last key of one earlier call (arrival keys
+    /// do both), so that the stored values, in key order, hold the rows in key order. A
+    /// packed table can be scanned and dropped; its rows cannot be deleted one by one.
+    pub fn try_new_packed(id: TableId, schema: SchemaRef, key_indices: Vec<usize>) -> EngineResult<Self> {
+        Ok(Self { packed: true, ..Self::try_new(id, schema, key_indices)? })
     }
 
     /// The storage table id.
@@ -146,6 +176,9 @@ impl StateTable {
     pub fn write_rows(&self, batch: &RecordBatch, write: &mut WriteBatch) -> EngineResult<usize> {
         let keys = self.encode_keys(batch)?;
         let values = self.value_codec.convert_columns(batch.columns())?;
+        if self.packed {
+            return self.write_packs(&keys, &values, write);
+        }
         let (key_buffer, keys) = packed(&keys);
         let (value_buffer, values) = packed(&values);
         for (key, value) in keys.zip(values) {
@@ -154,8 +187,90 @@ impl StateTable {
         Ok(batch.num_rows() * size_of::<sluice_storage::WriteOp>() + key_buffer.len() + value_buffer.len())
     }
 
+    /// Queues the rows whose keys are `keys` and encoded values `values` as packs (see
+    /// [`StateTable::try_new_packed`]); returns about how many bytes of memory they take.
+    fn write_packs(&self, keys: &Rows, values: &Rows, write: &mut WriteBatch) -> EngineResult<usize> {
+        if keys.num_rows() == 0 {
+            return Ok(0);
+        }
+        if (1..keys.num_rows()).any(|i| keys.row(i - 1) >= keys.row(i)) {
+            return Err(EngineError::Invalid(format!(
+                "state table {}: rows written to a packed table must come in increasing key order",
+                self.id
+            )));
+        }
+        // Every pack in one buffer, each with its first row's index.
+        let mut buffer = Vec::with_capacity(values.size() + PACK_LENGTH_BYTES * values.num_rows());
+        let mut packs: Vec<(usize, usize)> = Vec::new();
+        let mut pack_start = 0;
+        for (i, row) in values.iter().enumerate() {
+            if i == 0 || buffer.len() - pack_start >= PACK_BYTES {
+                pack_start = buffer.len();
+                packs.push((i, pack_start));
+            }
+            let length = u32::try_from(row.data().len()).map_err(|_| {
+                EngineError::Invalid(format!("state table {}: a row of 4 GB or more cannot be stored", self.id))
+            })?;
+            buffer.extend_from_slice(&length.to_le_bytes());
+            buffer.extend_from_slice(row.data());
+        }
+        let buffer = Bytes::from(buffer);
+        let mut key_bytes = 0;
+        for (n, (first_row, start)) in packs.iter().enumerate() {
+            let end = packs.get(n + 1).map_or(buffer.len(), |next| next.1);
+            let key = keys.row(*first_row).data();
+            key_bytes += key.len();
+            write.put(self.id, Bytes::copy_from_slice(key), buffer.slice(*start..end));
+        }
+        Ok(packs.len() * size_of::<sluice_storage::WriteOp>() + key_bytes + buffer.len())
+    }
+
+    /// Calls `row` with each encoded row of `value`, one stored value of this table: the
+    /// value itself, or the rows of a pack.
+    fn each_stored_row<'a>(&self, value: &'a [u8], mut row: impl FnMut(&'a [u8])) -> EngineResult<()> {
+        if !self.packed {
+            row(value);
+            return Ok(());
+        }
+        let mut rest = value;
+        while !rest.is_empty() {
+            let truncated = || EngineError::Invalid(format!("state table {}: a stored pack of rows is truncated", self.id));
+            let (length, tail) = rest.split_first_chunk::<PACK_LENGTH_BYTES>().ok_or_else(truncated)?;
+            let length = u32::from_le_bytes(*length) as usize;
+            if tail.len() < length {
+                return Err(truncated());
+            }
+            let (encoded, tail) = tail.split_at(length);
+            row(encoded);
+            rest = tail;
+        }
+        Ok(())
+    }
+
+    /// Decodes stored values (whole values as the store holds them: packs, for a packed
+    /// table) into a batch of this table's schema.
+    fn decode_stored(&self, values: &[Bytes]) -> EngineResult<RecordBatch> {
+        let mut rows = Vec::with_capacity(values.len());
+        for value in values {
+            self.each_stored_row(value, |row| rows.push(row))?;
+        }
+        self.decode_values(rows)
+    }
+
+    /// Rows in stored value `value` (1 unless the table is packed).
+    fn rows_in(&self, value: &[u8]) -> EngineResult<usize> {
+        let mut rows = 0;
+        self.each_stored_row(value, |_| rows += 1)?;
+        Ok(rows)
+    }
+
     /// Queues the deletion of every row of `batch` (by key) into `write`.
+    ///
+    /// Fails on a packed table, whose rows are not stored under keys of their own.
     pub fn delete_rows(&self, batch: &RecordBatch, write: &mut WriteBatch) -> EngineResult<()> {
+        if self.packed {
+            return Err(EngineError::Invalid(format!("state table {}: rows of a packed table cannot be deleted one by one", self.id)));
+        }
         let keys = self.encode_keys(batch)?;
         for key in packed(&keys).1 {
             write.delete(self.id, key);
@@ -168,7 +283,8 @@ impl StateTable {
         write.drop_table(self.id);
     }
 
-    /// Decodes stored values back into a batch of this table's schema.
+    /// Decodes encoded rows (the stored values of a table that is not packed) back into a
+    /// batch of this table's schema.
     pub fn decode_values<'a>(
         &self,
         values: impl IntoIterator<Item = &'a [u8]>,
@@ -180,9 +296,10 @@ impl StateTable {
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
     }
 
-    /// Up to `rows` rows of the table as of `snapshot`, in key order, starting after key
-    /// `after` (from the first key if None), with the last row's key to continue from; None
-    /// past the last row.
+    /// About `rows` rows of the table as of `snapshot`, in key order, starting after stored
+    /// key `after` (from the first key if None), with the last stored key read to continue
+    /// from; None past the last row. Exactly `rows` (fewer at the end) unless the table is
+    /// packed, whose chunks end with a whole pack: at least `rows`, and less than a pack more.
     ///
     /// Why: a query over a table or view larger than memory reads it a batch at a time, each
     /// from the same snapshot, instead of decoding it all first (see `scan_all`).
@@ -199,20 +316,26 @@ impl StateTable {
         let range = KeyRange { start, end: std::ops::Bound::Unbounded };
         let mut values: Vec<bytes::Bytes> = Vec::with_capacity(rows.min(SCAN_BATCH_ROWS));
         let mut last = None;
-        for kv in snapshot.scan(self.id, range)?.take(rows.max(1)) {
+        let mut read = 0;
+        for kv in snapshot.scan(self.id, range)? {
             let (key, value) = kv?;
+            read += self.rows_in(&value)?;
             values.push(value);
             last = Some(key);
+            if read >= rows.max(1) {
+                break;
+            }
         }
         match last {
-            Some(key) => Ok(Some((self.decode_values(values.iter().map(|v| v.as_ref()))?, key.to_vec()))),
+            Some(key) => Ok(Some((self.decode_stored(&values)?, key.to_vec()))),
             None => Ok(None),
         }
     }
 
-    /// Every row of the table as of `snapshot`, in key order, in batches of at most
-    /// [`SCAN_BATCH_ROWS`] rows, decoded one batch at a time as the iterator is advanced (one
-    /// pass over the store, so a table larger than memory is never held whole).
+    /// Every row of the table as of `snapshot`, in key order, in batches of about
+    /// [`SCAN_BATCH_ROWS`] rows (at most that many unless the table is packed, see
+    /// [`StateTable::scan_chunk`]), decoded one batch at a time as the iterator is advanced
+    /// (one pass over the store, so a table larger than memory is never held whole).
     pub fn scan_batches<'a>(
         &'a self,
         snapshot: &'a dyn StateSnapshot,
@@ -221,16 +344,22 @@ impl StateTable {
         let mut pending: Vec<bytes::Bytes> = Vec::with_capacity(SCAN_BATCH_ROWS);
         Ok(std::iter::from_fn(move || {
             pending.clear();
+            let mut read = 0;
             for kv in pairs.by_ref() {
-                match kv {
-                    Ok((_, value)) => pending.push(value),
+                let value = match kv {
+                    Ok((_, value)) => value,
                     Err(e) => return Some(Err(e.into())),
-                }
-                if pending.len() == SCAN_BATCH_ROWS {
+                };
+                read += match self.rows_in(&value) {
+                    Ok(rows) => rows,
+                    Err(e) => return Some(Err(e)),
+                };
+                pending.push(value);
+                if read >= SCAN_BATCH_ROWS {
                     break;
                 }
             }
-            (!pending.is_empty()).then(|| self.decode_values(pending.iter().map(|v| v.as_ref())))
+            (!pending.is_empty()).then(|| self.decode_stored(&pending))
         }))
     }
 
@@ -383,5 +512,50 @@ mod tests {
         }
         assert_eq!(sizes, vec![2, 2, 1]);
         assert_eq!(ids, vec![1, 2, 3, 4, 5]);
+    }
+
+    /// A packed table stores a call's rows many to a value, yet scans return every row once
+    /// in key order, whole chunks resume after the last pack, and what a packed table cannot
+    /// do (deletes by row, rows out of order, a damaged pack) is an error.
+    #[test]
+    fn packed_rows_scan_like_rows_stored_one_per_key() {
+        let store = MemoryStateStore::new();
+        let schema = Arc::clone(table().schema());
+        let t = StateTable::try_new_packed(4, schema, vec![0]).unwrap();
+        let text = "x".repeat(100);
+        let first: Vec<i64> = (0..1000).collect();
+        let second: Vec<i64> = (1000..1010).collect();
+        let mut w = WriteBatch::new();
+        t.write_rows(&batch(&t, &first, &vec![Some(text.as_str()); 1000]), &mut w).unwrap();
+        t.write_rows(&batch(&t, &second, &vec![None; 10]), &mut w).unwrap();
+        let packs = w.len();
+        assert!((3..100).contains(&packs), "1010 rows of about 110 bytes in {packs} values");
+        store.commit(1, w).unwrap();
+        let snapshot = store.snapshot();
+        let ids = |batches: &[RecordBatch]| -> Vec<i64> {
+            batches
+                .iter()
+                .flat_map(|b| datafusion::arrow::array::AsArray::as_primitive::<datafusion::arrow::datatypes::Int64Type>(b.column(0)).values().to_vec())
+                .collect()
+        };
+        let all = t.scan_all(snapshot.as_ref()).unwrap();
+        assert_eq!(ids(&all), (0..1010).collect::<Vec<_>>());
+        assert_eq!(all.last().unwrap().column(1).null_count(), 10);
+        let mut after: Option<Vec<u8>> = None;
+        let mut chunks = Vec::new();
+        while let Some((rows, last)) = t.scan_chunk(snapshot.as_ref(), after.as_deref(), 2).unwrap() {
+            chunks.push(rows);
+            after = Some(last);
+        }
+        assert_eq!(chunks.len(), packs, "a chunk of 2 rows is one whole pack");
+        assert_eq!(ids(&chunks), (0..1010).collect::<Vec<_>>());
+
+        assert!(t.delete_rows(&batch(&t, &[3], &[None]), &mut WriteBatch::new()).is_err());
+        assert!(t.write_rows(&batch(&t, &[2000, 1999], &[None, None]), &mut WriteBatch::new()).is_err());
+        let mut damaged = WriteBatch::new();
+        damaged.put(4, Bytes::from_static(b"\xff"), Bytes::from_static(&[9, 0, 0, 0, 1]));
+        store.commit(2, damaged).unwrap();
+        let error = t.scan_all(store.snapshot().as_ref()).unwrap_err().to_string();
+        assert!(error.contains("truncated"), "{error}");
     }
 }

@@ -57,8 +57,9 @@ pub const QUERIES: &[(&str, &str)] = &[
 /// Watermark delay of the `_eowc` queries' table, in microseconds.
 const WATERMARK_DELAY_MICROS: i64 = 1_000_000;
 
-/// Rows in the state tables of view `name`'s operators.
-fn state_rows(db: &Database, store: &Arc<dyn StateStore>, name: &str) -> Result<usize, SqlError> {
+/// Stored keys in the state tables of view `name`'s operators (rows, but for an append-only
+/// view's packs of rows).
+fn state_keys(db: &Database, store: &Arc<dyn StateStore>, name: &str) -> Result<usize, SqlError> {
     let Some(view) = db.view(name) else { return Ok(0) };
     let snapshot = store.snapshot();
     let mut rows = 0;
@@ -259,7 +260,7 @@ pub async fn run(options: BenchOptions) -> Result<(), SqlError> {
             sent += n;
             if sent / STATE_SAMPLE_EVENTS != (sent - n) / STATE_SAMPLE_EVENTS && sent / STATE_SAMPLE_EVENTS == 1 {
                 dataflow.flush().await?;
-                println!("STATE query={name} events={sent} state_rows={}", state_rows(&db, &store, name)?);
+                println!("STATE query={name} events={sent} state_keys={}", state_keys(&db, &store, name)?);
             }
             if options.chunk > 0 && (sent - chunk_from >= options.chunk || sent == options.events) {
                 dataflow.flush().await?;
@@ -288,7 +289,7 @@ pub async fn run(options: BenchOptions) -> Result<(), SqlError> {
             options.events as f64 / cpu.max(0.01),
             options.events as f64 / (cpu + store_cpu).max(0.01)
         );
-        println!("STATE query={name} events={sent} state_rows={}", state_rows(&db, &store, name)?);
+        println!("STATE query={name} events={sent} state_keys={}", state_keys(&db, &store, name)?);
         // Before the VERIFY query, which reads the whole view into memory.
         // The process's peak: the benchmark runs one query per process when the figure matters.
         if let Some(peak) = crate::memory::peak_resident_bytes() {

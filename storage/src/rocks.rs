@@ -26,7 +26,8 @@ use crate::{
 /// encodings above the store change in a way old data cannot be read with.
 ///
 /// 2: the engine's bookkeeping tables moved to their own column family.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: an append-only view stores its rows many to a value.
+pub const FORMAT_VERSION: u32 = 3;
 
 const META_CF: &str = "meta";
 const SYSTEM_CF: &str = "system";

@@ -44,6 +44,10 @@ pub enum ViewLayout {
     /// never does either, and its count restarts only when `__epoch` grows; and a stored row's
     /// `__epoch` is at most the epoch that committed it (that commit came after the barrier
     /// it was read at), so after a restart every new `__epoch` is past every stored one.
+    ///
+    /// The rows of one batch are stored many to a value ([`StateTable::try_new_packed`]):
+    /// their arrival keys increase and no later row's key falls among them, which is what a
+    /// packed table asks.
     AppendOnly,
 }
 
@@ -58,7 +62,8 @@ pub fn view_state_table(id: TableId, view: &Schema, layout: ViewLayout) -> Engin
         }
         ViewLayout::AppendOnly => {
             fields.extend(ARRIVAL_COLUMNS.iter().map(|name| Field::new(*name, DataType::Int64, false)));
-            vec![width, width + 1]
+            let key = vec![width, width + 1];
+            return StateTable::try_new_packed(id, Arc::new(Schema::new(fields)), key);
         }
     };
     StateTable::try_new(id, Arc::new(Schema::new(fields)), key)
