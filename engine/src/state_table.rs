@@ -77,7 +77,7 @@ pub const SCAN_BATCH_ROWS: usize = 8192;
 /// of 64 KB and more to blob files) and a scan's first rows come back without decoding much.
 const PACK_BYTES: usize = 16 << 10;
 
-/// Bytes of the length before each row in a packed value.
+/// Bytes of the row count at the head of a packed value, and of the length before each row.
 const PACK_LENGTH_BYTES: usize = 4;
 
 impl StateTable {
@@ -109,7 +109,9 @@ impl StateTable {
 
     /// Like [`StateTable::try_new`], but storing rows many to a value: each call of
     /// [`StateTable::write_rows`] stores its rows, in key order, as values of about
-    /// [`PACK_BYTES`], each under the key of its first row.
+    /// [`PACK_BYTES`], each under the key of its first row: the pack's row count, then each
+    /// row's length and encoding (the count lets a scan size its batches without walking the
+    /// rows twice).
     ///
     /// Why: an append-only view writes every row once and never looks one up. Stored one per
     /// key, each of its rows cost the durable store a memtable insert and an index and filter
@@ -199,20 +201,28 @@ impl StateTable {
                 self.id
             )));
         }
-        // Every pack in one buffer, each with its first row's index.
-        let mut buffer = Vec::with_capacity(values.size() + PACK_LENGTH_BYTES * values.num_rows());
+        // Every pack in one buffer, each with its first row's index and where it starts; each
+        // pack's count is filled in once the next one starts.
+        let mut buffer = Vec::with_capacity(values.size() + PACK_LENGTH_BYTES * (values.num_rows() + 1));
         let mut packs: Vec<(usize, usize)> = Vec::new();
         let mut pack_start = 0;
         for (i, row) in values.iter().enumerate() {
             if i == 0 || buffer.len() - pack_start >= PACK_BYTES {
+                if let Some((first, start)) = packs.last() {
+                    write_pack_count(&mut buffer, *start, i - first);
+                }
                 pack_start = buffer.len();
                 packs.push((i, pack_start));
+                buffer.extend_from_slice(&[0; PACK_LENGTH_BYTES]);
             }
             let length = u32::try_from(row.data().len()).map_err(|_| {
                 EngineError::Invalid(format!("state table {}: a row of 4 GB or more cannot be stored", self.id))
             })?;
             buffer.extend_from_slice(&length.to_le_bytes());
             buffer.extend_from_slice(row.data());
+        }
+        if let Some((first, start)) = packs.last() {
+            write_pack_count(&mut buffer, *start, values.num_rows() - first);
         }
         let buffer = Bytes::from(buffer);
         let mut key_bytes = 0;
@@ -232,9 +242,9 @@ impl StateTable {
             row(value);
             return Ok(());
         }
-        let mut rest = value;
+        let truncated = || EngineError::Invalid(format!("state table {}: a stored pack of rows is truncated", self.id));
+        let (_, mut rest) = value.split_first_chunk::<PACK_LENGTH_BYTES>().ok_or_else(truncated)?;
         while !rest.is_empty() {
-            let truncated = || EngineError::Invalid(format!("state table {}: a stored pack of rows is truncated", self.id));
             let (length, tail) = rest.split_first_chunk::<PACK_LENGTH_BYTES>().ok_or_else(truncated)?;
             let length = u32::from_le_bytes(*length) as usize;
             if tail.len() < length {
@@ -252,16 +262,28 @@ impl StateTable {
     fn decode_stored(&self, values: &[Bytes]) -> EngineResult<RecordBatch> {
         let mut rows = Vec::with_capacity(values.len());
         for value in values {
+            let before = rows.len();
             self.each_stored_row(value, |row| rows.push(row))?;
+            if rows.len() - before != self.rows_in(value)? {
+                return Err(EngineError::Invalid(format!(
+                    "state table {}: a stored pack of rows does not hold the rows its count says",
+                    self.id
+                )));
+            }
         }
         self.decode_values(rows)
     }
 
-    /// Rows in stored value `value` (1 unless the table is packed).
+    /// Rows in stored value `value` (1 unless the table is packed: its count, read from the
+    /// head; the rows are checked against it when they are decoded).
     fn rows_in(&self, value: &[u8]) -> EngineResult<usize> {
-        let mut rows = 0;
-        self.each_stored_row(value, |_| rows += 1)?;
-        Ok(rows)
+        if !self.packed {
+            return Ok(1);
+        }
+        let (count, _) = value.split_first_chunk::<PACK_LENGTH_BYTES>().ok_or_else(|| {
+            EngineError::Invalid(format!("state table {}: a stored pack of rows is truncated", self.id))
+        })?;
+        Ok(u32::from_le_bytes(*count) as usize)
     }
 
     /// Queues the deletion of every row of `batch` (by key) into `write`.
@@ -368,6 +390,13 @@ impl StateTable {
     pub fn scan_all(&self, snapshot: &dyn StateSnapshot) -> EngineResult<Vec<RecordBatch>> {
         self.scan_batches(snapshot)?.collect()
     }
+}
+
+/// Writes `rows`, a pack's row count, into its head at `start` of `buffer` (see
+/// [`StateTable::try_new_packed`]). A pack holds at most one batch's rows, far below 2^32.
+fn write_pack_count(buffer: &mut [u8], start: usize, rows: usize) {
+    let count = u32::try_from(rows).unwrap_or(u32::MAX);
+    buffer[start..start + PACK_LENGTH_BYTES].copy_from_slice(&count.to_le_bytes());
 }
 
 /// Sets the value slots under NULLs of a fixed-width column to zero.
@@ -553,9 +582,14 @@ mod tests {
         assert!(t.delete_rows(&batch(&t, &[3], &[None]), &mut WriteBatch::new()).is_err());
         assert!(t.write_rows(&batch(&t, &[2000, 1999], &[None, None]), &mut WriteBatch::new()).is_err());
         let mut damaged = WriteBatch::new();
-        damaged.put(4, Bytes::from_static(b"\xff"), Bytes::from_static(&[9, 0, 0, 0, 1]));
+        damaged.put(4, Bytes::from_static(b"\xff"), Bytes::from_static(&[1, 0, 0, 0, 9, 0, 0, 0, 1]));
         store.commit(2, damaged).unwrap();
         let error = t.scan_all(store.snapshot().as_ref()).unwrap_err().to_string();
         assert!(error.contains("truncated"), "{error}");
+        let mut miscounted = WriteBatch::new();
+        miscounted.put(4, Bytes::from_static(b"\xff"), Bytes::from_static(&[2, 0, 0, 0, 1, 0, 0, 0, 0]));
+        store.commit(3, miscounted).unwrap();
+        let error = t.scan_all(store.snapshot().as_ref()).unwrap_err().to_string();
+        assert!(error.contains("does not hold the rows its count says"), "{error}");
     }
 }

@@ -57,13 +57,13 @@ pub const QUERIES: &[(&str, &str)] = &[
 /// Watermark delay of the `_eowc` queries' table, in microseconds.
 const WATERMARK_DELAY_MICROS: i64 = 1_000_000;
 
-/// Stored keys in the state tables of view `name`'s operators (rows, but for an append-only
-/// view's packs of rows).
+/// Stored keys in the state tables of view `name`'s operators and of its rows (rows, but for
+/// an append-only view's packs of rows).
 fn state_keys(db: &Database, store: &Arc<dyn StateStore>, name: &str) -> Result<usize, SqlError> {
     let Some(view) = db.view(name) else { return Ok(0) };
     let snapshot = store.snapshot();
     let mut rows = 0;
-    for table in view.plan.state_tables() {
+    for table in view.plan.state_tables().into_iter().chain([view.id]) {
         for kv in snapshot.scan(table, sluice_storage::KeyRange::all())? {
             kv?;
             rows += 1;
