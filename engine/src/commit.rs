@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use sluice_storage::{Epoch, StateStore, StorageResult, WriteBatch};
+use sluice_storage::{Durability, Epoch, StateStore, StorageResult, WriteBatch};
 
 /// Commits write batches to the store as consecutive epochs.
 ///
@@ -11,8 +11,8 @@ use sluice_storage::{Epoch, StateStore, StorageResult, WriteBatch};
 /// committing the next must therefore happen under one lock, shared by both writers.
 pub struct EpochCommitter {
     store: Arc<dyn StateStore>,
-    /// Whether a batch committed without [`WriteBatch::set_durable`] since the last durable
-    /// one (a checkpoint then must sync even with nothing to write).
+    /// Whether a batch committed since the last checkpoint (a checkpoint then must commit
+    /// even with nothing to write, to make it power-safe).
     lock: Mutex<bool>,
 }
 
@@ -39,18 +39,18 @@ impl EpochCommitter {
         self.commit_checkpoint(batch, false)
     }
 
-    /// Like [`EpochCommitter::commit`]; with `force` and a durable batch, an empty batch still
-    /// commits if earlier batches were not durable, so that they become power-safe (the
-    /// store's log is written in order, so syncing a later epoch syncs every earlier one).
+    /// Like [`EpochCommitter::commit`]; with `force` and a [`Durability::Checkpoint`] batch, an
+    /// empty batch still commits if batches were committed since the last checkpoint, so that
+    /// they become power-safe (a checkpoint makes every batch before it power-safe).
     pub fn commit_checkpoint(&self, batch: WriteBatch, force: bool) -> StorageResult<Epoch> {
-        let mut unsynced = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut since_checkpoint = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let epoch = self.store.committed_epoch();
-        let durable = batch.is_durable();
-        if batch.is_empty() && !(force && durable && *unsynced) {
+        let checkpoint = batch.durability() == Durability::Checkpoint;
+        if batch.is_empty() && !(force && checkpoint && *since_checkpoint) {
             return Ok(epoch);
         }
         self.store.commit(epoch + 1, batch)?;
-        *unsynced = !durable;
+        *since_checkpoint = !checkpoint;
         Ok(epoch + 1)
     }
 }

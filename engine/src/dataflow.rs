@@ -26,7 +26,7 @@
 //! on.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,7 +37,7 @@ use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
-use sluice_storage::{Epoch, StateSnapshot, TableId, WriteBatch};
+use sluice_storage::{Durability, Epoch, StateSnapshot, TableId, WriteBatch};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::archive::{clear_queue, next_queue_seq, ArchiveDefinition, RunningArchive};
@@ -1095,16 +1095,23 @@ impl Worker {
     }
 
     /// Ends an epoch: every view's dirty state, what the inputs have been absorbed up to,
-    /// newly failed views and `extra` commit as one durable epoch. With `force`, commits even
-    /// when there is nothing to write, so that earlier table writes become power-safe.
-    fn barrier(&mut self, extra: WriteBatch, force: bool) -> EngineResult<Epoch> {
-        let mut write = self.checkpoint_batch();
+    /// newly failed views and `extra` commit as one epoch. With `checkpoint`, the epoch is a
+    /// checkpoint: it commits even with nothing to write, and it and every epoch before it
+    /// are power-safe when it returns. Without, the epoch is unlogged (an epoch ended early by
+    /// its memory share): a crash before the next checkpoint loses it, and the sources replay
+    /// its input from the offsets of the checkpoint the store reopens at.
+    fn barrier(&mut self, extra: WriteBatch, checkpoint: bool) -> EngineResult<Epoch> {
+        let mut write = self.epoch_batch();
         write.append(extra);
-        self.commit_checkpoint(write, force)
+        if checkpoint {
+            self.commit_checkpoint(write, true)
+        } else {
+            self.commit_unlogged(write)
+        }
     }
 
-    /// Runs a barrier through every view and collects what the checkpoint writes.
-    fn checkpoint_batch(&mut self) -> WriteBatch {
+    /// Runs a barrier through every view and collects what the epoch writes.
+    fn epoch_batch(&mut self) -> WriteBatch {
         self.buffered_bytes = 0;
         self.barriers += 1;
         let epoch = self.barriers;
@@ -1155,11 +1162,14 @@ impl Worker {
         write
     }
 
+    /// Commits `write` as a checkpoint (see [`Worker::barrier`]); the sinks may then deliver
+    /// every outbox entry written so far.
     fn commit_checkpoint(&mut self, mut write: WriteBatch, force: bool) -> EngineResult<Epoch> {
-        write.set_durable();
+        write.set_durability(Durability::Checkpoint);
         match self.committer.commit_checkpoint(write, force) {
             Ok(epoch) => {
                 for sink in &self.sinks {
+                    sink.checkpointed_seq.store(sink.next_seq, Ordering::Release);
                     sink.notify.notify_one();
                 }
                 Ok(epoch)
@@ -1169,6 +1179,15 @@ impl Worker {
                 Err(e.into())
             }
         }
+    }
+
+    /// Commits `write` as an unlogged epoch (see [`Worker::barrier`]).
+    fn commit_unlogged(&mut self, mut write: WriteBatch) -> EngineResult<Epoch> {
+        write.set_durability(Durability::Unlogged);
+        self.committer.commit(write).map_err(|e| {
+            self.halt(&e.to_string());
+            e.into()
+        })
     }
 
     /// A checkpoint could not be written (a full or failing disk): the epoch's state is lost
@@ -1316,7 +1335,7 @@ impl Worker {
         }
         // The view's first state and its catalog entry commit together, or (if it failed
         // over the current rows) the view is removed and its catalog entry never written.
-        let mut write = self.checkpoint_batch();
+        let mut write = self.epoch_batch();
         if self.views[at].failed {
             self.commit_checkpoint(write, false)?;
             let reason = self.failure(view.id);
@@ -1363,7 +1382,7 @@ impl Worker {
         self.newly_failed.retain(|(id, _)| *id != view.id);
         self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&view.id);
         write.append(extra);
-        write.set_durable();
+        write.set_durability(Durability::Checkpoint);
         self.committer.commit(write)?;
         Ok(())
     }
@@ -1456,7 +1475,7 @@ impl Worker {
         write.delete(system_tables::FAILED_VIEWS, id.to_be_bytes().to_vec());
         self.newly_failed.retain(|(failed, _)| *failed != id);
         self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-        write.set_durable();
+        write.set_durability(Durability::Checkpoint);
         self.committer.commit(write)?;
         Ok(())
     }
@@ -1504,7 +1523,7 @@ impl Worker {
                     let mut write = WriteBatch::new();
                     let cleanup = self.delete_outbox(sink.id, &mut write).and_then(|()| {
                         write.delete(system_tables::CREATING_SINKS, sink.id.to_be_bytes().to_vec());
-                        write.set_durable();
+                        write.set_durability(Durability::Checkpoint);
                         Ok(self.committer.commit(write)?)
                     });
                     if let Err(cleanup) = cleanup {
@@ -1515,16 +1534,20 @@ impl Worker {
             },
         };
         let notify = Arc::new(tokio::sync::Notify::new());
+        // Every entry so far is checkpointed: the first delivery's end was a checkpoint, and a
+        // restored sink's entries are what the store reopened with.
+        let checkpointed_seq = Arc::new(AtomicU64::new(next_seq));
         let delivery = self.runtime.spawn(delivery_loop(
             sink.id,
             sink.name.clone(),
             sink.connector,
             Arc::clone(&self.committer),
             Arc::clone(&notify),
+            Arc::clone(&checkpointed_seq),
             Arc::clone(&self.status),
         ));
         notify.notify_one();
-        self.sinks.push(RunningSink { id: sink.id, view: sink.view, pending: Vec::new(), next_seq, notify, delivery });
+        self.sinks.push(RunningSink { id: sink.id, view: sink.view, pending: Vec::new(), next_seq, checkpointed_seq, notify, delivery });
         tracing::info!(sink = %sink.name, "sink started");
         Ok(())
     }
@@ -1572,7 +1595,11 @@ impl Worker {
                 }
                 if entries.written > limit {
                     tracing::debug!(sink = %sink.name, "first delivery epoch ended early: its memory limit is reached");
-                    self.committer.commit(std::mem::take(&mut entries.write))?;
+                    // Unlogged, like any epoch ended early: a crash before the catalog's
+                    // checkpoint discards the sink's entries (see `discard_unfinished_sinks`).
+                    let mut early = std::mem::take(&mut entries.write);
+                    early.set_durability(Durability::Unlogged);
+                    self.committer.commit(early)?;
                     entries.written = 0;
                 }
             }
@@ -1581,7 +1608,7 @@ impl Worker {
         let mut write = entries.write;
         write.append(catalog);
         write.delete(system_tables::CREATING_SINKS, sink.id.to_be_bytes().to_vec());
-        write.set_durable();
+        write.set_durability(Durability::Checkpoint);
         self.committer.commit(write)?;
         Ok(entries.next_seq)
     }
@@ -1599,7 +1626,7 @@ impl Worker {
         }
         self.status.lock().unwrap_or_else(|p| p.into_inner()).sinks.remove(&id);
         self.delete_outbox(id, &mut write)?;
-        write.set_durable();
+        write.set_durability(Durability::Checkpoint);
         self.committer.commit(write)?;
         Ok(())
     }

@@ -102,7 +102,7 @@ pub fn discard_unfinished_views(committer: &crate::EpochCommitter) -> EngineResu
         write.delete(system_tables::FAILED_VIEWS, view.to_be_bytes().to_vec());
         write.delete(system_tables::CREATING_VIEWS, view.to_be_bytes().to_vec());
     }
-    write.set_durable();
+    write.set_durability(sluice_storage::Durability::Checkpoint);
     committer.commit(write)?;
     Ok(unfinished.into_iter().map(|(view, _)| view).collect())
 }
@@ -123,7 +123,7 @@ pub fn discard_unfinished_sinks(committer: &crate::EpochCommitter) -> EngineResu
         write.delete(system_tables::CREATING_SINKS, sink.to_be_bytes().to_vec());
     }
     drop(snapshot);
-    write.set_durable();
+    write.set_durability(sluice_storage::Durability::Checkpoint);
     committer.commit(write)?;
     Ok(unfinished)
 }

@@ -15,6 +15,7 @@
 //! an entry was sent but before its deletion committed sends it again: at-least-once, which
 //! an upsert consumer absorbs (the same keys get the same values).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +80,11 @@ pub(crate) struct RunningSink {
     pub(crate) pending: Vec<ChangeBatch>,
     /// The next outbox entry's number.
     pub(crate) next_seq: u64,
+    /// The next outbox entry's number as of the last checkpoint: the delivery task sends only
+    /// the entries below it. An entry of a later, unlogged epoch may still vanish in a crash
+    /// and come back with other rows (the sources replay from the checkpoint), so sending it
+    /// could send rows that, after the crash, are sent again or were never final.
+    pub(crate) checkpointed_seq: Arc<AtomicU64>,
     pub(crate) notify: Arc<Notify>,
     pub(crate) delivery: tokio::task::JoinHandle<()>,
 }
@@ -88,6 +94,11 @@ pub(crate) fn outbox_key(sink: RelationId, seq: u64) -> Vec<u8> {
     let mut key = sink.to_be_bytes().to_vec();
     key.extend_from_slice(&seq.to_be_bytes());
     key
+}
+
+/// The entry number in an outbox key (None if the key is not one).
+fn outbox_seq(key: &[u8]) -> Option<u64> {
+    key.get(4..12).and_then(|seq| seq.try_into().ok()).map(u64::from_be_bytes)
 }
 
 /// Sink `sink`'s oldest outbox entry after key `after` (from the first if None), decoded.
@@ -131,7 +142,7 @@ pub(crate) fn next_outbox_seq(snapshot: &dyn StateSnapshot, sink: RelationId) ->
     let Some(key) = snapshot.last_key(system_tables::SINK_OUTBOX, KeyRange::prefix(&sink.to_be_bytes()))? else {
         return Ok(0);
     };
-    let seq = key.get(4..12).and_then(|s| s.try_into().ok()).map(u64::from_be_bytes);
+    let seq = outbox_seq(&key);
     Ok(seq.ok_or_else(|| EngineError::Invalid("corrupt outbox key".into()))? + 1)
 }
 
@@ -153,6 +164,7 @@ pub(crate) async fn delivery_loop(
     connector: Arc<dyn SinkConnector>,
     committer: Arc<EpochCommitter>,
     notify: Arc<Notify>,
+    checkpointed_seq: Arc<AtomicU64>,
     status: Arc<std::sync::Mutex<crate::dataflow::EventTimeStatus>>,
 ) {
     let record = |update: &dyn Fn(&mut SinkStatus)| {
@@ -175,6 +187,11 @@ pub(crate) async fn delivery_loop(
             };
             drop(snapshot);
             let Some((key, changes)) = entry else { break };
+            // Entries of epochs after the last checkpoint wait for the next one (see
+            // `RunningSink::checkpointed_seq`).
+            if outbox_seq(&key).is_none_or(|seq| seq >= checkpointed_seq.load(Ordering::Acquire)) {
+                break;
+            }
             let mut backoff = Duration::from_millis(100);
             while let Err(e) = connector.deliver(&changes).await {
                 tracing::warn!(sink = %name, error = %e, retry_in = ?backoff, "sink delivery failed");

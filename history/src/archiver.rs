@@ -200,7 +200,7 @@ async fn archive_round(spec: &HistorySpec, store: &HistoryStore, committer: &Epo
         manifest::add(&mut write, spec.id, &file)?;
     }
     remove_archived(&mut write, spec.id, entries.iter().map(|e| e.seq), last);
-    write.set_durable();
+    write.set_durability(sluice_storage::Durability::Checkpoint);
     committer.commit(write)?;
     tracing::debug!(source = %spec.name, rows, first, last, "archived");
     Ok(rows)
@@ -224,7 +224,7 @@ pub fn expire(spec: &HistorySpec, committer: &EpochCommitter) -> Result<Vec<Stri
     for file in &expired {
         manifest::remove(&mut write, spec.id, &file.path);
     }
-    write.set_durable();
+    write.set_durability(sluice_storage::Durability::Checkpoint);
     committer.commit(write)?;
     tracing::info!(source = %spec.name, files = expired.len(), "history past its retention removed");
     Ok(expired.into_iter().map(|f| f.path).collect())

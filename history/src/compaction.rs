@@ -198,7 +198,7 @@ async fn merge(
         manifest::remove(&mut write, spec.id, &input.path);
     }
     manifest::add(&mut write, spec.id, &merged_file)?;
-    write.set_durable();
+    write.set_durability(sluice_storage::Durability::Checkpoint);
     committer.commit(write)?;
     tracing::debug!(source = %spec.name, partition = %merged_file.partition, inputs = inputs.len(), "history compacted");
     Ok(Some(inputs.into_iter().map(|f| f.path).collect()))

@@ -500,7 +500,7 @@ impl Database {
     /// Commits a DDL's catalog change durably.
     fn commit_ddl(&self, mut batch: WriteBatch) -> SqlResult<()> {
         self.persist_next_id(&mut batch);
-        batch.set_durable();
+        batch.set_durability(sluice_storage::Durability::Checkpoint);
         self.writer.committer().commit(batch)?;
         Ok(())
     }
@@ -1261,7 +1261,7 @@ impl Database {
                     batch.delete(system_tables::LATE_ROWS, key.to_vec());
                 }
                 self.persist_next_id(&mut batch);
-                batch.set_durable();
+                batch.set_durability(sluice_storage::Durability::Checkpoint);
                 Ok((batch, vec![], ()))
             })
             .await?;

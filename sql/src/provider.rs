@@ -174,7 +174,7 @@ impl TableWriter {
         let snapshot = self.committer.store().snapshot();
         let (mut batch, changes, out) = f(snapshot.as_ref(), &feeds)?;
         if durable {
-            batch.set_durable();
+            batch.set_durability(sluice_storage::Durability::Synced);
         }
         // Changes views read are logged in the same epoch as the rows: until a checkpoint
         // absorbs them, the log is what a restart replays into the views.

@@ -40,6 +40,12 @@ pub struct CrashOptions {
     pub source_rows: u64,
     /// Longest time the server runs between a restart and the next kill.
     pub max_run: Duration,
+    /// The server's `--memory-limit` (None: its default). A small one makes the dataflow end
+    /// most epochs early, and those epochs are unlogged: a kill then loses the epochs since
+    /// the last checkpoint, which recovery must make up for by replaying the sources.
+    pub memory_limit: Option<String>,
+    /// The server's `--checkpoint-interval`.
+    pub checkpoint_interval: String,
 }
 
 /// What a crash run did.
@@ -464,7 +470,14 @@ async fn check_source_views(client: &Client) -> Result<(u64, u64), String> {
 async fn start(options: &CrashOptions, report: &mut CrashReport) -> Result<(SluiceServer, Client), String> {
     let bin = options.bin.clone();
     let dir = options.data_dir.clone();
-    let server = tokio::task::spawn_blocking(move || SluiceServer::start_in(&bin, &dir, &["--checkpoint-interval", "200ms"]))
+    let mut args = vec!["--checkpoint-interval".to_string(), options.checkpoint_interval.clone()];
+    if let Some(limit) = &options.memory_limit {
+        args.extend(["--memory-limit".to_string(), limit.clone()]);
+    }
+    let server = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        SluiceServer::start_in(&bin, &dir, &args)
+    })
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("restart failed: {e}"))?;

@@ -23,6 +23,10 @@ async fn views_and_tables_survive_repeated_kill_9() {
         seed,
         source_rows: 200_000,
         max_run: Duration::from_millis(2500),
+        // Epochs of 1 MB, most of them ended early and so unlogged, between checkpoints a
+        // second apart: kills land between checkpoints with unlogged epochs to lose.
+        memory_limit: Some("16MB".into()),
+        checkpoint_interval: "1s".into(),
     };
     match run(&options).await {
         Ok(report) => {

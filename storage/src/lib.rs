@@ -148,7 +148,34 @@ pub enum WriteOp {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteBatch {
     ops: Vec<WriteOp>,
-    durable: bool,
+    durability: Durability,
+}
+
+/// What a committed batch survives, weakest first (see [`StateStore::commit`]).
+///
+/// Why four: a durable backend pays per byte for its log. The dataflow writes every row it
+/// keeps once per epoch and can produce all of it again from its sources' committed offsets,
+/// so its epochs skip the log and become durable together, at a checkpoint (RocksDB: one
+/// atomic flush of the memtables), as Flink's and RisingWave's state backends do. A table
+/// write (DML) has no source to replay it from and is logged, as a database's commit is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Durability {
+    /// Not logged: a crash before the next [`Durability::Checkpoint`] loses it and every
+    /// other unlogged batch since the last checkpoint. The store then reopens as of that
+    /// checkpoint plus the logged batches after it, so a logged batch must never be derived
+    /// from unlogged state (such writes commit as checkpoints). For the dataflow's epochs,
+    /// whose sources replay what they lose.
+    Unlogged,
+    /// Logged: survives the process being killed, and power loss once a later synced batch
+    /// or checkpoint commits. For DML statements.
+    #[default]
+    Logged,
+    /// Logged and synced before `commit` returns: survives power loss on its own. For writes
+    /// acknowledged to a client that keeps no copy (HTTP ingest).
+    Synced,
+    /// It and every batch committed before it survive power loss once `commit` returns.
+    /// Checkpoints, DDL, and anything derived from the dataflow's state.
+    Checkpoint,
 }
 
 impl WriteBatch {
@@ -176,19 +203,17 @@ impl WriteBatch {
     /// each fill a batch; the epoch commits them as one).
     pub fn append(&mut self, mut other: WriteBatch) {
         self.ops.append(&mut other.ops);
-        self.durable |= other.durable;
+        self.durability = self.durability.max(other.durability);
     }
 
-    /// Asks the store to make this batch power-safe before `commit` returns (an fsync on a
-    /// durable backend). Checkpoints and DDL ask for it; a DML statement does not, because it
-    /// becomes power-safe with the next checkpoint, which writes after it in the same log.
-    pub fn set_durable(&mut self) {
-        self.durable = true;
+    /// Sets what the batch must survive once committed (default: [`Durability::Logged`]).
+    pub fn set_durability(&mut self, durability: Durability) {
+        self.durability = durability;
     }
 
-    /// Whether [`WriteBatch::set_durable`] was called.
-    pub fn is_durable(&self) -> bool {
-        self.durable
+    /// What the batch must survive once committed.
+    pub fn durability(&self) -> Durability {
+        self.durability
     }
 
     /// The queued operations, in order.
@@ -244,12 +269,15 @@ pub trait StateSnapshot: Send + Sync {
 /// * `commit` applies a whole batch or nothing;
 /// * committed epochs strictly increase — a commit at an epoch not above the last is refused
 ///   with [`StorageError::EpochOutOfOrder`];
-/// * a snapshot reads exactly the state after the commit of its epoch, forever.
+/// * a snapshot reads exactly the state after the commit of its epoch, forever;
+/// * after a crash, the store reopens as of its last [`Durability::Checkpoint`] plus the
+///   logged batches committed after it (a backend without a disk reopens empty).
 pub trait StateStore: Send + Sync + 'static {
     /// The last committed epoch (0 for a new store).
     fn committed_epoch(&self) -> Epoch;
 
-    /// Applies `batch` atomically as epoch `epoch`.
+    /// Applies `batch` atomically as epoch `epoch`; once it returns, the batch survives what
+    /// its [`WriteBatch::durability`] says.
     fn commit(&self, epoch: Epoch, batch: WriteBatch) -> StorageResult<()>;
 
     /// A consistent view of the last committed epoch.

@@ -13,12 +13,12 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rocksdb::{
-    BlockBasedOptions, BlockBasedTablePinningTier, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions,
+    BlockBasedOptions, BlockBasedTablePinningTier, Cache, ColumnFamilyDescriptor, Direction, FlushOptions, IteratorMode, Options, ReadOptions,
     SnapshotWithThreadMode, WriteBufferManager, WriteOptions, DB,
 };
 
 use crate::{
-    Epoch, KeyRange, KeyValue, StateSnapshot, StateStore, StorageError, StorageResult, TableId, WriteBatch,
+    Durability, Epoch, KeyRange, KeyValue, StateSnapshot, StateStore, StorageError, StorageResult, TableId, WriteBatch,
     WriteOp, FIRST_SYSTEM_TABLE,
 };
 
@@ -177,10 +177,13 @@ fn stored_key(table: TableId, key: &[u8]) -> Vec<u8> {
 /// batches, a write-ahead log, snapshots and a bounded block cache, which are exactly the
 /// durable store's invariants.
 ///
-/// Durability: a batch marked [`WriteBatch::set_durable`] is fsynced before `commit` returns
-/// (checkpoints are); other batches reach the write-ahead log in the operating system's cache,
-/// so they survive the process being killed, and become power-safe with the next durable
-/// commit, since the log is written in order.
+/// Durability ([`Durability`]): a logged batch reaches the write-ahead log in the operating
+/// system's cache, so it survives the process being killed; a synced one is fsynced too. An
+/// unlogged batch goes to the memtables only, and a checkpoint flushes every memtable (one
+/// atomic flush, synced) before `commit` returns. After a crash RocksDB opens as of its last
+/// flush and replays the logged batches after it: exactly the trait's promise. A flush happens
+/// at each checkpoint and whenever memtables fill, so unlogged data lost in a crash is at most
+/// what came since the last checkpoint.
 pub struct RocksStateStore {
     db: Arc<DB>,
     path: PathBuf,
@@ -237,17 +240,35 @@ impl RocksStateStore {
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
         db_options.set_write_buffer_manager(&buffers);
-        db_options.set_max_background_jobs(2);
+        // Two flush threads and one compaction thread. Dataflow epochs skip the write-ahead
+        // log, so what a checkpoint waits for is the flush of every memtable written since the
+        // last one: with one flush thread compressing them (LZ4) one after the other, that
+        // thread was the bottleneck of a passthrough view (BENCHMARKS.md, unlogged epochs).
+        // The explicit counts are what RocksDB still honours; the crate deprecates the setters
+        // in favour of `max_background_jobs`, whose split would give one flush thread per four
+        // jobs.
+        #[allow(deprecated)]
+        {
+            db_options.set_max_background_flushes(2);
+            db_options.set_max_background_compactions(1);
+        }
+        // Every flush covers all column families at one point between two write batches, so
+        // the state a crash leaves (the flushed files, plus the log's logged batches) never
+        // splits a batch across families; unlogged batches rely on it (see `commit`).
+        db_options.set_atomic_flush(true);
         db_options.set_keep_log_file_num(4);
-        // The meta column family takes one small write per commit, so its memtable almost never
-        // fills and would pin every write-ahead log file since its last flush (hundreds of MB
-        // after a large load, all replayed on restart). Past this total, RocksDB flushes the
-        // column families holding the oldest log so it can be deleted.
+        // The write-ahead log holds only logged batches (DML); each checkpoint's atomic flush
+        // frees the files before it. Should checkpoints stall while DML goes on, past this
+        // total RocksDB flushes on its own so that the log (replayed on restart) stays bounded.
         db_options.set_max_total_wal_size((limit as u64 / 2).clamp(64 << 20, 1 << 30));
         let mut data_options = Options::default();
         data_options.set_block_based_table_factory(&table_options);
         data_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         data_options.set_write_buffer_size((limit / 8).clamp(4 << 20, 128 << 20));
+        // Up to four memtables a family (the write buffer manager still caps them all at half
+        // the limit): with only two, one filled while the other flushed, so there was never a
+        // second full memtable for the second flush thread.
+        data_options.set_max_write_buffer_number(4);
         // A bloom filter over each memtable's keys (2% of its size): operators read before
         // they write (a view row's count, a group's accumulators) and most reads of new keys
         // miss; without it each miss searched the memtable's skip list.
@@ -391,8 +412,23 @@ impl StateStore for RocksStateStore {
         }
         write.put_cf(meta, EPOCH_KEY, epoch.to_be_bytes());
         let mut options = WriteOptions::default();
-        options.set_sync(batch.is_durable());
+        match batch.durability() {
+            // A checkpoint's own writes need no log either: the flush below persists them.
+            Durability::Unlogged | Durability::Checkpoint => options.disable_wal(true),
+            Durability::Logged => {}
+            Durability::Synced => options.set_sync(true),
+        }
         self.db.write_opt(write, &options).map_err(|e| backend(&self.path, e))?;
+        if batch.durability() == Durability::Checkpoint {
+            // One atomic flush of every family's memtables (the database is opened with
+            // `atomic_flush`): the files it writes are synced, and so is the manifest that
+            // lists them, before it returns. RocksDB's own flushes (a full memtable) are
+            // atomic too, so what a crash leaves is always a whole number of batches.
+            let mut flush = FlushOptions::default();
+            flush.set_wait(true);
+            let cfs = [families.state, families.system, meta];
+            self.db.flush_cfs_opt(&cfs, &flush).map_err(|e| backend(&self.path, e))?;
+        }
         *committed = epoch;
         Ok(())
     }
@@ -623,13 +659,60 @@ mod tests {
             let store = RocksStateStore::open(dir.path(), &RocksOptions::default()).unwrap();
             let mut b = WriteBatch::new();
             b.put(3, b"k".to_vec(), b"v".to_vec());
-            b.set_durable();
+            b.set_durability(Durability::Synced);
             store.commit(7, b).unwrap();
         }
         let store = RocksStateStore::open(dir.path(), &RocksOptions::default()).unwrap();
         assert_eq!(store.committed_epoch(), 7);
         assert_eq!(store.snapshot().get(3, b"k").unwrap().as_deref(), Some(&b"v"[..]));
         assert_eq!(store.snapshot().epoch(), 7);
+    }
+
+    /// Set in the child process of the crash test: the directory it commits to before it
+    /// aborts.
+    const CRASH_CHILD_DIR: &str = "SLUICE_ROCKS_CRASH_CHILD_DIR";
+
+    fn commit_with(store: &RocksStateStore, epoch: Epoch, durability: Durability, table: TableId, pairs: &[(&str, &str)]) {
+        let mut batch = WriteBatch::new();
+        for (k, v) in pairs {
+            batch.put(table, k.as_bytes().to_vec(), v.as_bytes().to_vec());
+        }
+        batch.set_durability(durability);
+        store.commit(epoch, batch).unwrap();
+    }
+
+    /// A process that dies without closing the store (abort: no destructor runs, so RocksDB
+    /// neither flushes nor closes) keeps its last checkpoint, which took the unlogged batches
+    /// before it along, and the logged batches after it; the unlogged batches after the
+    /// checkpoint are gone, and the store's epoch is the last surviving batch's.
+    #[test]
+    fn a_crash_keeps_the_last_checkpoint_and_the_logged_batches_after_it() {
+        if let Some(dir) = std::env::var_os(CRASH_CHILD_DIR) {
+            let store = RocksStateStore::open(&dir, &RocksOptions::default()).unwrap();
+            commit_with(&store, 1, Durability::Unlogged, 1, &[("a", "1"), ("b", "1")]);
+            commit_with(&store, 2, Durability::Checkpoint, FIRST_SYSTEM_TABLE, &[("offset", "2")]);
+            commit_with(&store, 3, Durability::Unlogged, 1, &[("a", "3"), ("c", "3")]);
+            commit_with(&store, 4, Durability::Logged, 2, &[("row", "4")]);
+            commit_with(&store, 5, Durability::Unlogged, FIRST_SYSTEM_TABLE, &[("offset", "5")]);
+            std::process::abort();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "rocks::tests::a_crash_keeps_the_last_checkpoint_and_the_logged_batches_after_it", "--nocapture"])
+            .env(CRASH_CHILD_DIR, dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!status.success(), "the child was to abort");
+        let store = RocksStateStore::open(dir.path(), &RocksOptions::default()).unwrap();
+        let snapshot = store.snapshot();
+        let get = |table, key: &str| snapshot.get(table, key.as_bytes()).unwrap().map(|v| String::from_utf8(v.to_vec()).unwrap());
+        assert_eq!(get(1, "a").as_deref(), Some("1"));
+        assert_eq!(get(1, "b").as_deref(), Some("1"));
+        assert_eq!(get(1, "c"), None);
+        assert_eq!(get(FIRST_SYSTEM_TABLE, "offset").as_deref(), Some("2"));
+        assert_eq!(get(2, "row").as_deref(), Some("4"));
+        assert_eq!(store.committed_epoch(), 4);
     }
 
     /// Writes are applied in key order, but the operations on one key keep their order, and

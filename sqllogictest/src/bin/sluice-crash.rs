@@ -1,5 +1,7 @@
-//! `sluice-crash [--kills N] [--seed S] [--rows R] [--bin PATH] [--data-dir DIR]`: the crash
-//! harness of the test suite (`sluice_sqllogictest::crash`) for longer runs.
+//! `sluice-crash [--kills N] [--seed S] [--rows R] [--bin PATH] [--data-dir DIR]
+//! [--memory-limit SIZE] [--checkpoint-interval DURATION]`: the crash harness of the test suite
+//! (`sluice_sqllogictest::crash`) for longer runs. A small memory limit (the test suite's: 16MB,
+//! with 1s checkpoints) makes most epochs unlogged, so kills lose them.
 #![allow(missing_docs)]
 
 use std::path::PathBuf;
@@ -15,6 +17,8 @@ async fn main() -> ExitCode {
     let mut rows = 1_000_000;
     let mut bin = std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("sluice"))).unwrap_or_default();
     let mut data_dir = None;
+    let mut memory_limit = None;
+    let mut checkpoint_interval = "200ms".to_string();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next().unwrap_or_default();
@@ -24,8 +28,13 @@ async fn main() -> ExitCode {
             "--rows" => rows = value.parse().unwrap_or(rows),
             "--bin" => bin = PathBuf::from(value),
             "--data-dir" => data_dir = Some(PathBuf::from(value)),
+            "--memory-limit" => memory_limit = Some(value),
+            "--checkpoint-interval" => checkpoint_interval = value,
             other => {
-                eprintln!("unknown argument {other}; use --kills N --seed S --rows R --bin PATH --data-dir DIR");
+                eprintln!(
+                    "unknown argument {other}; use --kills N --seed S --rows R --bin PATH --data-dir DIR \
+                     --memory-limit SIZE --checkpoint-interval DURATION"
+                );
                 return ExitCode::FAILURE;
             }
         }
@@ -39,7 +48,7 @@ async fn main() -> ExitCode {
     };
     let data_dir = data_dir.unwrap_or_else(|| scratch.path().join("data"));
     println!("sluice-crash: {kills} kills, seed {seed}, {rows} source rows, binary {}, data {}", bin.display(), data_dir.display());
-    let options = CrashOptions { bin, data_dir, kills, seed, source_rows: rows, max_run: Duration::from_millis(3000) };
+    let options = CrashOptions { bin, data_dir, kills, seed, source_rows: rows, max_run: Duration::from_millis(3000), memory_limit, checkpoint_interval };
     match run(&options).await {
         Ok(report) => {
             println!(
