@@ -556,7 +556,7 @@ mod tests {
         let second: Vec<i64> = (1000..1010).collect();
         let mut w = WriteBatch::new();
         t.write_rows(&batch(&t, &first, &vec![Some(text.as_str()); 1000]), &mut w).unwrap();
-        t.write_rows(&batch(&t, &second, &vec![None; 10]), &mut w).unwrap();
+        t.write_rows(&batch(&t, &second, &[None; 10]), &mut w).unwrap();
         let packs = w.len();
         assert!((3..100).contains(&packs), "1010 rows of about 110 bytes in {packs} values");
         store.commit(1, w).unwrap();

@@ -18,6 +18,7 @@ pub fn run_all(factory: StoreFactory<'_>) {
     drop_table_removes_only_that_table(factory());
     later_ops_in_a_batch_win(factory());
     last_key_is_the_greatest_in_range(factory());
+    the_last_table_scans_to_the_end_of_the_key_space(factory());
 }
 
 fn scan_keys(store: &dyn StateStore, table: u32, range: KeyRange) -> Vec<Vec<u8>> {
@@ -145,4 +146,21 @@ fn last_key_is_the_greatest_in_range(store: Box<dyn StateStore>) {
     assert_eq!(last(only_a_excluded), None);
     assert_eq!(snap.last_key(99, KeyRange::all()).unwrap(), None);
     assert_eq!(snap.last_key(u32::MAX, KeyRange::all()).unwrap(), None);
+}
+
+/// The last table id has no next table to bound its keys: a scan of it still reads every key,
+/// those starting with 0xff bytes included, and an inclusive end still includes its key.
+fn the_last_table_scans_to_the_end_of_the_key_space(store: Box<dyn StateStore>) {
+    let mut b = WriteBatch::new();
+    for k in [&b"a"[..], b"\xff", b"\xff\xff\x01"] {
+        b.put(u32::MAX, k.to_vec(), b"v".to_vec());
+    }
+    b.put(u32::MAX - 1, b"\xff".to_vec(), b"other table".to_vec());
+    store.commit(1, b).unwrap();
+    let all = vec![b"a".to_vec(), b"\xff".to_vec(), b"\xff\xff\x01".to_vec()];
+    assert_eq!(scan_keys(store.as_ref(), u32::MAX, KeyRange::all()), all);
+    assert_eq!(scan_keys(store.as_ref(), u32::MAX - 1, KeyRange::all()), vec![b"\xff".to_vec()]);
+    let through_ff = KeyRange { start: std::ops::Bound::Excluded(b"a".to_vec()), end: std::ops::Bound::Included(b"\xff".to_vec()) };
+    assert_eq!(scan_keys(store.as_ref(), u32::MAX, through_ff), vec![b"\xff".to_vec()]);
+    assert_eq!(store.snapshot().last_key(u32::MAX, KeyRange::all()).unwrap(), Some(bytes::Bytes::from_static(b"\xff\xff\x01")));
 }

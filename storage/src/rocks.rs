@@ -504,24 +504,20 @@ struct RocksSnapshot {
 }
 
 impl RocksSnapshot {
-    /// Up to [`SCAN_CHUNK`] pairs (fewer once [`SCAN_CHUNK_BYTES`] are read) from `start`, and
-    /// whether the chunk stopped early (more pairs may follow).
-    fn chunk(&self, table: TableId, start: &[u8], end: &Option<Vec<u8>>) -> StorageResult<(Vec<KeyValue>, bool)> {
+    /// Up to [`SCAN_CHUNK`] pairs (fewer once [`SCAN_CHUNK_BYTES`] are read) of `table` from
+    /// stored key `from` to before stored key `upper` (to the table's end if None; both as
+    /// [`stored_bounds`] gives them), and whether the chunk stopped early (more pairs may
+    /// follow).
+    fn chunk(&self, table: TableId, from: &[u8], upper: Option<&[u8]>) -> StorageResult<(Vec<KeyValue>, bool)> {
         self.cell.with_dependent(|db, snapshot| {
             let cf = family(db, table)?;
             let mut options = ReadOptions::default();
-            let upper = match end {
-                Some(end) => stored_key(table, end),
-                None => match table.checked_add(1) {
-                    Some(next) => table_prefix(next).to_vec(),
-                    None => vec![0xff; 5],
-                },
-            };
-            options.set_iterate_upper_bound(upper);
-            let from = stored_key(table, start);
+            if let Some(upper) = upper {
+                options.set_iterate_upper_bound(upper.to_vec());
+            }
             let mut out = Vec::new();
             let mut bytes = 0;
-            for item in snapshot.iterator_cf_opt(cf, options, IteratorMode::From(&from, Direction::Forward)) {
+            for item in snapshot.iterator_cf_opt(cf, options, IteratorMode::From(from, Direction::Forward)) {
                 let (key, value) = item.map_err(|e| backend(&self.path, e))?;
                 if key.len() < 4 || key[..4] != table_prefix(table) {
                     return Ok((out, false));
@@ -556,13 +552,8 @@ impl StateSnapshot for RocksSnapshot {
         table: TableId,
         range: KeyRange,
     ) -> StorageResult<Box<dyn Iterator<Item = StorageResult<KeyValue>> + Send + '_>> {
-        use std::ops::Bound;
-        let start = match &range.start {
-            Bound::Included(s) => s.clone(),
-            Bound::Excluded(s) => successor(s),
-            Bound::Unbounded => Vec::new(),
-        };
-        Ok(Box::new(ChunkedScan { snapshot: self, table, range, next: Some(start), buffer: Vec::new().into_iter() }))
+        let (start, upper) = stored_bounds(table, &range);
+        Ok(Box::new(ChunkedScan { snapshot: self, table, upper, next: Some(start), buffer: Vec::new().into_iter() }))
     }
 
     /// One backward seek from the range's end, bounded below by its start: RocksDB reads the
@@ -592,7 +583,9 @@ impl StateSnapshot for RocksSnapshot {
 struct ChunkedScan<'a> {
     snapshot: &'a RocksSnapshot,
     table: TableId,
-    range: KeyRange,
+    /// The first stored key past the range (see [`stored_bounds`]).
+    upper: Option<Vec<u8>>,
+    /// The stored key the next chunk starts at; None once the range is read.
     next: Option<Vec<u8>>,
     buffer: std::vec::IntoIter<KeyValue>,
 }
@@ -601,29 +594,17 @@ impl Iterator for ChunkedScan<'_> {
     type Item = StorageResult<KeyValue>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        use std::ops::Bound;
         loop {
-            if let Some((key, value)) = self.buffer.next() {
-                if !self.range.contains(&key) {
-                    self.next = None;
-                    self.buffer = Vec::new().into_iter();
-                    return None;
-                }
-                return Some(Ok((key, value)));
+            if let Some(pair) = self.buffer.next() {
+                return Some(Ok(pair));
             }
             let start = self.next.take()?;
-            // An inclusive end bound becomes exclusive at its successor.
-            let end = match &self.range.end {
-                Bound::Included(e) => Some(successor(e)),
-                Bound::Excluded(e) => Some(e.clone()),
-                Bound::Unbounded => None,
-            };
-            match self.snapshot.chunk(self.table, &start, &end) {
+            match self.snapshot.chunk(self.table, &start, self.upper.as_deref()) {
                 Err(e) => return Some(Err(e)),
                 Ok((chunk, more)) => {
                     if more {
                         if let Some((last, _)) = chunk.last() {
-                            self.next = Some(successor(last));
+                            self.next = Some(stored_key(self.table, &successor(last)));
                         }
                     }
                     if chunk.is_empty() {
