@@ -146,6 +146,11 @@ pub fn spawn(limit: usize, budget: MemoryBudget, store: Arc<dyn StateStore>, dat
                 tracing::info!("the resident set cannot be read here: memory stays in its fixed shares");
                 return;
             };
+            if tracing::enabled!(tracing::Level::TRACE) {
+                // What the resident set holds, as far as the store can tell, at each reading.
+                let parts: Vec<String> = store.memory_usage().iter().map(|(part, bytes)| format!("{part}={}", bytes >> 20)).collect();
+                tracing::trace!(resident_mb = resident >> 20, store_mb = %parts.join(" "), "memory reading");
+            }
             let before = governor.shares();
             let after = governor.adjust(resident);
             if after != before {
