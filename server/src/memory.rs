@@ -85,14 +85,18 @@ impl MemoryGovernor {
         (high, high.saturating_sub(self.limit / 8))
     }
 
-    /// The shares to apply when the process is `resident` bytes. Over the high mark (see
+    /// The shares to apply when the process is `resident` bytes and the cache holds
+    /// `cache_used` bytes (None: the store does not say). Over the high mark (see
     /// [`MemoryGovernor::marks`]), the excess comes out of the cache and the epoch's share
-    /// halves, after which [`SETTLE_READINGS`] readings pass before the next shrink; under the
-    /// low mark, the cache grows back by a 128th of its full size (or what is left below the
-    /// mark) and the epoch's share by a 32nd — at [`GOVERNOR_PERIOD`], about 8% of the full
-    /// cache and a third more epoch per second, so that growth does not overshoot. In between,
-    /// nothing changes, so the loop settles instead of oscillating.
-    pub fn adjust(&mut self, resident: usize) -> Shares {
+    /// halves, after which [`SETTLE_READINGS`] readings pass before the next shrink. The cache
+    /// gives up the excess out of what it holds when that is below its share: a cache still
+    /// filling (at start, in a flood) would otherwise lose part of its unused share, free
+    /// nothing, and go on growing. Under the low mark, the cache grows back by a 128th of its
+    /// full size (or what is left below the mark) and the epoch's share by a 32nd — at
+    /// [`GOVERNOR_PERIOD`], about 8% of the full cache and a third more epoch per second, so
+    /// that growth does not overshoot. In between, nothing changes, so the loop settles
+    /// instead of oscillating.
+    pub fn adjust(&mut self, resident: usize, cache_used: Option<usize>) -> Shares {
         let (high, low) = self.marks();
         let Shares { cache, epoch } = self.current;
         if self.settling > 0 {
@@ -103,7 +107,8 @@ impl MemoryGovernor {
         }
         self.current = if resident > high {
             self.settling = SETTLE_READINGS;
-            Shares { cache: cache.saturating_sub(resident - high).max(self.floor.cache), epoch: (epoch / 2).max(self.floor.epoch) }
+            let held = cache_used.map_or(cache, |used| used.min(cache));
+            Shares { cache: held.saturating_sub(resident - high).max(self.floor.cache), epoch: (epoch / 2).max(self.floor.epoch) }
         } else if resident < low {
             let step = (self.full.cache / 128).min(low - resident);
             Shares { cache: (cache + step).min(self.full.cache), epoch: (epoch + epoch / 32).min(self.full.epoch) }
@@ -152,7 +157,8 @@ pub fn spawn(limit: usize, budget: MemoryBudget, store: Arc<dyn StateStore>, dat
                 tracing::trace!(resident_mb = resident >> 20, store_mb = %parts.join(" "), "memory reading");
             }
             let before = governor.shares();
-            let after = governor.adjust(resident);
+            let cache_used = store.memory_usage().iter().find(|(part, _)| *part == "block_cache").map(|(_, bytes)| *bytes as usize);
+            let after = governor.adjust(resident, cache_used);
             if after != before {
                 tracing::debug!(resident, cache = after.cache, epoch = after.epoch, "memory shares adjusted");
                 store.set_cache_capacity(after.cache);
@@ -179,14 +185,14 @@ mod tests {
         // At 512 MB the epoch's share is 32 MB: the high mark leaves two of them, 64 MB, free.
         assert_eq!(g.marks(), (448 * MB, 384 * MB));
         // 600 MB resident against the high mark: the cache gives up the 152 MB.
-        let shares = g.adjust(600 * MB);
+        let shares = g.adjust(600 * MB, None);
         assert_eq!(shares.cache, full.cache - 152 * MB);
         assert_eq!(shares.epoch, full.epoch / 2);
         // With shorter epochs a tenth of the limit is the larger reserve.
         assert_eq!(g.marks(), (512 * MB - 512 * MB / 10, 512 * MB - 512 * MB / 10 - 64 * MB));
         // However far over and for however long, never below the floors.
         for _ in 0..10 {
-            g.adjust(10_000 * MB);
+            g.adjust(10_000 * MB, None);
         }
         assert_eq!(g.shares(), Shares { cache: full.cache / 8, epoch: full.epoch / 8 });
     }
@@ -195,40 +201,58 @@ mod tests {
     fn between_the_marks_nothing_changes_and_under_them_the_shares_grow_back_to_full() {
         let mut g = governor();
         let full = g.shares();
-        let shrunk = g.adjust(700 * MB);
-        assert_eq!(g.adjust(420 * MB), shrunk, "420 MB is between the marks");
+        let shrunk = g.adjust(700 * MB, None);
+        assert_eq!(g.adjust(420 * MB, None), shrunk, "420 MB is between the marks");
         let mut grown = shrunk;
         for _ in 0..256 {
-            grown = g.adjust(100 * MB);
+            grown = g.adjust(100 * MB, None);
         }
         assert_eq!(grown, full);
         // Growing never passes full.
-        assert_eq!(g.adjust(0), full);
+        assert_eq!(g.adjust(0, None), full);
     }
 
     #[test]
     fn after_a_shrink_the_excess_is_not_taken_again_until_the_memory_could_leave() {
         let mut g = governor();
-        let first = g.adjust(500 * MB);
+        let first = g.adjust(500 * MB, None);
         // The freed memory has not left the resident set yet: the same reading changes nothing.
         for _ in 0..SETTLE_READINGS {
-            assert_eq!(g.adjust(500 * MB), first);
+            assert_eq!(g.adjust(500 * MB, None), first);
         }
         // Still over afterwards: the excess left now comes out.
-        let second = g.adjust(500 * MB);
+        let second = g.adjust(500 * MB, None);
         assert!(second.cache < first.cache && second.epoch < first.epoch, "{second:?} after {first:?}");
+    }
+
+    /// A cache still filling gives up the excess out of what it holds, not out of its unused
+    /// share (which would free nothing and let it grow on).
+    #[test]
+    fn a_cache_below_its_share_shrinks_from_what_it_holds() {
+        let mut g = governor();
+        let full = g.shares();
+        // 100 MB over the high mark while the cache holds 150 MB of its 256 MB share.
+        assert_eq!(g.adjust(548 * MB, Some(150 * MB)).cache, 50 * MB);
+        // Never below the floor (an eighth of the share) either.
+        let mut g = governor();
+        assert_eq!(g.adjust(548 * MB, Some(120 * MB)).cache, full.cache / 8);
+        // A store that says nothing, or a full cache, shrinks from the share as before.
+        let mut g = governor();
+        assert_eq!(g.adjust(548 * MB, None).cache, full.cache - 100 * MB);
+        let mut g = governor();
+        assert_eq!(g.adjust(548 * MB, Some(full.cache + 10 * MB)).cache, full.cache - 100 * MB);
     }
 
     #[test]
     fn growth_stops_at_the_low_mark() {
         let mut g = governor();
-        let shrunk = g.adjust(10_000 * MB);
+        let shrunk = g.adjust(10_000 * MB, None);
         // With the epoch's share halved, a tenth of the limit is the reserve: the low mark is
         // 512 - 51.2 - 64 MB.
         let (_, low) = g.marks();
         assert_eq!(low, 512 * MB - 512 * MB / 10 - 64 * MB);
         // Half a megabyte under it there is less than one MB to grow into.
-        let grown = g.adjust(low - MB / 2);
+        let grown = g.adjust(low - MB / 2, None);
         assert!(grown.cache - shrunk.cache < MB, "{grown:?} from {shrunk:?}");
     }
 
