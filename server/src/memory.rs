@@ -86,7 +86,7 @@ impl MemoryGovernor {
     }
 
     /// The shares to apply when the process is `resident` bytes and the cache holds
-    /// `cache_used` bytes (None: the store does not say). Over the high mark (see
+    /// `cache_used` bytes ([`StateStore::cache_usage`]; None: the store does not say). Over the high mark (see
     /// [`MemoryGovernor::marks`]), the excess comes out of the cache and the epoch's share
     /// halves, after which [`SETTLE_READINGS`] readings pass before the next shrink. The cache
     /// gives up the excess out of what it holds when that is below its share: a cache still
@@ -157,8 +157,7 @@ pub fn spawn(limit: usize, budget: MemoryBudget, store: Arc<dyn StateStore>, dat
                 tracing::trace!(resident_mb = resident >> 20, store_mb = %parts.join(" "), "memory reading");
             }
             let before = governor.shares();
-            let cache_used = store.memory_usage().iter().find(|(part, _)| *part == "block_cache").map(|(_, bytes)| *bytes as usize);
-            let after = governor.adjust(resident, cache_used);
+            let after = governor.adjust(resident, store.cache_usage());
             if after != before {
                 tracing::debug!(resident, cache = after.cache, epoch = after.epoch, "memory shares adjusted");
                 store.set_cache_capacity(after.cache);

@@ -294,6 +294,13 @@ pub trait StateStore: Send + Sync + 'static {
     /// nothing to do.
     fn set_cache_capacity(&self, _bytes: usize) {}
 
+    /// Bytes the backend's cache of stored data holds now (at most its capacity, and less
+    /// while it fills); `None` without a cache. A memory governor shrinking the cache cuts
+    /// from this, since a cut of capacity the cache does not use frees nothing.
+    fn cache_usage(&self) -> Option<usize> {
+        None
+    }
+
     /// Bytes of memory the backend holds, by part (its cache, write buffers, open files'
     /// readers), for metrics and for checking a memory limit; empty if not tracked.
     fn memory_usage(&self) -> Vec<(&'static str, u64)> {

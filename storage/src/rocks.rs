@@ -443,11 +443,16 @@ impl StateStore for RocksStateStore {
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).set_capacity(bytes);
     }
 
+    fn cache_usage(&self) -> Option<usize> {
+        // Blocks and, charged to the cache, the memtables.
+        Some(self.cache.lock().unwrap_or_else(|p| p.into_inner()).get_usage())
+    }
+
     fn memory_usage(&self) -> Vec<(&'static str, u64)> {
         let property = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
         vec![
             // The cache holds blocks and, charged to it, the memtables.
-            ("block_cache", property("rocksdb.block-cache-usage")),
+            ("block_cache", self.cache_usage().unwrap_or(0) as u64),
             ("block_cache_pinned", property("rocksdb.block-cache-pinned-usage")),
             ("memtables", self.summed_property("rocksdb.cur-size-all-mem-tables")),
             ("table_readers", self.summed_property("rocksdb.estimate-table-readers-mem")),
@@ -737,6 +742,10 @@ mod tests {
         assert!(part("memtables") >= before + 1_000_000, "{:?}", store.memory_usage());
         assert!(part("block_cache") >= part("memtables") / 2, "{:?}", store.memory_usage());
         assert!(store.memory_usage().iter().any(|(p, _)| *p == "table_readers"));
+        // What the governor cuts the cache from: the cache's own count, memtables included.
+        let cache_used = store.cache_usage().unwrap();
+        assert!(cache_used as u64 >= part("memtables") / 2, "{cache_used} bytes in the cache");
+        assert_eq!(cache_used as u64, store.db.property_int_value("rocksdb.block-cache-usage").unwrap().unwrap());
         // The governor's resize reaches the cache.
         let capacity = || store.db.property_int_value("rocksdb.block-cache-capacity").unwrap().unwrap();
         assert_eq!(capacity(), RocksOptions::default().memory_limit.max(16 << 20) as u64);
